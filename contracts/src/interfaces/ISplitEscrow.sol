@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @title ISplitEscrow
+/// @notice Holds the revenue the Subscriptions contract collects and pays it out by public split rules.
+/// Revenue arrives unallocated; the keeper settles it to splits by the off-chain attribution of usage to models
+/// (committing to that usage with a Merkle root); each split divides its amount among its recipients in basis
+/// points, by the split version in force at the epoch's end; recipients (or anyone for them) claim to their payout
+/// address.
+/// @dev Invariant: token balance >= unallocated + total claimable, after every call.
+/// WARNING: the token must be a plain ERC-20 (USDC-like). Shares round down; the rounding remainder of each split
+/// amount goes to the split's remainder recipient, so a settlement credits exactly its amounts.
+interface ISplitEscrow {
+    /* TYPES */
+
+    /// @notice One recipient of a split version, one storage slot. The first entry of a version also carries the
+    /// version's header (effective time, recipient count, remainder recipient index, version number).
+    struct SplitEntry {
+        address recipient;
+        uint16 bps;
+        uint40 effectiveAt;
+        uint8 count;
+        uint8 remainderIndex;
+        uint24 version;
+    }
+
+    /// @notice A recipient's account, one storage slot: what it can claim and where claims are paid.
+    struct Account {
+        uint96 claimable;
+        address payout;
+    }
+
+    /// @notice A dispute hold on a recipient's claims.
+    /// @param until Claims are refused before this time; after it (or after a release, which sets it to the release
+    /// time) a new hold waits `HOLD_COOLDOWN`, so a recipient always gets a window to claim between holds.
+    /// @param since When the current hold started; a hold never extends beyond `since + maxHold`.
+    struct Hold {
+        uint40 until;
+        uint40 since;
+    }
+
+    /// @notice Revenue and liabilities, one storage slot.
+    /// @param consumed Revenue allocated to splits or refunded; unallocated = Subscriptions' totalRevenue - consumed.
+    /// @param totalClaimable Sum of all recipients' claimable balances.
+    struct Totals {
+        uint128 consumed;
+        uint128 totalClaimable;
+    }
+
+    /* EVENTS */
+
+    /// @notice The Subscriptions contract, the only source of revenue, was set (once).
+    event SubscriptionsSet(address indexed subscriptions);
+
+    /// @notice The keeper allowed to settle changed.
+    event KeeperSet(address indexed keeper);
+
+    /// @notice A split version was recorded: created (version 0, effective at once) or proposed (effective at
+    /// `effectiveAt`, after the change delay). The full recipient list is in the event.
+    event SplitVersionAdded(
+        uint256 indexed splitId,
+        uint256 indexed version,
+        uint256 effectiveAt,
+        address[] recipients,
+        uint256[] bps,
+        uint256 remainderIndex
+    );
+
+    /// @notice A proposed split version was withdrawn before it took effect.
+    event SplitChangeCancelled(uint256 indexed splitId, uint256 indexed version);
+
+    /// @notice A settlement allocated `total` unallocated revenue over `splitCount` splits for the epoch
+    /// `[epochStart, epochEnd)`, committed to by `usageRoot`.
+    event Settled(
+        uint256 indexed settlementId,
+        uint256 epochStart,
+        uint256 epochEnd,
+        bytes32 usageRoot,
+        uint256 total,
+        uint256 splitCount
+    );
+
+    /// @notice `recipient` was credited `amount` by split `splitId` (version `version`) in settlement `settlementId`.
+    event Credited(
+        uint256 indexed settlementId, address indexed recipient, uint256 splitId, uint256 version, uint256 amount
+    );
+
+    /// @notice `amount` was paid from `recipient`'s balance to `payout`.
+    event Claimed(address indexed recipient, address indexed payout, uint256 amount);
+
+    /// @notice A claim in a batch failed (the token refused the transfer); the balance stays claimable.
+    event ClaimFailed(address indexed recipient, address indexed payout, uint256 amount);
+
+    /// @notice `recipient` set where its claims are paid.
+    event PayoutAddressSet(address indexed recipient, address indexed payout);
+
+    /// @notice `recipient`'s claims are held until `until` for a dispute identified by `reasonHash`.
+    event HoldPlaced(address indexed recipient, uint256 until, bytes32 reasonHash);
+
+    /// @notice The hold on `recipient` was released early.
+    event HoldReleased(address indexed recipient);
+
+    /// @notice Unallocated revenue was refunded to `subscriber`, to the wallet or as Subscriptions credit.
+    event Refunded(address indexed subscriber, uint256 amount, bool toCredit, bytes32 indexed refundId);
+
+    /// @notice Tokens that were never owed to anyone (sent here outside the revenue path) were swept to `to`.
+    event SurplusSwept(address indexed to, uint256 amount);
+
+    /* ERRORS */
+
+    /// @notice The caller is not the keeper.
+    error NotKeeper(address caller);
+    /// @notice The caller is not the Subscriptions contract.
+    error NotSubscriptions(address caller);
+    /// @notice An address argument was zero.
+    error ZeroAddress();
+    /// @notice The Subscriptions contract is already set.
+    error SubscriptionsAlreadySet();
+    /// @notice The Subscriptions contract is not set yet.
+    error SubscriptionsNotSet();
+    /// @notice Array arguments differ in length.
+    error LengthMismatch();
+    /// @notice A split needs between 1 and `MAX_RECIPIENTS` recipients.
+    error InvalidRecipientCount(uint256 count);
+    /// @notice Basis points must sum to 10,000.
+    error InvalidBpsSum(uint256 sum);
+    /// @notice A recipient appears twice.
+    error DuplicateRecipient(address recipient);
+    /// @notice The remainder recipient index is outside the list.
+    error InvalidRemainderIndex(uint256 index);
+    /// @notice No split has this id.
+    error UnknownSplit(uint256 splitId);
+    /// @notice The split already has a proposed change waiting to take effect.
+    error ChangeAlreadyPending(uint256 splitId);
+    /// @notice The split has no proposed change waiting.
+    error NoPendingChange(uint256 splitId);
+    /// @notice The settlement id was used before.
+    error SettlementIdUsed(uint256 settlementId);
+    /// @notice The epoch ends in the future or before it starts.
+    error InvalidEpoch(uint256 epochStart, uint256 epochEnd);
+    /// @notice The settlement allocates more than is unallocated.
+    error InsufficientUnallocated(uint256 available, uint256 requested);
+    /// @notice The split has no version in force at the epoch's end.
+    error SplitNotInForce(uint256 splitId, uint256 epochEnd);
+    /// @notice The recipient's claims are held until `until`.
+    error RecipientHeld(address recipient, uint256 until);
+    /// @notice The hold would end after `limit` (the maximum hold, or the current hold's start plus it).
+    error HoldTooLong(uint256 until, uint256 limit);
+    /// @notice A new hold must wait until `allowedFrom` (the cooldown after the previous one).
+    error HoldCooldown(uint256 allowedFrom);
+    /// @notice The recipient is not held.
+    error NotHeld(address recipient);
+    /// @notice Nothing to claim.
+    error NothingToClaim(address recipient);
+    /// @notice An amount was zero.
+    error ZeroAmount();
+    /// @notice An amount does not fit the packed storage.
+    error AmountTooLarge(uint256 amount);
+    /// @notice There is no surplus to sweep.
+    error NoSurplus();
+
+    /* OWNER */
+
+    /// @notice Sets the Subscriptions contract, once. Only it may report revenue.
+    function setSubscriptions(address subscriptions) external;
+
+    /// @notice Sets the keeper allowed to settle.
+    function setKeeper(address keeper) external;
+
+    /// @notice Creates a split, effective at once (version 0).
+    /// @param recipients Distinct, non-zero addresses (1 to `MAX_RECIPIENTS`).
+    /// @param bps Basis points per recipient, summing to 10,000.
+    /// @param remainderIndex Index of the recipient who receives the rounding remainder.
+    /// @return splitId The new split's id (1-based).
+    function createSplit(address[] calldata recipients, uint16[] calldata bps, uint256 remainderIndex)
+        external
+        returns (uint256 splitId);
+
+    /// @notice Proposes a new version of `splitId`, effective `SPLIT_CHANGE_DELAY` from now. One pending change
+    /// per split; cancel it first to propose another.
+    /// @return version The proposed version's number.
+    function proposeSplitChange(
+        uint256 splitId,
+        address[] calldata recipients,
+        uint16[] calldata bps,
+        uint256 remainderIndex
+    ) external returns (uint256 version);
+
+    /// @notice Withdraws the pending change of `splitId` before it takes effect.
+    function cancelSplitChange(uint256 splitId) external;
+
+    /// @notice Holds `recipient`'s claims until `until` for a dispute; at most `MAX_HOLD` after the hold started.
+    function hold(address recipient, uint256 until, bytes32 reasonHash) external;
+
+    /// @notice Releases the hold on `recipient` early.
+    function release(address recipient) external;
+
+    /// @notice Refunds `amount` of unallocated revenue to `subscriber`: to the wallet, or as Subscriptions credit.
+    /// @param refundId The operator's reference for the refund (e.g. a dispute id hash), recorded in the event.
+    function refund(address subscriber, uint256 amount, bool toCredit, bytes32 refundId) external;
+
+    /// @notice Sends tokens that are owed to no one (balance above unallocated + total claimable) to `to`.
+    function sweepSurplus(address to) external returns (uint256 amount);
+
+    /* KEEPER */
+
+    /// @notice Allocates unallocated revenue to splits for the epoch `[epochStart, epochEnd)`. Each split's amount
+    /// is divided by the split version in force at `epochEnd` and credited to its recipients.
+    /// @param settlementId Unique id chosen by the keeper; a used id is refused, so a resend cannot apply twice.
+    function settle(
+        uint256 settlementId,
+        uint256 epochStart,
+        uint256 epochEnd,
+        uint256[] calldata splitIds,
+        uint256[] calldata amounts,
+        bytes32 usageRoot
+    ) external;
+
+    /* RECIPIENTS AND ANYONE */
+
+    /// @notice Sets where the caller's claims are paid (the caller itself when never set).
+    function setPayoutAddress(address payout) external;
+
+    /// @notice Pays `recipient`'s whole claimable balance to its payout address. Anyone may call. Refused while held.
+    function claim(address recipient) external returns (uint256 amount);
+
+    /// @notice Claims for each recipient; held recipients and empty balances are skipped, a refused transfer emits
+    /// `ClaimFailed` and leaves that balance claimable. No item reverts the batch.
+    /// @return paid How many recipients were paid.
+    function claimMany(address[] calldata recipients) external returns (uint256 paid);
+
+    /* VIEWS */
+
+    /// @notice The settlement token.
+    function token() external view returns (address);
+
+    /// @notice The Subscriptions contract (zero until set).
+    function subscriptions() external view returns (address);
+
+    /// @notice The keeper allowed to settle.
+    function keeper() external view returns (address);
+
+    /// @notice Seconds between a split change proposal and its effect.
+    function splitChangeDelay() external view returns (uint256);
+
+    /// @notice The longest a hold may last.
+    function maxHold() external view returns (uint256);
+
+    /// @notice Revenue not yet allocated to splits or refunded.
+    function unallocated() external view returns (uint256);
+
+    /// @notice Sum of all claimable balances.
+    function totalClaimable() external view returns (uint256);
+
+    /// @notice Tokens held beyond what is owed (unallocated + total claimable).
+    function surplus() external view returns (uint256);
+
+    /// @notice What `recipient` can claim.
+    function claimableOf(address recipient) external view returns (uint256);
+
+    /// @notice Where `recipient`'s claims are paid.
+    function payoutOf(address recipient) external view returns (address);
+
+    /// @notice The hold on `recipient`.
+    function holdOf(address recipient) external view returns (Hold memory);
+
+    /// @notice Whether `settlementId` was used.
+    function settlementUsed(uint256 settlementId) external view returns (bool);
+
+    /// @notice The number of splits created; split ids run from 1 to this.
+    function splitCount() external view returns (uint256);
+
+    /// @notice The latest version number of `splitId` (pending or in force).
+    function latestVersion(uint256 splitId) external view returns (uint256);
+
+    /// @notice Version `version` of `splitId`.
+    function splitVersion(uint256 splitId, uint256 version)
+        external
+        view
+        returns (address[] memory recipients, uint16[] memory bps, uint256 remainderIndex, uint256 effectiveAt);
+
+    /// @notice The version of `splitId` in force at `timestamp`.
+    function versionAt(uint256 splitId, uint256 timestamp) external view returns (uint256 version);
+}
