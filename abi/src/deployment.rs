@@ -16,6 +16,10 @@ pub struct Deployment {
     pub chain_id: u64,
     /// The settlement token (USDC on a real chain, [`crate::TestUSDC`] locally).
     pub token: Address,
+    /// The [`crate::Subscriptions`] contract.
+    pub subscriptions: Address,
+    /// The [`crate::SplitEscrow`] contract.
+    pub escrow: Address,
     /// First block the indexer must read: the block the earliest contract was deployed in.
     pub start_block: u64,
 }
@@ -75,8 +79,12 @@ impl Deployment {
         if self.chain_id == 0 {
             return Err(bad("chain_id", "must be a non-zero EIP-155 chain id"));
         }
-        if self.token == Address::ZERO {
-            return Err(bad("token", "must not be the zero address"));
+        for (field, address) in
+            [("token", self.token), ("subscriptions", self.subscriptions), ("escrow", self.escrow)]
+        {
+            if address == Address::ZERO {
+                return Err(bad(field, "must not be the zero address"));
+            }
         }
         Ok(())
     }
@@ -85,6 +93,8 @@ impl Deployment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VALID: &str = r#"{"chain_id":1,"token":"0x1111111111111111111111111111111111111111","subscriptions":"0x2222222222222222222222222222222222222222","escrow":"0x3333333333333333333333333333333333333333","start_block":0}"#;
 
     fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
         let path = dir.path().join("deployment.json");
@@ -95,7 +105,13 @@ mod tests {
     #[test]
     fn round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let deployment = Deployment { chain_id: 31337, token: Address::repeat_byte(0x11), start_block: 7 };
+        let deployment = Deployment {
+            chain_id: 31337,
+            token: Address::repeat_byte(0x11),
+            subscriptions: Address::repeat_byte(0x22),
+            escrow: Address::repeat_byte(0x33),
+            start_block: 7,
+        };
         let path = dir.path().join("d.json");
         deployment.save(&path).unwrap();
         assert_eq!(Deployment::load(&path).unwrap(), deployment);
@@ -104,7 +120,7 @@ mod tests {
     #[test]
     fn names_the_unknown_field() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, r#"{"chain_id":1,"token":"0x1111111111111111111111111111111111111111","start_block":0,"tokn":1}"#);
+        let path = write(&dir, &VALID.replace(r#""start_block":0"#, r#""start_block":0,"tokn":1"#));
         let err = Deployment::load(&path).unwrap_err().to_string();
         assert!(err.contains("tokn"), "{err}");
     }
@@ -112,7 +128,7 @@ mod tests {
     #[test]
     fn refuses_a_zero_chain_id() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, r#"{"chain_id":0,"token":"0x1111111111111111111111111111111111111111","start_block":0}"#);
+        let path = write(&dir, &VALID.replace(r#""chain_id":1"#, r#""chain_id":0"#));
         let err = Deployment::load(&path).unwrap_err().to_string();
         assert!(err.contains("chain_id"), "{err}");
     }
@@ -120,7 +136,22 @@ mod tests {
     #[test]
     fn refuses_a_malformed_address() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, r#"{"chain_id":1,"token":"0x11","start_block":0}"#);
+        let path = write(&dir, &VALID.replace("0x1111111111111111111111111111111111111111", "0x11"));
         assert!(matches!(Deployment::load(&path), Err(DeploymentError::Invalid { .. })));
+    }
+
+    #[test]
+    fn refuses_a_zero_escrow_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, &VALID.replace("0x3333333333333333333333333333333333333333", &Address::ZERO.to_string()));
+        let err = Deployment::load(&path).unwrap_err().to_string();
+        assert!(err.contains("escrow"), "{err}");
+    }
+
+    #[test]
+    fn accepts_a_valid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, VALID);
+        assert_eq!(Deployment::load(&path).unwrap().chain_id, 1);
     }
 }

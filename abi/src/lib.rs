@@ -1,6 +1,8 @@
 //! Typed bindings for the subsettle contracts, generated at compile time with alloy's `sol!` from the ABI and
 //! bytecode JSON in `abi/` (written by `tools/abi-export`), so building Rust never needs a Solidity compiler.
 //!
+//! - [`Subscriptions`]: plans, subscriptions, batched renewals and capped usage charges pulled into the escrow.
+//! - [`SplitEscrow`]: unallocated revenue, split versions, settlements, claims, holds and refunds.
 //! - [`TestUSDC`]: the USDC-like token (6 decimals, EIP-2612, blacklist, pause) used by tests and the demo.
 //! - [`deployment`]: the deployment descriptor (chain id, contract addresses, start block) both daemons read.
 #![allow(missing_docs)] // the `sol!` expansions carry no docs of their own; the contracts' NatSpec is the reference
@@ -8,6 +10,20 @@
 pub mod deployment;
 
 pub use deployment::{Deployment, DeploymentError};
+
+alloy::sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Subscriptions,
+    "Subscriptions.json"
+);
+
+alloy::sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    SplitEscrow,
+    "SplitEscrow.json"
+);
 
 alloy::sol!(
     #[sol(rpc)]

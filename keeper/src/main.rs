@@ -23,7 +23,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let key = OperatorKey::load(args.private_key_file.as_deref())?;
-    let plan = DeployPlan { rpc_url: args.rpc_url, existing_token: args.token };
+    let plan = DeployPlan {
+        rpc_url: args.rpc_url,
+        existing_token: args.token,
+        keeper: args.keeper,
+        charge_window_secs: args.charge_window,
+        split_change_delay_secs: args.split_change_delay,
+        max_hold_secs: args.max_hold,
+    };
     let deployment = deploy(&plan, &key).await.context("deploy")?;
     deployment.save(&args.out)?;
     println!("{}", serde_json::to_string_pretty(&deployment)?);

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {Test} from "forge-std/Test.sol";
+
+import {Subscriptions} from "../../src/Subscriptions.sol";
+import {SplitEscrow} from "../../src/SplitEscrow.sol";
+import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
+import {MockERC20Permit} from "../mocks/MockERC20Permit.sol";
+
+/// @notice Gas benchmarks of the batch operations, whole transactions (run under the `gas` profile, which isolates
+/// every top-level call as its own transaction, so figures include the 21,000 intrinsic gas, calldata and refunds).
+/// Steady state: every account already holds a non-zero balance, approvals are finite (each pull writes the
+/// allowance), plan and split storage exists. `scripts/gas` runs them and writes contracts/snapshots/gas.json.
+contract GasBenchmarks is Test {
+    uint256 internal constant USDC = 1e6;
+    uint256 internal constant N = 100;
+    uint256 internal constant MONTH = 30 days;
+
+    MockERC20Permit internal token;
+    Subscriptions internal subs;
+    SplitEscrow internal escrow;
+    address internal owner = makeAddr("owner");
+    address internal keeper = makeAddr("keeper");
+    address internal platform = makeAddr("platform");
+    address internal host = makeAddr("host");
+    uint256 internal planId;
+    uint256[] internal ids;
+    uint256[] internal splitIds;
+
+    function setUp() public {
+        vm.warp(1_700_000_000);
+        token = new MockERC20Permit();
+        escrow = new SplitEscrow(address(token), owner, keeper, 7 days, 30 days);
+        subs = new Subscriptions(address(token), address(escrow), owner, keeper, 2 days);
+        vm.startPrank(owner);
+        escrow.setSubscriptions(address(subs));
+        planId = subs.createPlan(79 * USDC, MONTH, 3 days);
+        vm.stopPrank();
+        token.mint(address(escrow), 1); // the escrow's balance slot is non-zero, as in steady state
+        for (uint256 i; i < N; ++i) {
+            address subscriber = address(uint160(0x10000 + i));
+            token.mint(subscriber, 10_000 * USDC);
+            vm.startPrank(subscriber);
+            token.approve(address(subs), 5_000 * USDC);
+            ids.push(subs.subscribe(planId, 1_000 * USDC));
+            vm.stopPrank();
+        }
+    }
+
+    function _batch(uint256 n) internal view returns (uint256[] memory batch) {
+        batch = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            batch[i] = ids[i];
+        }
+    }
+
+    /// @dev Renewal of N due subscriptions in one call.
+    function test_gas_renew_100() public {
+        vm.warp(block.timestamp + MONTH);
+        uint256[] memory batch = _batch(N);
+        subs.renew(batch);
+        vm.snapshotGasLastCall("gas", "renew_100_total");
+        assertEq(subs.subscription(ids[N - 1]).periodIndex, 1);
+    }
+
+    /// @dev Renewal of a single due subscription, whole transaction.
+    function test_gas_renew_1() public {
+        vm.warp(block.timestamp + MONTH);
+        uint256[] memory batch = _batch(1);
+        subs.renew(batch);
+        vm.snapshotGasLastCall("gas", "renew_1_tx");
+        assertEq(subs.subscription(ids[0]).periodIndex, 1);
+    }
+
+    function _charges(uint256 cumulative) internal view returns (ISubscriptions.Charge[] memory charges) {
+        charges = new ISubscriptions.Charge[](N);
+        for (uint256 i; i < N; ++i) {
+            charges[i] = ISubscriptions.Charge(ids[i], 0, cumulative, keccak256(abi.encode(ids[i], cumulative)));
+        }
+    }
+
+    /// @dev Usage charges for N subscriptions that were already charged earlier in the period (mid-period
+    /// threshold billing: each item collects the increase of its cumulative overage).
+    function test_gas_chargeUsage_100() public {
+        ISubscriptions.Charge[] memory first = _charges(5 * USDC);
+        vm.prank(keeper);
+        subs.chargeUsage(first);
+        ISubscriptions.Charge[] memory second = _charges(12 * USDC);
+        vm.prank(keeper);
+        subs.chargeUsage(second);
+        vm.snapshotGasLastCall("gas", "chargeUsage_100_total");
+        assertEq(subs.chargedInPeriod(ids[N - 1], 0), 12 * USDC);
+    }
+
+    function _createSplits() internal {
+        for (uint256 i; i < N; ++i) {
+            address[] memory recipients = new address[](3);
+            (recipients[0], recipients[1], recipients[2]) = (address(uint160(0x20000 + i)), platform, host);
+            uint16[] memory bps = new uint16[](3);
+            (bps[0], bps[1], bps[2]) = (7_000, 2_000, 1_000);
+            vm.prank(owner);
+            splitIds.push(escrow.createSplit(recipients, bps, 1));
+        }
+    }
+
+    function _settleAll(uint256 settlementId, uint256 each) internal {
+        uint256[] memory amounts = new uint256[](N);
+        uint256[] memory splits = new uint256[](N);
+        for (uint256 i; i < N; ++i) {
+            amounts[i] = each;
+            splits[i] = splitIds[i];
+        }
+        vm.prank(keeper);
+        escrow.settle(settlementId, block.timestamp - 1 days, block.timestamp, splits, amounts, keccak256("epoch"));
+    }
+
+    /// @dev Settlement of N splits of 3 recipients (a distinct creator per split, the same platform and host in
+    /// all), every recipient already holding a claimable balance.
+    function test_gas_settle_100x3() public {
+        _createSplits();
+        vm.warp(block.timestamp + 1 days);
+        _settleAll(1, 10 * USDC);
+        _settleAll(2, 10 * USDC + 7);
+        vm.snapshotGasLastCall("gas", "settle_100x3_total");
+        assertEq(escrow.claimableOf(host), 2 * N * USDC);
+    }
+
+    /// @dev Claim of a recipient with a claimable balance to a wallet that already holds tokens.
+    function test_gas_claim() public {
+        _createSplits();
+        vm.warp(block.timestamp + 1 days);
+        _settleAll(1, 10 * USDC);
+        address creator = address(uint160(0x20000));
+        token.mint(creator, 1);
+        escrow.claim(creator);
+        vm.snapshotGasLastCall("gas", "claim_tx");
+        assertEq(token.balanceOf(creator), 7 * USDC + 1);
+    }
+}
