@@ -43,7 +43,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     mapping(uint256 splitId => mapping(uint256 index => SplitEntry)) internal _latest;
     mapping(uint256 splitId => mapping(uint256 version => mapping(uint256 index => SplitEntry))) internal _versions;
     mapping(address recipient => Account) internal _accounts;
-    mapping(address recipient => Hold) internal _holds;
+    mapping(address recipient => address) internal _payouts;
     mapping(uint256 settlementId => bool) internal _settlementUsed;
 
     /* CONSTRUCTOR */
@@ -125,26 +125,28 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// @inheritdoc ISplitEscrow
     function hold(address recipient, uint256 until, bytes32 reasonHash) external onlyOwner {
         if (recipient == address(0)) revert ZeroAddress();
-        Hold memory current = _holds[recipient];
+        Account storage account = _accounts[recipient];
+        uint256 heldUntil = account.heldUntil;
         uint256 since;
-        if (current.until > block.timestamp) {
-            since = current.since; // changing the running hold: its limit stays counted from its start
+        if (heldUntil > block.timestamp) {
+            since = account.holdSince; // changing the running hold: its limit stays counted from its start
         } else {
-            uint256 allowedFrom = uint256(current.until) + HOLD_COOLDOWN;
-            if (current.until != 0 && block.timestamp < allowedFrom) revert HoldCooldown(allowedFrom);
+            uint256 allowedFrom = heldUntil + HOLD_COOLDOWN;
+            if (heldUntil != 0 && block.timestamp < allowedFrom) revert HoldCooldown(allowedFrom);
             since = block.timestamp;
         }
         uint256 limit = since + MAX_HOLD;
         if (until > limit || until <= block.timestamp) revert HoldTooLong(until, limit);
-        _holds[recipient] = Hold({until: uint40(until), since: uint40(since)});
+        account.heldUntil = uint40(until);
+        account.holdSince = uint40(since);
         emit HoldPlaced(recipient, until, reasonHash);
     }
 
     /// @inheritdoc ISplitEscrow
     function release(address recipient) external onlyOwner {
-        Hold storage current = _holds[recipient];
-        if (current.until <= block.timestamp) revert NotHeld(recipient);
-        current.until = uint40(block.timestamp); // ended now: the cooldown before a new hold starts here
+        Account storage account = _accounts[recipient];
+        if (account.heldUntil <= block.timestamp) revert NotHeld(recipient);
+        account.heldUntil = uint40(block.timestamp); // ended now: the cooldown before a new hold starts here
         emit HoldReleased(recipient);
     }
 
@@ -173,6 +175,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     function sweepSurplus(address to) external onlyOwner nonReentrant returns (uint256 amount) {
         if (to == address(0)) revert ZeroAddress();
         amount = surplus();
+        // slither-disable-next-line incorrect-equality -- 0 = nothing to sweep; a donation only adds to it
         if (amount == 0) revert NoSurplus();
         emit SurplusSwept(to, amount);
         TOKEN.safeTransfer(to, amount);
@@ -194,6 +197,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         if (epochEnd > block.timestamp || epochStart > epochEnd) revert InvalidEpoch(epochStart, epochEnd);
         if (splitIds.length != amounts.length) revert LengthMismatch();
 
+        // slither-disable-next-line uninitialized-local -- accumulator; its zero start is intended
         uint256 total;
         for (uint256 i; i < amounts.length; ++i) {
             total += amounts[i];
@@ -214,32 +218,34 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /// @dev Credits `amount` to the recipients of the version of `splitId` in force at `epochEnd`: each gets
-    /// `amount * bps / 10_000` rounded down, and the remainder recipient also gets what rounding left over.
+    /// `amount * bps / 10_000` rounded down, and the remainder recipient gets everything the others did not (its
+    /// own share plus the rounding remainder). One pass over the entries, one storage slot each.
     function _distribute(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochEnd) internal {
-        if (amount == 0) return;
         (mapping(uint256 => SplitEntry) storage entries, SplitEntry memory head) = _versionAt(splitId, epochEnd);
-        uint256 count = head.count;
-        uint256 remainder = amount;
-        uint256[] memory shares = new uint256[](count);
-        for (uint256 i; i < count; ++i) {
-            uint256 bps = i == 0 ? head.bps : entries[i].bps;
-            shares[i] = amount * bps / TOTAL_BPS;
-            remainder -= shares[i];
+        if (amount == 0) return;
+        uint256 remainderIndex = head.remainderIndex;
+        address remainderRecipient = head.recipient;
+        uint256 remainderShare = amount;
+        for (uint256 i; i < head.count; ++i) {
+            SplitEntry memory entry = i == 0 ? head : entries[i];
+            if (i == remainderIndex) {
+                remainderRecipient = entry.recipient; // gets its own share plus the rounding remainder, below
+                continue;
+            }
+            uint256 share = amount * entry.bps / TOTAL_BPS;
+            remainderShare -= share;
+            _credit(settlementId, splitId, entry.recipient, share);
         }
-        shares[head.remainderIndex] += remainder;
-        for (uint256 i; i < count; ++i) {
-            address recipient = i == 0 ? head.recipient : entries[i].recipient;
-            _credit(recipient, shares[i]);
-            if (shares[i] != 0) emit Credited(settlementId, recipient, splitId, head.version, shares[i]);
-        }
+        _credit(settlementId, splitId, remainderRecipient, remainderShare);
     }
 
-    function _credit(address recipient, uint256 share) internal {
+    function _credit(uint256 settlementId, uint256 splitId, address recipient, uint256 share) internal {
         if (share == 0) return;
         Account storage account = _accounts[recipient];
         uint256 balance = account.claimable + share;
         if (balance > type(uint96).max) revert AmountTooLarge(balance);
         account.claimable = uint96(balance);
+        emit Credited(recipient, settlementId, splitId, share);
     }
 
     /* RECIPIENTS AND ANYONE */
@@ -247,33 +253,37 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// @inheritdoc ISplitEscrow
     function setPayoutAddress(address payout) external {
         if (payout == address(0)) revert ZeroAddress();
-        _accounts[msg.sender].payout = payout;
+        if (payout == address(this)) revert InvalidPayout(payout);
+        _payouts[msg.sender] = payout;
+        _accounts[msg.sender].hasPayout = true;
         emit PayoutAddressSet(msg.sender, payout);
     }
 
     /// @inheritdoc ISplitEscrow
     function claim(address recipient) external nonReentrant returns (uint256 amount) {
-        uint256 heldUntil = _holds[recipient].until;
-        if (heldUntil > block.timestamp) revert RecipientHeld(recipient, heldUntil);
         Account memory account = _accounts[recipient];
+        if (account.heldUntil > block.timestamp) revert RecipientHeld(recipient, account.heldUntil);
         amount = account.claimable;
         if (amount == 0) revert NothingToClaim(recipient);
-        address payout = account.payout == address(0) ? recipient : account.payout;
+        address payout = account.hasPayout ? _payouts[recipient] : recipient;
         _accounts[recipient].claimable = 0;
-        _totals.totalClaimable -= uint128(amount);
+        // totalClaimable is the sum of all claimable balances, this one included: it cannot underflow.
+        unchecked {
+            _totals.totalClaimable -= uint128(amount);
+        }
         emit Claimed(recipient, payout, amount);
         TOKEN.safeTransfer(payout, amount);
     }
 
     /// @inheritdoc ISplitEscrow
     function claimMany(address[] calldata recipients) external nonReentrant returns (uint256 paid) {
+        // slither-disable-next-line uninitialized-local -- accumulator; its zero start is intended
         uint256 totalPaid;
         for (uint256 i; i < recipients.length; ++i) {
             address recipient = recipients[i];
-            if (_holds[recipient].until > block.timestamp) continue;
             Account memory account = _accounts[recipient];
-            if (account.claimable == 0) continue;
-            address payout = account.payout == address(0) ? recipient : account.payout;
+            if (account.heldUntil > block.timestamp || account.claimable == 0) continue;
+            address payout = account.hasPayout ? _payouts[recipient] : recipient;
             // Effects first; a refused transfer restores the balance.
             _accounts[recipient].claimable = 0;
             if (TOKEN.trySafeTransfer(payout, account.claimable)) {
@@ -341,13 +351,13 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @inheritdoc ISplitEscrow
     function payoutOf(address recipient) external view returns (address) {
-        address payout = _accounts[recipient].payout;
-        return payout == address(0) ? recipient : payout;
+        return _accounts[recipient].hasPayout ? _payouts[recipient] : recipient;
     }
 
     /// @inheritdoc ISplitEscrow
     function holdOf(address recipient) external view returns (Hold memory) {
-        return _holds[recipient];
+        Account memory account = _accounts[recipient];
+        return Hold({until: account.heldUntil, since: account.holdSince});
     }
 
     /// @inheritdoc ISplitEscrow
@@ -411,6 +421,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     function _requireSplit(uint256 splitId) internal view returns (SplitEntry memory head) {
         head = _latest[splitId][0];
+        // slither-disable-next-line incorrect-equality -- an unset split has count 0; not a balance or a time
         if (head.count == 0) revert UnknownSplit(splitId);
     }
 
@@ -461,6 +472,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         if (bps.length != count) revert LengthMismatch();
         if (remainderIndex >= count) revert InvalidRemainderIndex(remainderIndex);
         bpsWide = new uint256[](count);
+        // slither-disable-next-line uninitialized-local -- accumulator; its zero start is intended
         uint256 sum;
         for (uint256 i; i < count; ++i) {
             address recipient = recipients[i];

@@ -51,6 +51,8 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     mapping(uint256 id => UsageLedger) internal _ledgers;
     mapping(uint256 id => uint16) internal _nextPlan;
     mapping(address subscriber => uint256) internal _credit;
+    /// @dev Credit already spent by charges but not yet transferred to the escrow (the token refused it).
+    uint256 internal _creditOwedToEscrow;
 
     /* CONSTRUCTOR */
 
@@ -87,7 +89,8 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     {
         if (price > type(uint96).max) revert PriceTooLarge(price);
         if (period < MIN_PERIOD || period > type(uint32).max || period < CHARGE_WINDOW) revert InvalidPeriod(period);
-        if (gracePeriod >= period) revert InvalidGracePeriod(gracePeriod, period);
+        // A zero grace period would lapse a subscription at the very second it falls due, before any renewal.
+        if (gracePeriod == 0 || gracePeriod >= period) revert InvalidGracePeriod(gracePeriod, period);
         Globals storage globals = _globals;
         if (globals.planCount == type(uint16).max) revert TooManyPlans();
         planId = ++globals.planCount;
@@ -206,7 +209,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
 
     /// @inheritdoc ISubscriptions
     function renew(uint256[] calldata ids) external nonReentrant whenCharging returns (uint256 renewed) {
-        Batch memory batch;
+        Batch memory batch = Batch({pulled: 0, creditUsed: 0});
         uint256 escrowBefore = TOKEN.balanceOf(ESCROW);
         for (uint256 i; i < ids.length; ++i) {
             if (_renewOne(ids[i], batch)) ++renewed;
@@ -228,6 +231,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         }
 
         uint256 planId = sub.planChangePending ? _nextPlan[id] : sub.planId;
+        // slither-disable-next-line incorrect-equality -- plan ids, not a balance or a time
         Plan memory next = planId == sub.planId ? current : _plans[planId];
         uint256 periodIndex = uint256(sub.periodIndex) + 1;
 
@@ -258,7 +262,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc ISubscriptions
     function chargeUsage(Charge[] calldata charges) external nonReentrant whenCharging returns (uint256 collected) {
         if (msg.sender != _keeper) revert NotKeeper(msg.sender);
-        Batch memory batch;
+        Batch memory batch = Batch({pulled: 0, creditUsed: 0});
         uint256 escrowBefore = TOKEN.balanceOf(ESCROW);
         for (uint256 i; i < charges.length; ++i) {
             if (_chargeOne(charges[i], batch)) ++collected;
@@ -337,12 +341,15 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// one, ended at most the charge window ago.
     function _chargeablePeriod(uint256 id, uint256 k) internal view returns (FailureReason) {
         Subscription memory sub = _subscriptions[id];
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.None) return FailureReason.UnknownSubscription;
         uint256 current = sub.periodIndex;
         uint256 periodEnd;
+        // slither-disable-next-line incorrect-equality -- period indexes, not a balance or a time
         if (k == current) periodEnd = sub.paidThrough;
+        else if (k > current) return FailureReason.PeriodNotStarted; // before `k + 1`: no overflow for any k
+        // slither-disable-next-line incorrect-equality -- period indexes, not a balance or a time
         else if (k + 1 == current) periodEnd = sub.paidThrough - _plans[sub.planId].period;
-        else if (k > current) return FailureReason.PeriodNotStarted;
         else return FailureReason.ChargeWindowClosed;
         if (block.timestamp > periodEnd + CHARGE_WINDOW) return FailureReason.ChargeWindowClosed;
         return FailureReason.None;
@@ -365,7 +372,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         if (!plan_.active) revert PlanInactive(planId);
         if (overageCap > type(uint64).max) revert OverageCapTooLarge(overageCap);
 
-        Batch memory batch;
+        Batch memory batch = Batch({pulled: 0, creditUsed: 0});
         uint256 escrowBefore = TOKEN.balanceOf(ESCROW);
         (bool ok, uint256 fromCredit, FailureReason reason) = _collect(msg.sender, plan_.price, batch);
         if (!ok) revert PaymentFailed(msg.sender, plan_.price, reason);
@@ -422,12 +429,39 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// @dev Moves the credit a batch used to the escrow, checks that the escrow received everything the batch
     /// collected (a fee-on-transfer token fails here), and adds it to the revenue total the escrow allocates from.
     function _finishBatch(Batch memory batch, uint256 escrowBefore) internal {
-        uint256 revenue = batch.pulled + batch.creditUsed;
+        uint256 revenue = batch.pulled;
+        if (batch.creditUsed != 0) revenue += _moveCreditToEscrow(batch.creditUsed);
         if (revenue == 0) return;
-        if (batch.creditUsed != 0) TOKEN.safeTransfer(ESCROW, batch.creditUsed);
         uint256 received = TOKEN.balanceOf(ESCROW) - escrowBefore;
         if (received < revenue) revert FeeOnTransferToken(revenue, received);
         _globals.totalRevenue += revenue.toUint128();
+    }
+
+    /// @dev Sends credit that charges used (plus any left from earlier batches) to the escrow and returns what was
+    /// sent. If the token refuses (paused), the items stay paid and the amount waits in `_creditOwedToEscrow` for
+    /// the next batch or {flushCreditToEscrow}: one paused token must not revert a whole batch.
+    function _moveCreditToEscrow(uint256 creditUsed) internal returns (uint256 moved) {
+        uint256 owed = _creditOwedToEscrow + creditUsed;
+        if (!TOKEN.trySafeTransfer(ESCROW, owed)) {
+            _creditOwedToEscrow = owed;
+            emit CreditTransferDeferred(owed);
+            return 0;
+        }
+        if (owed != creditUsed) _creditOwedToEscrow = 0;
+        return owed;
+    }
+
+    /// @inheritdoc ISubscriptions
+    function flushCreditToEscrow() external nonReentrant returns (uint256 moved) {
+        if (_creditOwedToEscrow == 0) return 0;
+        uint256 escrowBefore = TOKEN.balanceOf(ESCROW);
+        uint256 owed = _creditOwedToEscrow;
+        _creditOwedToEscrow = 0;
+        TOKEN.safeTransfer(ESCROW, owed);
+        uint256 received = TOKEN.balanceOf(ESCROW) - escrowBefore;
+        if (received < owed) revert FeeOnTransferToken(owed, received);
+        _globals.totalRevenue += owed.toUint128();
+        return owed;
     }
 
     /* VIEWS */
@@ -460,6 +494,11 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc ISubscriptions
     function totalRevenue() external view returns (uint256) {
         return _globals.totalRevenue;
+    }
+
+    /// @inheritdoc ISubscriptions
+    function creditOwedToEscrow() external view returns (uint256) {
+        return _creditOwedToEscrow;
     }
 
     /// @inheritdoc ISubscriptions
@@ -497,13 +536,14 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     function chargedInPeriod(uint256 id, uint256 periodIndex) external view returns (uint256) {
         UsageLedger memory ledger = _ledgers[id];
         if (periodIndex == ledger.period) return ledger.chargedInPeriod;
-        if (periodIndex + 1 == ledger.period) return ledger.chargedInPreviousPeriod;
+        if (periodIndex < ledger.period && periodIndex + 1 == ledger.period) return ledger.chargedInPreviousPeriod;
         return 0;
     }
 
     /// @inheritdoc ISubscriptions
     function currentPeriod(uint256 id) external view returns (uint256 index, uint256 start, uint256 end) {
         Subscription memory sub = _subscriptions[id];
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.None) revert UnknownSubscription(id);
         end = sub.paidThrough;
         return (sub.periodIndex, end - _plans[sub.planId].period, end);
@@ -517,9 +557,11 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc ISubscriptions
     function isEntitled(uint256 id) public view returns (bool) {
         Subscription memory sub = _subscriptions[id];
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.Active || sub.status == Status.PastDue) {
             return block.timestamp < uint256(sub.paidThrough) + _plans[sub.planId].gracePeriod;
         }
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.Cancelled) return block.timestamp < sub.paidThrough;
         return false;
     }

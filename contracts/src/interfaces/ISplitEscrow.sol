@@ -24,16 +24,20 @@ interface ISplitEscrow {
         uint24 version;
     }
 
-    /// @notice A recipient's account, one storage slot: what it can claim and where claims are paid.
+    /// @notice A recipient's account, one storage slot: everything a claim reads.
+    /// @param claimable What the recipient can claim.
+    /// @param heldUntil Claims are refused before this time; after it (or after a release, which sets it to the
+    /// release time) a new hold waits `HOLD_COOLDOWN`, so a recipient always gets a window to claim between holds.
+    /// @param holdSince When the current hold started; a hold never extends beyond `holdSince + maxHold`.
+    /// @param hasPayout Whether claims go to a payout address the recipient set (else to the recipient itself).
     struct Account {
         uint96 claimable;
-        address payout;
+        uint40 heldUntil;
+        uint40 holdSince;
+        bool hasPayout;
     }
 
-    /// @notice A dispute hold on a recipient's claims.
-    /// @param until Claims are refused before this time; after it (or after a release, which sets it to the release
-    /// time) a new hold waits `HOLD_COOLDOWN`, so a recipient always gets a window to claim between holds.
-    /// @param since When the current hold started; a hold never extends beyond `since + maxHold`.
+    /// @notice A dispute hold on a recipient's claims, as {holdOf} reports it.
     struct Hold {
         uint40 until;
         uint40 since;
@@ -80,10 +84,9 @@ interface ISplitEscrow {
         uint256 splitCount
     );
 
-    /// @notice `recipient` was credited `amount` by split `splitId` (version `version`) in settlement `settlementId`.
-    event Credited(
-        uint256 indexed settlementId, address indexed recipient, uint256 splitId, uint256 version, uint256 amount
-    );
+    /// @notice `recipient` was credited `amount` by split `splitId` in settlement `settlementId` (by the split's
+    /// version in force at the settlement's epoch end: {versionAt}).
+    event Credited(address indexed recipient, uint256 settlementId, uint256 splitId, uint256 amount);
 
     /// @notice `amount` was paid from `recipient`'s balance to `payout`.
     event Claimed(address indexed recipient, address indexed payout, uint256 amount);
@@ -110,14 +113,12 @@ interface ISplitEscrow {
 
     /// @notice The caller is not the keeper.
     error NotKeeper(address caller);
-    /// @notice The caller is not the Subscriptions contract.
-    error NotSubscriptions(address caller);
     /// @notice An address argument was zero.
     error ZeroAddress();
+    /// @notice Claims cannot be paid to the escrow itself (they would turn into sweepable surplus).
+    error InvalidPayout(address payout);
     /// @notice The Subscriptions contract is already set.
     error SubscriptionsAlreadySet();
-    /// @notice The Subscriptions contract is not set yet.
-    error SubscriptionsNotSet();
     /// @notice Array arguments differ in length.
     error LengthMismatch();
     /// @notice A split needs between 1 and `MAX_RECIPIENTS` recipients.
@@ -162,10 +163,10 @@ interface ISplitEscrow {
     /* OWNER */
 
     /// @notice Sets the Subscriptions contract, once. Only it may report revenue.
-    function setSubscriptions(address subscriptions) external;
+    function setSubscriptions(address subscriptions_) external;
 
     /// @notice Sets the keeper allowed to settle.
-    function setKeeper(address keeper) external;
+    function setKeeper(address keeper_) external;
 
     /// @notice Creates a split, effective at once (version 0).
     /// @param recipients Distinct, non-zero addresses (1 to `MAX_RECIPIENTS`).
@@ -218,7 +219,7 @@ interface ISplitEscrow {
 
     /* RECIPIENTS AND ANYONE */
 
-    /// @notice Sets where the caller's claims are paid (the caller itself when never set).
+    /// @notice Sets where the caller's claims are paid (the caller itself when never set). Not the escrow itself.
     function setPayoutAddress(address payout) external;
 
     /// @notice Pays `recipient`'s whole claimable balance to its payout address. Anyone may call. Refused while held.

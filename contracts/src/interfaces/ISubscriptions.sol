@@ -154,6 +154,10 @@ interface ISubscriptions {
     /// @notice The subscriber withdrew unused credit.
     event CreditWithdrawn(address indexed subscriber, uint256 amount, uint256 balance);
 
+    /// @notice Credit spent by charges could not be transferred to the escrow (the token refused, e.g. paused);
+    /// `owed` waits here until the next batch or `flushCreditToEscrow` moves it, and counts as revenue then.
+    event CreditTransferDeferred(uint256 owed);
+
     /// @notice The escrow refunded `amount` to the subscriber as credit.
     event CreditRefunded(address indexed subscriber, uint256 amount, uint256 balance);
 
@@ -201,7 +205,8 @@ interface ISubscriptions {
     /// @notice Creates a plan. Price 0 with a subscriber-set overage cap is pay-as-you-go.
     /// @param price Base units pulled per period (at most 2^96 - 1).
     /// @param period Seconds per period: at least one hour and at least the charge window.
-    /// @param gracePeriod Seconds a failed renewal keeps access; shorter than `period`, so at most one period is owed.
+    /// @param gracePeriod Seconds a due subscription keeps access while renewal is retried; more than 0 and shorter
+    /// than `period`, so at most one period is ever owed.
     /// @return planId The new plan's id (1-based).
     function createPlan(uint256 price, uint256 period, uint256 gracePeriod) external returns (uint256 planId);
 
@@ -209,7 +214,7 @@ interface ISubscriptions {
     function setPlanActive(uint256 planId, bool active) external;
 
     /// @notice Sets the keeper allowed to post usage charges.
-    function setKeeper(address keeper) external;
+    function setKeeper(address keeper_) external;
 
     /// @notice Pauses renewals, subscriptions and usage charges. Cancels, credit withdrawals and escrow claims go on.
     function pause() external;
@@ -265,6 +270,11 @@ interface ISubscriptions {
     /// @return collected How many items collected a non-zero amount.
     function chargeUsage(Charge[] calldata charges) external returns (uint256 collected);
 
+    /// @notice Moves credit that charges spent but the token refused to transfer (see `CreditTransferDeferred`) to
+    /// the escrow. Anyone may call.
+    /// @return moved The amount moved and added to `totalRevenue`.
+    function flushCreditToEscrow() external returns (uint256 moved);
+
     /// @notice Credits `amount` the escrow has just transferred here to `subscriber` (a refund as credit). Escrow only.
     function creditFromEscrow(address subscriber, uint256 amount) external;
 
@@ -287,6 +297,9 @@ interface ISubscriptions {
 
     /// @notice Total revenue ever sent to the escrow (plan fees and usage charges). The escrow allocates from it.
     function totalRevenue() external view returns (uint256);
+
+    /// @notice Credit spent by charges and still waiting to be transferred to the escrow.
+    function creditOwedToEscrow() external view returns (uint256);
 
     /// @notice The number of plans created; plan ids run from 1 to this.
     function planCount() external view returns (uint256);

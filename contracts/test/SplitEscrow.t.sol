@@ -1,0 +1,1471 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {Vm} from "forge-std/Vm.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+
+import {BaseTest} from "./Base.t.sol";
+import {SplitEscrow} from "../src/SplitEscrow.sol";
+import {ISplitEscrow} from "../src/interfaces/ISplitEscrow.sol";
+import {ITestUSDC} from "../src/interfaces/ITestUSDC.sol";
+
+contract SplitEscrowTest is BaseTest {
+    uint256 internal constant PRICE = 79 * USDC;
+    bytes32 internal constant ROOT = keccak256("usage");
+
+    uint256 internal _payerNonce;
+
+    /* HELPERS */
+
+    function _assertSolvent() internal view {
+        assertGe(
+            usdc.balanceOf(address(escrow)),
+            escrow.unallocated() + escrow.totalClaimable(),
+            "escrow insolvent: balance < unallocated + totalClaimable"
+        );
+    }
+
+    /// @dev Brings exactly `amount` of new unallocated revenue through Subscriptions (a fresh subscriber to a fresh
+    /// plan priced `amount`).
+    function _revenue(uint256 amount) internal {
+        vm.prank(owner);
+        uint256 planId = subs.createPlan(amount, MONTH, GRACE);
+        address payer = makeAddr(string(abi.encodePacked("payer", vm.toString(++_payerNonce))));
+        _fund(payer, amount);
+        _subscribe(payer, planId, 0);
+    }
+
+    function _a1(address a) internal pure returns (address[] memory r) {
+        r = new address[](1);
+        r[0] = a;
+    }
+
+    function _a2(address a, address b) internal pure returns (address[] memory r) {
+        r = new address[](2);
+        (r[0], r[1]) = (a, b);
+    }
+
+    function _a3(address a, address b, address c) internal pure returns (address[] memory r) {
+        r = new address[](3);
+        (r[0], r[1], r[2]) = (a, b, c);
+    }
+
+    function _b1(uint16 a) internal pure returns (uint16[] memory r) {
+        r = new uint16[](1);
+        r[0] = a;
+    }
+
+    function _b2(uint16 a, uint16 b) internal pure returns (uint16[] memory r) {
+        r = new uint16[](2);
+        (r[0], r[1]) = (a, b);
+    }
+
+    function _b3(uint16 a, uint16 b, uint16 c) internal pure returns (uint16[] memory r) {
+        r = new uint16[](3);
+        (r[0], r[1], r[2]) = (a, b, c);
+    }
+
+    function _u1(uint256 a) internal pure returns (uint256[] memory r) {
+        r = new uint256[](1);
+        r[0] = a;
+    }
+
+    function _u2(uint256 a, uint256 b) internal pure returns (uint256[] memory r) {
+        r = new uint256[](2);
+        (r[0], r[1]) = (a, b);
+    }
+
+    function _wide(uint16[] memory bps) internal pure returns (uint256[] memory r) {
+        r = new uint256[](bps.length);
+        for (uint256 i; i < bps.length; ++i) {
+            r[i] = bps[i];
+        }
+    }
+
+    function _many(uint256 n, uint256 salt) internal pure returns (address[] memory r, uint16[] memory b) {
+        r = new address[](n);
+        b = new uint16[](n);
+        uint256 left = 10_000;
+        for (uint256 i; i < n; ++i) {
+            r[i] = address(uint160(uint256(keccak256(abi.encode("recipient", salt, i)))));
+            b[i] = uint16(i == n - 1 ? left : 10_000 / n);
+            left -= b[i];
+        }
+    }
+
+    function _settleAt(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochEnd) internal {
+        vm.prank(keeper);
+        escrow.settle(settlementId, epochEnd - 1 days, epochEnd, _u1(splitId), _u1(amount), ROOT);
+    }
+
+    function _propose(uint256 splitId, address[] memory r, uint16[] memory b, uint256 ri)
+        internal
+        returns (uint256 version)
+    {
+        vm.prank(owner);
+        version = escrow.proposeSplitChange(splitId, r, b, ri);
+    }
+
+    function _hold(address who, uint256 until) internal {
+        vm.prank(owner);
+        escrow.hold(who, until, keccak256("dispute"));
+    }
+
+    /// @dev Split 1 (creator/platform/host 70/20/10) with 790 USDC settled to it (10 subscriptions of $79).
+    function _fundedSplit() internal returns (uint256 splitId) {
+        splitId = _createSplit();
+        for (uint256 i; i < 10; ++i) {
+            _subscribe(i % 2 == 0 ? alice : bob, monthly, 0);
+        }
+        _settle(1, splitId, 790 * USDC);
+    }
+
+    function _assertVersion(
+        uint256 splitId,
+        uint256 version,
+        address[] memory r,
+        uint16[] memory b,
+        uint256 ri,
+        uint256 effectiveAt
+    ) internal view {
+        (address[] memory gr, uint16[] memory gb, uint256 gri, uint256 geff) = escrow.splitVersion(splitId, version);
+        assertEq(gr, r, "recipients");
+        assertEq(gb.length, b.length, "bps length");
+        for (uint256 i; i < b.length; ++i) {
+            assertEq(gb[i], b[i], "bps");
+        }
+        assertEq(gri, ri, "remainder index");
+        assertEq(geff, effectiveAt, "effectiveAt");
+    }
+
+    /* CONSTRUCTOR, SUBSCRIPTIONS, KEEPER */
+
+    function test_constructor_setsState() public view {
+        assertEq(escrow.token(), address(usdc));
+        assertEq(escrow.owner(), owner);
+        assertEq(escrow.keeper(), keeper);
+        assertEq(escrow.subscriptions(), address(subs));
+        assertEq(escrow.splitChangeDelay(), SPLIT_DELAY);
+        assertEq(escrow.maxHold(), MAX_HOLD);
+        assertEq(escrow.splitCount(), 0);
+        assertEq(escrow.unallocated(), 0);
+        assertEq(escrow.totalClaimable(), 0);
+        assertEq(escrow.surplus(), 0);
+    }
+
+    function test_constructor_emitsKeeperSet() public {
+        vm.expectEmit();
+        emit ISplitEscrow.KeeperSet(keeper);
+        new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+    }
+
+    function test_constructor_revertsOnZeroToken() public {
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        new SplitEscrow(address(0), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+    }
+
+    function test_constructor_revertsOnZeroKeeper() public {
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        new SplitEscrow(address(usdc), owner, address(0), SPLIT_DELAY, MAX_HOLD);
+    }
+
+    function test_constructor_revertsOnZeroOwner() public {
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableInvalidOwner.selector, address(0)));
+        new SplitEscrow(address(usdc), address(0), keeper, SPLIT_DELAY, MAX_HOLD);
+    }
+
+    function test_setSubscriptions_setsOnceAndEmits() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        assertEq(fresh.subscriptions(), address(0));
+        assertEq(fresh.unallocated(), 0, "no revenue source yet");
+        vm.expectEmit(address(fresh));
+        emit ISplitEscrow.SubscriptionsSet(address(subs));
+        vm.prank(owner);
+        fresh.setSubscriptions(address(subs));
+        assertEq(fresh.subscriptions(), address(subs));
+
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.SubscriptionsAlreadySet.selector);
+        fresh.setSubscriptions(address(0xBEEF));
+    }
+
+    function test_setSubscriptions_revertsWhenAlreadySet() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.SubscriptionsAlreadySet.selector);
+        escrow.setSubscriptions(address(0xBEEF));
+        assertEq(escrow.subscriptions(), address(subs));
+    }
+
+    function test_setSubscriptions_revertsOnZeroAddress() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        fresh.setSubscriptions(address(0));
+    }
+
+    function test_setSubscriptions_revertsForNonOwner() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        fresh.setSubscriptions(address(subs));
+    }
+
+    function test_refund_revertsBeforeSubscriptionsSet() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 0, 1));
+        fresh.refund(alice, 1, true, bytes32(0));
+    }
+
+    function test_setKeeper_changesKeeperAndEmits() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        address newKeeper = makeAddr("newKeeper");
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.KeeperSet(newKeeper);
+        vm.prank(owner);
+        escrow.setKeeper(newKeeper);
+        assertEq(escrow.keeper(), newKeeper);
+
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotKeeper.selector, keeper));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+
+        vm.prank(newKeeper);
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+        assertEq(escrow.totalClaimable(), PRICE);
+        _assertSolvent();
+    }
+
+    function test_setKeeper_revertsOnZeroAddress() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.setKeeper(address(0));
+    }
+
+    function test_setKeeper_revertsForNonOwner() public {
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, keeper));
+        escrow.setKeeper(stranger);
+    }
+
+    /* CREATE SPLIT */
+
+    function test_createSplit_storesVersionZeroAndEmits() public {
+        address[] memory r = _a3(creator, platform, host);
+        uint16[] memory b = _b3(7_000, 2_000, 1_000);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.SplitVersionAdded(1, 0, block.timestamp, r, _wide(b), 1);
+        vm.prank(owner);
+        uint256 splitId = escrow.createSplit(r, b, 1);
+        assertEq(splitId, 1);
+        assertEq(escrow.splitCount(), 1);
+        assertEq(escrow.latestVersion(splitId), 0);
+        assertEq(escrow.versionAt(splitId, block.timestamp), 0);
+        _assertVersion(splitId, 0, r, b, 1, block.timestamp);
+    }
+
+    function test_createSplit_idsIncrement() public {
+        assertEq(_createSplit(), 1);
+        vm.prank(owner);
+        assertEq(escrow.createSplit(_a1(creator), _b1(10_000), 0), 2);
+        assertEq(escrow.splitCount(), 2);
+        _assertVersion(2, 0, _a1(creator), _b1(10_000), 0, block.timestamp);
+    }
+
+    function test_createSplit_acceptsMaxRecipients() public {
+        (address[] memory r, uint16[] memory b) = _many(32, 1);
+        vm.prank(owner);
+        uint256 splitId = escrow.createSplit(r, b, 31);
+        _assertVersion(splitId, 0, r, b, 31, block.timestamp);
+    }
+
+    function test_createSplit_revertsOnZeroRecipients() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipientCount.selector, 0));
+        escrow.createSplit(new address[](0), new uint16[](0), 0);
+    }
+
+    function test_createSplit_revertsOnTooManyRecipients() public {
+        (address[] memory r, uint16[] memory b) = _many(33, 1);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipientCount.selector, 33));
+        escrow.createSplit(r, b, 0);
+    }
+
+    function test_createSplit_revertsOnLengthMismatch() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.LengthMismatch.selector);
+        escrow.createSplit(_a2(creator, platform), _b1(10_000), 0);
+    }
+
+    function test_createSplit_revertsOnBpsSumBelow() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidBpsSum.selector, 9_999));
+        escrow.createSplit(_a2(creator, platform), _b2(5_000, 4_999), 0);
+    }
+
+    function test_createSplit_revertsOnBpsSumAbove() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidBpsSum.selector, 10_001));
+        escrow.createSplit(_a2(creator, platform), _b2(5_000, 5_001), 0);
+    }
+
+    function test_createSplit_revertsOnDuplicateRecipient() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.DuplicateRecipient.selector, creator));
+        escrow.createSplit(_a3(creator, platform, creator), _b3(5_000, 2_500, 2_500), 0);
+    }
+
+    function test_createSplit_revertsOnZeroRecipient() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.createSplit(_a2(creator, address(0)), _b2(5_000, 5_000), 0);
+    }
+
+    function test_createSplit_revertsOnInvalidRemainderIndex() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRemainderIndex.selector, 2));
+        escrow.createSplit(_a2(creator, platform), _b2(5_000, 5_000), 2);
+    }
+
+    function test_createSplit_revertsForNonOwner() public {
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        escrow.createSplit(_a1(creator), _b1(10_000), 0);
+    }
+
+    /* SPLIT CHANGES */
+
+    function test_proposeSplitChange_storesPendingVersionAndEmits() public {
+        uint256 splitId = _createSplit();
+        uint256 created = block.timestamp;
+        vm.warp(block.timestamp + 1 hours);
+        address[] memory r = _a2(creator, bob);
+        uint16[] memory b = _b2(9_000, 1_000);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.SplitVersionAdded(splitId, 1, block.timestamp + SPLIT_DELAY, r, _wide(b), 0);
+        uint256 version = _propose(splitId, r, b, 0);
+        assertEq(version, 1);
+        assertEq(escrow.latestVersion(splitId), 1);
+        assertEq(escrow.versionAt(splitId, block.timestamp), 0, "not in force yet");
+        assertEq(escrow.versionAt(splitId, block.timestamp + SPLIT_DELAY - 1), 0);
+        assertEq(escrow.versionAt(splitId, block.timestamp + SPLIT_DELAY), 1);
+        _assertVersion(splitId, 1, r, b, 0, block.timestamp + SPLIT_DELAY);
+        _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
+    }
+
+    function test_proposeSplitChange_settleBeforeEffectiveUsesOldVersion() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        uint256 effectiveAt = block.timestamp + SPLIT_DELAY;
+        vm.warp(effectiveAt); // the change is in force now, but the epoch ended just before it
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(creator, 1, splitId, 55_300_000);
+        _settleAt(1, splitId, PRICE, effectiveAt - 1);
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        assertEq(escrow.claimableOf(platform), 15_800_000);
+        assertEq(escrow.claimableOf(host), 7_900_000);
+        assertEq(escrow.claimableOf(bob), 0);
+        _assertSolvent();
+    }
+
+    function test_proposeSplitChange_settleAtEffectiveUsesNewVersion() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        uint256 effectiveAt = block.timestamp + SPLIT_DELAY;
+        vm.warp(effectiveAt);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(bob, 1, splitId, PRICE);
+        _settleAt(1, splitId, PRICE, effectiveAt);
+        assertEq(escrow.claimableOf(bob), PRICE);
+        assertEq(escrow.claimableOf(creator) + escrow.claimableOf(platform) + escrow.claimableOf(host), 0);
+        _assertSolvent();
+    }
+
+    function test_proposeSplitChange_settleAfterEffectiveUsesNewVersion() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        vm.warp(block.timestamp + SPLIT_DELAY + 3 days);
+        _settle(1, splitId, PRICE);
+        assertEq(escrow.claimableOf(bob), PRICE);
+        _assertSolvent();
+    }
+
+    function test_proposeSplitChange_oldEpochAfterChangeUsesOldVersion() public {
+        uint256 splitId = _createSplit();
+        uint256 created = block.timestamp;
+        _subscribe(alice, monthly, 0);
+        _subscribe(bob, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        vm.warp(created + SPLIT_DELAY + 10 days);
+        assertEq(escrow.versionAt(splitId, block.timestamp), 1);
+        // An epoch that ended before the change took effect, settled long after: old version.
+        _settleAt(1, splitId, PRICE, created + 5 days);
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        assertEq(escrow.claimableOf(platform), 15_800_000);
+        assertEq(escrow.claimableOf(host), 7_900_000);
+        assertEq(escrow.claimableOf(bob), 0);
+        // A current epoch: new version.
+        _settleAt(2, splitId, PRICE, block.timestamp);
+        assertEq(escrow.claimableOf(bob), PRICE);
+        assertEq(escrow.totalClaimable(), 2 * PRICE);
+        _assertSolvent();
+    }
+
+    function test_proposeSplitChange_secondChangeAfterFirstTookEffect() public {
+        uint256 splitId = _createSplit();
+        uint256 t0 = block.timestamp;
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        vm.warp(t0 + SPLIT_DELAY);
+        assertEq(_propose(splitId, _a2(carol, bob), _b2(5_000, 5_000), 1), 2);
+        uint256 t2 = block.timestamp + SPLIT_DELAY;
+        assertEq(escrow.latestVersion(splitId), 2);
+        assertEq(escrow.versionAt(splitId, t0), 0);
+        assertEq(escrow.versionAt(splitId, t0 + SPLIT_DELAY - 1), 0);
+        assertEq(escrow.versionAt(splitId, t0 + SPLIT_DELAY), 1);
+        assertEq(escrow.versionAt(splitId, t2 - 1), 1);
+        assertEq(escrow.versionAt(splitId, t2), 2);
+        _assertVersion(splitId, 1, _a1(bob), _b1(10_000), 0, t0 + SPLIT_DELAY);
+
+        // Settle the three eras after the last change took effect.
+        for (uint256 i; i < 3; ++i) {
+            _subscribe(alice, monthly, 0);
+        }
+        vm.warp(t2 + 1 days);
+        _settleAt(1, splitId, 100, t0 + 1); // v0: 70/20/10
+        _settleAt(2, splitId, 100, t2 - 1); // v1: bob
+        _settleAt(3, splitId, 101, t2); // v2: carol 50, bob 50 + 1
+        assertEq(escrow.claimableOf(creator), 70);
+        assertEq(escrow.claimableOf(platform), 20);
+        assertEq(escrow.claimableOf(host), 10);
+        assertEq(escrow.claimableOf(bob), 100 + 51);
+        assertEq(escrow.claimableOf(carol), 50);
+        assertEq(escrow.totalClaimable(), 301);
+        _assertSolvent();
+    }
+
+    function test_proposeSplitChange_revertsWhenChangePending() public {
+        uint256 splitId = _createSplit();
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        vm.warp(block.timestamp + SPLIT_DELAY - 1);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.ChangeAlreadyPending.selector, splitId));
+        escrow.proposeSplitChange(splitId, _a1(carol), _b1(10_000), 0);
+    }
+
+    function test_proposeSplitChange_revertsOnUnknownSplit() public {
+        _createSplit();
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 2));
+        escrow.proposeSplitChange(2, _a1(carol), _b1(10_000), 0);
+    }
+
+    function test_proposeSplitChange_validatesRecipients() public {
+        uint256 splitId = _createSplit();
+        vm.startPrank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidBpsSum.selector, 9_000));
+        escrow.proposeSplitChange(splitId, _a1(carol), _b1(9_000), 0);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.DuplicateRecipient.selector, carol));
+        escrow.proposeSplitChange(splitId, _a2(carol, carol), _b2(5_000, 5_000), 0);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipientCount.selector, 0));
+        escrow.proposeSplitChange(splitId, new address[](0), new uint16[](0), 0);
+        vm.stopPrank();
+        assertEq(escrow.latestVersion(splitId), 0);
+    }
+
+    function test_proposeSplitChange_revertsForNonOwner() public {
+        uint256 splitId = _createSplit();
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, keeper));
+        escrow.proposeSplitChange(splitId, _a1(carol), _b1(10_000), 0);
+    }
+
+    function test_cancelSplitChange_restoresPreviousWhenProposalHadMoreRecipients() public {
+        uint256 splitId = _createSplit();
+        uint256 created = block.timestamp;
+        (address[] memory r, uint16[] memory b) = _many(6, 7);
+        _propose(splitId, r, b, 5);
+        vm.warp(block.timestamp + 1 days);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.SplitChangeCancelled(splitId, 1);
+        vm.prank(owner);
+        escrow.cancelSplitChange(splitId);
+
+        assertEq(escrow.latestVersion(splitId), 0);
+        assertEq(escrow.versionAt(splitId, block.timestamp + 365 days), 0);
+        _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, splitId));
+        escrow.splitVersion(splitId, 1);
+
+        // Settlements long after use the restored version exactly: 3 recipients, remainder to the platform.
+        _subscribe(alice, monthly, 0);
+        vm.warp(block.timestamp + SPLIT_DELAY * 2);
+        vm.recordLogs();
+        _settle(1, splitId, 101);
+        assertEq(_countCredited(vm.getRecordedLogs()), 3);
+        assertEq(escrow.claimableOf(creator), 70);
+        assertEq(escrow.claimableOf(platform), 21);
+        assertEq(escrow.claimableOf(host), 10);
+        for (uint256 i; i < r.length; ++i) {
+            assertEq(escrow.claimableOf(r[i]), 0);
+        }
+        _assertSolvent();
+
+        // A new proposal reuses the version number, with no leftovers of the cancelled one.
+        assertEq(_propose(splitId, _a2(carol, bob), _b2(4_000, 6_000), 0), 1);
+        _assertVersion(splitId, 1, _a2(carol, bob), _b2(4_000, 6_000), 0, block.timestamp + SPLIT_DELAY);
+        vm.warp(block.timestamp + SPLIT_DELAY);
+        _settle(2, splitId, 11);
+        assertEq(escrow.claimableOf(carol), 4 + 1);
+        assertEq(escrow.claimableOf(bob), 6);
+        _assertSolvent();
+    }
+
+    function test_cancelSplitChange_restoresPreviousWhenProposalHadFewerRecipients() public {
+        uint256 splitId = _createSplit();
+        uint256 created = block.timestamp;
+        _propose(splitId, _a1(carol), _b1(10_000), 0);
+        vm.prank(owner);
+        escrow.cancelSplitChange(splitId);
+
+        assertEq(escrow.latestVersion(splitId), 0);
+        _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
+        _subscribe(alice, monthly, 0);
+        vm.warp(block.timestamp + SPLIT_DELAY * 2);
+        _settle(1, splitId, PRICE);
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        assertEq(escrow.claimableOf(platform), 15_800_000);
+        assertEq(escrow.claimableOf(host), 7_900_000);
+        assertEq(escrow.claimableOf(carol), 0);
+        _assertSolvent();
+    }
+
+    function test_cancelSplitChange_restoresIntermediateVersion() public {
+        uint256 splitId = _createSplit();
+        _propose(splitId, _a2(carol, bob), _b2(5_000, 5_000), 0);
+        vm.warp(block.timestamp + SPLIT_DELAY);
+        uint256 v1Effective = block.timestamp;
+        (address[] memory r, uint16[] memory b) = _many(4, 3);
+        _propose(splitId, r, b, 2);
+        vm.prank(owner);
+        escrow.cancelSplitChange(splitId);
+        assertEq(escrow.latestVersion(splitId), 1);
+        _assertVersion(splitId, 1, _a2(carol, bob), _b2(5_000, 5_000), 0, v1Effective);
+        assertEq(escrow.versionAt(splitId, v1Effective - 1), 0);
+        assertEq(escrow.versionAt(splitId, block.timestamp + 100 days), 1);
+    }
+
+    function test_cancelSplitChange_revertsAfterChangeTookEffect() public {
+        uint256 splitId = _createSplit();
+        _propose(splitId, _a1(carol), _b1(10_000), 0);
+        vm.warp(block.timestamp + SPLIT_DELAY);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NoPendingChange.selector, splitId));
+        escrow.cancelSplitChange(splitId);
+        assertEq(escrow.latestVersion(splitId), 1);
+    }
+
+    function test_cancelSplitChange_revertsWithoutProposal() public {
+        uint256 splitId = _createSplit();
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NoPendingChange.selector, splitId));
+        escrow.cancelSplitChange(splitId);
+    }
+
+    function test_cancelSplitChange_revertsOnUnknownSplit() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
+        escrow.cancelSplitChange(1);
+    }
+
+    function test_cancelSplitChange_revertsForNonOwner() public {
+        uint256 splitId = _createSplit();
+        _propose(splitId, _a1(carol), _b1(10_000), 0);
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        escrow.cancelSplitChange(splitId);
+    }
+
+    function test_versionAt_revertsBeforeCreation() public {
+        uint256 splitId = _createSplit();
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, block.timestamp - 1)
+        );
+        escrow.versionAt(splitId, block.timestamp - 1);
+    }
+
+    function test_views_revertOnUnknownSplit() public {
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
+        escrow.latestVersion(1);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
+        escrow.versionAt(1, block.timestamp);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
+        escrow.splitVersion(1, 0);
+        uint256 splitId = _createSplit();
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, splitId));
+        escrow.splitVersion(splitId, 1);
+    }
+
+    /* SETTLE */
+
+    function _countCredited(Vm.Log[] memory logs) internal view returns (uint256 n) {
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].emitter == address(escrow) && logs[i].topics[0] == ISplitEscrow.Credited.selector) ++n;
+        }
+    }
+
+    function test_settle_creditsRecipientsAndEmits() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _subscribe(bob, monthly, 0);
+        assertEq(escrow.unallocated(), 2 * PRICE);
+        uint256 start = block.timestamp - 1 days;
+
+        // The remainder recipient (the platform) is credited last.
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(creator, 7, splitId, 55_300_000);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(host, 7, splitId, 7_900_000);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(platform, 7, splitId, 15_800_000);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Settled(7, start, block.timestamp, ROOT, PRICE, 1);
+        _settle(7, splitId, PRICE);
+
+        assertTrue(escrow.settlementUsed(7));
+        assertFalse(escrow.settlementUsed(8));
+        assertEq(escrow.unallocated(), PRICE);
+        assertEq(escrow.totalClaimable(), PRICE);
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        assertEq(escrow.claimableOf(platform), 15_800_000);
+        assertEq(escrow.claimableOf(host), 7_900_000);
+        assertEq(usdc.balanceOf(address(escrow)), 2 * PRICE);
+        _assertSolvent();
+    }
+
+    function test_settle_multipleSplits() public {
+        uint256 s1 = _createSplit();
+        vm.prank(owner);
+        uint256 s2 = escrow.createSplit(_a2(carol, creator), _b2(3_333, 6_667), 0);
+        _subscribe(alice, monthly, 0);
+        _subscribe(bob, monthly, 0);
+        _subscribe(carol, monthly, 0);
+        uint256 before = escrow.unallocated();
+
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Settled(1, block.timestamp - 2 days, block.timestamp, ROOT, 1_000 + 7, 2);
+        vm.prank(keeper);
+        escrow.settle(1, block.timestamp - 2 days, block.timestamp, _u2(s1, s2), _u2(1_000, 7), ROOT);
+
+        // s1: 700/200/100; s2: carol 7*3333/10000 = 2 + remainder 1 = 3, creator 4
+        assertEq(escrow.claimableOf(creator), 700 + 4);
+        assertEq(escrow.claimableOf(platform), 200);
+        assertEq(escrow.claimableOf(host), 100);
+        assertEq(escrow.claimableOf(carol), 3);
+        assertEq(escrow.totalClaimable(), 1_007);
+        assertEq(escrow.unallocated(), before - 1_007);
+        _assertSolvent();
+    }
+
+    function test_settle_roundingRemainderGoesToRemainderRecipient() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        // 1_009: 706.3 -> 706, 201.8 -> 201, 100.9 -> 100; remainder 2 to the platform.
+        _settle(1, splitId, 1_009);
+        assertEq(escrow.claimableOf(creator), 706);
+        assertEq(escrow.claimableOf(platform), 203);
+        assertEq(escrow.claimableOf(host), 100);
+        assertEq(escrow.totalClaimable(), 1_009);
+        assertEq(escrow.unallocated(), PRICE - 1_009);
+        _assertSolvent();
+    }
+
+    function test_settle_emitsNoCreditForZeroShare() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.recordLogs();
+        _settle(1, splitId, 9); // 6, 1 (+2), 0
+        assertEq(_countCredited(vm.getRecordedLogs()), 2);
+        assertEq(escrow.claimableOf(creator), 6);
+        assertEq(escrow.claimableOf(platform), 3);
+        assertEq(escrow.claimableOf(host), 0);
+
+        vm.recordLogs();
+        _settle(2, splitId, 1); // everything is remainder
+        assertEq(_countCredited(vm.getRecordedLogs()), 1);
+        assertEq(escrow.claimableOf(platform), 4);
+        assertEq(escrow.totalClaimable(), 10);
+        _assertSolvent();
+    }
+
+    function test_settle_zeroAmountAndEmptySettlement() public {
+        uint256 splitId = _createSplit();
+        vm.recordLogs();
+        _settle(1, splitId, 0);
+        assertEq(_countCredited(vm.getRecordedLogs()), 0);
+        vm.prank(keeper);
+        escrow.settle(2, block.timestamp, block.timestamp, new uint256[](0), new uint256[](0), ROOT);
+        assertTrue(escrow.settlementUsed(1));
+        assertTrue(escrow.settlementUsed(2));
+        assertEq(escrow.totalClaimable(), 0);
+    }
+
+    function test_settle_revertsForNonKeeper() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotKeeper.selector, owner));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnUsedSettlementId() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _settle(1, splitId, 10 * USDC);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SettlementIdUsed.selector, 1));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(10 * USDC), ROOT);
+        assertEq(escrow.totalClaimable(), 10 * USDC);
+        _assertSolvent();
+    }
+
+    function test_settle_revertsOnFutureEpochEnd() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        uint256 end = block.timestamp + 1;
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, block.timestamp, end));
+        escrow.settle(1, block.timestamp, end, _u1(splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnStartAfterEnd() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        uint256 end = block.timestamp - 1;
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, block.timestamp, end));
+        escrow.settle(1, block.timestamp, end, _u1(splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnLengthMismatch() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.prank(keeper);
+        vm.expectRevert(ISplitEscrow.LengthMismatch.selector);
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnInsufficientUnallocated() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE + 1), ROOT);
+
+        // Over two splits in one settlement; then after part was settled.
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId), _u2(PRICE, 1), ROOT);
+        assertFalse(escrow.settlementUsed(1), "a refused settlement does not use its id");
+
+        _settle(1, splitId, PRICE - 5);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 5, 6));
+        escrow.settle(2, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(6), ROOT);
+        _settle(2, splitId, 5);
+        assertEq(escrow.unallocated(), 0);
+        assertEq(escrow.totalClaimable(), PRICE);
+        _assertSolvent();
+    }
+
+    function test_settle_revertsOnUnknownSplit() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, splitId + 1));
+        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId + 1), _u2(1, 1), ROOT);
+        assertEq(escrow.unallocated(), PRICE);
+        assertEq(escrow.totalClaimable(), 0);
+    }
+
+    function test_settle_revertsOnSplitNotInForce() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        uint256 end = block.timestamp - 1;
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end));
+        escrow.settle(1, end - 1 days, end, _u1(splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnAmountTooLarge() public {
+        uint256 max = type(uint96).max;
+        vm.prank(owner);
+        uint256 whale = subs.createPlan(max, MONTH, GRACE);
+        _fund(alice, max);
+        _fund(bob, max);
+        _subscribe(alice, whale, 0);
+        _subscribe(bob, whale, 0);
+        vm.prank(owner);
+        uint256 splitId = escrow.createSplit(_a1(creator), _b1(10_000), 0);
+        _settle(1, splitId, max);
+        assertEq(escrow.claimableOf(creator), max);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.AmountTooLarge.selector, max + 1));
+        escrow.settle(2, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(1), ROOT);
+        assertEq(escrow.totalClaimable(), max);
+        _assertSolvent();
+    }
+
+    /* CLAIM */
+
+    function test_claim_paysRecipientAndEmits() public {
+        _fundedSplit();
+        uint256 amount = escrow.claimableOf(creator);
+        assertEq(amount, 553 * USDC);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(creator, creator, amount);
+        vm.prank(creator);
+        assertEq(escrow.claim(creator), amount);
+        assertEq(usdc.balanceOf(creator), amount);
+        assertEq(escrow.claimableOf(creator), 0);
+        assertEq(escrow.totalClaimable(), 790 * USDC - amount);
+        _assertSolvent();
+    }
+
+    function test_claim_anyoneMayTrigger() public {
+        _fundedSplit();
+        vm.prank(stranger);
+        uint256 amount = escrow.claim(host);
+        assertEq(amount, 79 * USDC);
+        assertEq(usdc.balanceOf(host), amount);
+        assertEq(usdc.balanceOf(stranger), 0);
+        _assertSolvent();
+    }
+
+    function test_setPayoutAddress_setsAndEmits() public {
+        assertEq(escrow.payoutOf(creator), creator, "defaults to the recipient");
+        address wallet = makeAddr("wallet");
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.PayoutAddressSet(creator, wallet);
+        vm.prank(creator);
+        escrow.setPayoutAddress(wallet);
+        assertEq(escrow.payoutOf(creator), wallet);
+    }
+
+    function test_setPayoutAddress_revertsOnZeroAddress() public {
+        vm.prank(creator);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.setPayoutAddress(address(0));
+    }
+
+    function test_claim_paysPayoutAddressAfterRotation() public {
+        uint256 splitId = _fundedSplit();
+        address wallet1 = makeAddr("wallet1");
+        address wallet2 = makeAddr("wallet2");
+        vm.prank(creator);
+        escrow.setPayoutAddress(wallet1);
+        vm.prank(creator);
+        escrow.setPayoutAddress(wallet2);
+
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(creator, wallet2, 553 * USDC);
+        escrow.claim(creator);
+        assertEq(usdc.balanceOf(wallet2), 553 * USDC);
+        assertEq(usdc.balanceOf(wallet1), 0);
+        assertEq(usdc.balanceOf(creator), 0);
+
+        // Rotating back to the recipient itself.
+        vm.prank(creator);
+        escrow.setPayoutAddress(creator);
+        _subscribe(carol, monthly, 0);
+        _settle(2, splitId, 100);
+        escrow.claim(creator);
+        assertEq(usdc.balanceOf(creator), 70);
+        _assertSolvent();
+    }
+
+    function test_claim_revertsWhenNothingToClaim() public {
+        _fundedSplit();
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NothingToClaim.selector, stranger));
+        escrow.claim(stranger);
+        escrow.claim(creator);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NothingToClaim.selector, creator));
+        escrow.claim(creator);
+    }
+
+    function test_claim_revertsWhileHeld() public {
+        _fundedSplit();
+        uint256 until = block.timestamp + 10 days;
+        _hold(creator, until);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RecipientHeld.selector, creator, until));
+        escrow.claim(creator);
+        vm.warp(until - 1);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RecipientHeld.selector, creator, until));
+        escrow.claim(creator);
+        vm.warp(until);
+        assertEq(escrow.claim(creator), 553 * USDC);
+        _assertSolvent();
+    }
+
+    function test_claim_revertsWhenPayoutBlacklisted() public {
+        _fundedSplit();
+        vm.prank(owner);
+        usdc.blacklist(creator);
+        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, creator));
+        escrow.claim(creator);
+        assertEq(escrow.claimableOf(creator), 553 * USDC);
+        assertEq(escrow.totalClaimable(), 790 * USDC);
+        // Rotating the payout address away from the blacklisted one lets the claim through.
+        address wallet = makeAddr("wallet");
+        vm.prank(creator);
+        escrow.setPayoutAddress(wallet);
+        escrow.claim(creator);
+        assertEq(usdc.balanceOf(wallet), 553 * USDC);
+        _assertSolvent();
+    }
+
+    function test_claimMany_paysAll() public {
+        _fundedSplit();
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(creator, creator, 553 * USDC);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(platform, platform, 158 * USDC);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(host, host, 79 * USDC);
+        vm.prank(stranger);
+        assertEq(escrow.claimMany(_a3(creator, platform, host)), 3);
+        assertEq(escrow.totalClaimable(), 0);
+        assertEq(usdc.balanceOf(address(escrow)), 0);
+        _assertSolvent();
+    }
+
+    function test_claimMany_isolatesBlacklistedPayout() public {
+        _fundedSplit();
+        address wallet = makeAddr("wallet");
+        vm.prank(platform);
+        escrow.setPayoutAddress(wallet);
+        vm.prank(owner);
+        usdc.blacklist(wallet);
+
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(creator, creator, 553 * USDC);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.ClaimFailed(platform, wallet, 158 * USDC);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Claimed(host, host, 79 * USDC);
+        assertEq(escrow.claimMany(_a3(creator, platform, host)), 2);
+
+        assertEq(escrow.claimableOf(platform), 158 * USDC, "failed balance stays claimable");
+        assertEq(escrow.totalClaimable(), 158 * USDC);
+        assertEq(usdc.balanceOf(creator), 553 * USDC);
+        assertEq(usdc.balanceOf(host), 79 * USDC);
+        assertEq(usdc.balanceOf(address(escrow)), 158 * USDC);
+        assertEq(escrow.surplus(), 0);
+        _assertSolvent();
+
+        vm.prank(owner);
+        usdc.unBlacklist(wallet);
+        assertEq(escrow.claimMany(_a1(platform)), 1);
+        assertEq(usdc.balanceOf(wallet), 158 * USDC);
+        assertEq(escrow.totalClaimable(), 0);
+        _assertSolvent();
+    }
+
+    function test_claimMany_skipsHeldAndEmpty() public {
+        _fundedSplit();
+        _hold(platform, block.timestamp + 1 days);
+        vm.recordLogs();
+        assertEq(escrow.claimMany(_a3(stranger, platform, host)), 1);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        uint256 claimed;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].emitter != address(escrow)) continue;
+            assertTrue(logs[i].topics[0] != ISplitEscrow.ClaimFailed.selector, "skips are silent");
+            if (logs[i].topics[0] == ISplitEscrow.Claimed.selector) ++claimed;
+        }
+        assertEq(claimed, 1);
+        assertEq(escrow.claimableOf(platform), 158 * USDC);
+        assertEq(escrow.claimableOf(host), 0);
+        assertEq(escrow.totalClaimable(), 711 * USDC);
+        _assertSolvent();
+    }
+
+    function test_claimMany_duplicatesPaidOnce() public {
+        _fundedSplit();
+        assertEq(escrow.claimMany(_a3(host, host, host)), 1);
+        assertEq(usdc.balanceOf(host), 79 * USDC);
+        assertEq(escrow.totalClaimable(), 711 * USDC);
+        assertEq(escrow.claimMany(new address[](0)), 0);
+        _assertSolvent();
+    }
+
+    /* HOLDS */
+
+    function test_hold_placesAndEmits() public {
+        uint256 until = block.timestamp + 5 days;
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.HoldPlaced(creator, until, keccak256("dispute"));
+        _hold(creator, until);
+        ISplitEscrow.Hold memory h = escrow.holdOf(creator);
+        assertEq(h.until, until);
+        assertEq(h.since, block.timestamp);
+    }
+
+    function test_hold_acceptsExactlyMaxHold() public {
+        _hold(creator, block.timestamp + MAX_HOLD);
+        assertEq(escrow.holdOf(creator).until, block.timestamp + MAX_HOLD);
+    }
+
+    function test_hold_revertsBeyondMaxHold() public {
+        uint256 until = block.timestamp + MAX_HOLD + 1;
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, block.timestamp + MAX_HOLD)
+        );
+        escrow.hold(creator, until, bytes32(0));
+    }
+
+    function test_hold_revertsWhenUntilNotInFuture() public {
+        uint256 limit = block.timestamp + MAX_HOLD;
+        vm.startPrank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, block.timestamp - 1, limit));
+        escrow.hold(creator, block.timestamp - 1, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, block.timestamp, limit));
+        escrow.hold(creator, block.timestamp, bytes32(0));
+        vm.stopPrank();
+    }
+
+    function test_hold_revertsOnZeroAddress() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.hold(address(0), block.timestamp + 1 days, bytes32(0));
+    }
+
+    function test_hold_revertsForNonOwner() public {
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, keeper));
+        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+    }
+
+    function test_hold_extendingRunningHoldLimitedByItsStart() public {
+        uint256 start = block.timestamp;
+        _hold(creator, start + 10 days);
+        vm.warp(start + 9 days); // still held
+        _hold(creator, start + MAX_HOLD); // extend to the limit counted from the start
+        assertEq(escrow.holdOf(creator).since, start);
+        vm.warp(start + 25 days);
+        uint256 until = block.timestamp + 10 days; // would be fine for a fresh hold, not for this one
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, start + MAX_HOLD));
+        escrow.hold(creator, until, bytes32(0));
+        // Shortening a running hold is allowed.
+        _hold(creator, block.timestamp + 1);
+        assertEq(escrow.holdOf(creator).until, block.timestamp + 1);
+        assertEq(escrow.holdOf(creator).since, start);
+    }
+
+    function test_release_endsHoldAndEmits() public {
+        _fundedSplit();
+        _hold(creator, block.timestamp + 10 days);
+        vm.warp(block.timestamp + 1 days);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.HoldReleased(creator);
+        vm.prank(owner);
+        escrow.release(creator);
+        assertEq(escrow.holdOf(creator).until, block.timestamp);
+        assertEq(escrow.claim(creator), 553 * USDC);
+        _assertSolvent();
+    }
+
+    function test_release_revertsWhenNotHeld() public {
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotHeld.selector, creator));
+        escrow.release(creator);
+
+        _hold(creator, block.timestamp + 1 days);
+        vm.warp(block.timestamp + 1 days);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotHeld.selector, creator));
+        escrow.release(creator);
+    }
+
+    function test_release_revertsForNonOwner() public {
+        _hold(creator, block.timestamp + 1 days);
+        vm.prank(creator);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, creator));
+        escrow.release(creator);
+    }
+
+    function test_hold_cooldownAfterRelease() public {
+        _hold(creator, block.timestamp + 10 days);
+        vm.warp(block.timestamp + 2 days);
+        vm.prank(owner);
+        escrow.release(creator);
+        uint256 allowedFrom = block.timestamp + 1 days;
+
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, allowedFrom));
+        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        vm.warp(allowedFrom - 1);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, allowedFrom));
+        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+
+        vm.warp(allowedFrom);
+        _hold(creator, block.timestamp + MAX_HOLD); // a fresh hold: full MAX_HOLD from now
+        assertEq(escrow.holdOf(creator).since, allowedFrom);
+    }
+
+    function test_hold_cooldownAfterExpiry() public {
+        uint256 until = block.timestamp + MAX_HOLD;
+        _hold(creator, until);
+        vm.warp(until);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, until + 1 days));
+        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        vm.warp(until + 1 days);
+        _hold(creator, block.timestamp + 1 days);
+        assertEq(escrow.holdOf(creator).until, until + 2 days);
+    }
+
+    /* REFUND */
+
+    function test_refund_toWallet() public {
+        _subscribe(alice, monthly, 0);
+        uint256 walletBefore = usdc.balanceOf(alice);
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Refunded(alice, 30 * USDC, false, keccak256("r1"));
+        vm.prank(owner);
+        escrow.refund(alice, 30 * USDC, false, keccak256("r1"));
+        assertEq(usdc.balanceOf(alice), walletBefore + 30 * USDC);
+        assertEq(escrow.unallocated(), PRICE - 30 * USDC);
+        assertEq(usdc.balanceOf(address(escrow)), PRICE - 30 * USDC);
+        assertEq(subs.creditOf(alice), 0);
+        _assertSolvent();
+    }
+
+    function test_refund_toCredit() public {
+        _subscribe(alice, monthly, 0);
+        uint256 walletBefore = usdc.balanceOf(alice);
+        uint256 subsBefore = usdc.balanceOf(address(subs));
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Refunded(alice, PRICE, true, keccak256("r2"));
+        vm.prank(owner);
+        escrow.refund(alice, PRICE, true, keccak256("r2"));
+        assertEq(subs.creditOf(alice), PRICE);
+        assertEq(usdc.balanceOf(address(subs)), subsBefore + PRICE);
+        assertEq(usdc.balanceOf(alice), walletBefore);
+        assertEq(escrow.unallocated(), 0);
+        assertEq(usdc.balanceOf(address(escrow)), 0);
+        _assertSolvent();
+
+        // The credit pays the next subscription: revenue flows back in, unallocated again.
+        _subscribe(alice, monthly, 0);
+        assertEq(subs.creditOf(alice), 0);
+        assertEq(usdc.balanceOf(alice), walletBefore);
+        assertEq(escrow.unallocated(), PRICE);
+        assertEq(usdc.balanceOf(address(escrow)), PRICE);
+        _assertSolvent();
+    }
+
+    function test_refund_toCreditWhileSubscriptionsPaused() public {
+        _subscribe(alice, monthly, 0);
+        vm.prank(owner);
+        subs.pause();
+        assertTrue(subs.chargingPaused());
+        vm.prank(owner);
+        escrow.refund(alice, 10 * USDC, true, bytes32(0));
+        assertEq(subs.creditOf(alice), 10 * USDC);
+        vm.prank(owner);
+        escrow.refund(alice, 10 * USDC, false, bytes32(0));
+        assertEq(escrow.unallocated(), PRICE - 20 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_revertsOnInsufficientUnallocated() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
+        escrow.refund(alice, PRICE + 1, false, bytes32(0));
+
+        // Settled revenue is owed to recipients and cannot be refunded.
+        _settle(1, splitId, 50 * USDC);
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 29 * USDC, 29 * USDC + 1)
+        );
+        escrow.refund(alice, 29 * USDC + 1, true, bytes32(0));
+        vm.prank(owner);
+        escrow.refund(alice, 29 * USDC, false, bytes32(0));
+        assertEq(escrow.unallocated(), 0);
+        assertEq(escrow.totalClaimable(), 50 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_revertsOnZeroAmount() public {
+        _subscribe(alice, monthly, 0);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAmount.selector);
+        escrow.refund(alice, 0, false, bytes32(0));
+    }
+
+    function test_refund_revertsOnZeroAddress() public {
+        _subscribe(alice, monthly, 0);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.refund(address(0), 1, false, bytes32(0));
+    }
+
+    function test_refund_revertsForNonOwner() public {
+        _subscribe(alice, monthly, 0);
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, alice));
+        escrow.refund(alice, 1, false, bytes32(0));
+    }
+
+    /* SURPLUS */
+
+    function test_sweepSurplus_sweepsOnlyDirectTransfers() public {
+        _fundedSplit();
+        _subscribe(carol, monthly, 0); // unallocated
+        assertEq(escrow.surplus(), 0);
+        vm.prank(alice);
+        usdc.transfer(address(escrow), 5 * USDC);
+        assertEq(escrow.surplus(), 5 * USDC);
+        // Direct transfers are not revenue.
+        assertEq(escrow.unallocated(), PRICE);
+
+        address treasury = makeAddr("treasury");
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.SurplusSwept(treasury, 5 * USDC);
+        vm.prank(owner);
+        assertEq(escrow.sweepSurplus(treasury), 5 * USDC);
+        assertEq(usdc.balanceOf(treasury), 5 * USDC);
+        assertEq(escrow.surplus(), 0);
+        assertEq(usdc.balanceOf(address(escrow)), escrow.unallocated() + escrow.totalClaimable());
+
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.NoSurplus.selector);
+        escrow.sweepSurplus(treasury);
+
+        // Everything owed remains payable.
+        escrow.claimMany(_a3(creator, platform, host));
+        vm.prank(owner);
+        escrow.refund(carol, PRICE, false, bytes32(0));
+        assertEq(usdc.balanceOf(address(escrow)), 0);
+        _assertSolvent();
+    }
+
+    function test_sweepSurplus_revertsWhenNoSurplus() public {
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.NoSurplus.selector);
+        escrow.sweepSurplus(owner);
+        _fundedSplit();
+        _subscribe(carol, monthly, 0);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.NoSurplus.selector);
+        escrow.sweepSurplus(owner);
+    }
+
+    function test_sweepSurplus_revertsOnZeroAddress() public {
+        vm.prank(alice);
+        usdc.transfer(address(escrow), 1);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        escrow.sweepSurplus(address(0));
+    }
+
+    function test_sweepSurplus_revertsForNonOwner() public {
+        vm.prank(alice);
+        usdc.transfer(address(escrow), 1);
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        escrow.sweepSurplus(stranger);
+    }
+
+    /* FUZZ */
+
+    function testFuzz_settle_creditsSumToAmount(uint256 n, uint256 seed, uint256 remainderIndex, uint256 amount)
+        public
+    {
+        n = bound(n, 2, 5);
+        remainderIndex = bound(remainderIndex, 0, n - 1);
+        amount = bound(amount, 1, type(uint96).max);
+        address[] memory r = new address[](n);
+        uint16[] memory b = new uint16[](n);
+        uint256 left = 10_000;
+        for (uint256 i; i < n; ++i) {
+            r[i] = address(uint160(uint256(keccak256(abi.encode("fuzz-recipient", i)))));
+            b[i] = uint16(i == n - 1 ? left : bound(uint256(keccak256(abi.encode(seed, i))), 0, left));
+            left -= b[i];
+        }
+        vm.prank(owner);
+        uint256 splitId = escrow.createSplit(r, b, remainderIndex);
+        _revenue(amount);
+
+        uint256[] memory expected = new uint256[](n);
+        uint256 floorSum;
+        uint256 nonZero;
+        for (uint256 i; i < n; ++i) {
+            expected[i] = amount * b[i] / 10_000;
+            floorSum += expected[i];
+        }
+        expected[remainderIndex] += amount - floorSum;
+        for (uint256 i; i < n; ++i) {
+            if (expected[i] != 0) ++nonZero;
+        }
+
+        vm.recordLogs();
+        _settle(1, splitId, amount);
+        assertEq(_countCredited(vm.getRecordedLogs()), nonZero);
+
+        uint256 sum;
+        for (uint256 i; i < n; ++i) {
+            assertEq(escrow.claimableOf(r[i]), expected[i]);
+            sum += escrow.claimableOf(r[i]);
+        }
+        assertEq(sum, amount);
+        assertEq(escrow.totalClaimable(), amount);
+        assertEq(escrow.unallocated(), 0);
+        _assertSolvent();
+    }
+
+    function testFuzz_claim_paysExactlyClaimable(uint256 a1, uint256 a2, bool rotate, address caller) public {
+        a1 = bound(a1, 1, 1e15);
+        a2 = bound(a2, 0, 1e15);
+        vm.assume(caller != address(0));
+        uint256 splitId = _createSplit();
+        _revenue(a1 + a2 + 1);
+        _settle(1, splitId, a1);
+        _settle(2, splitId, a2);
+
+        address payout = creator;
+        if (rotate) {
+            payout = makeAddr("rotated");
+            vm.prank(creator);
+            escrow.setPayoutAddress(payout);
+        }
+        uint256 owed = escrow.claimableOf(creator);
+        uint256 totalBefore = escrow.totalClaimable();
+        uint256 payoutBefore = usdc.balanceOf(payout);
+        uint256 escrowBefore = usdc.balanceOf(address(escrow));
+
+        vm.prank(caller);
+        if (owed == 0) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NothingToClaim.selector, creator));
+            escrow.claim(creator);
+            return;
+        }
+        uint256 paid = escrow.claim(creator);
+        assertEq(paid, owed);
+        assertEq(usdc.balanceOf(payout), payoutBefore + owed);
+        assertEq(usdc.balanceOf(address(escrow)), escrowBefore - owed);
+        assertEq(escrow.claimableOf(creator), 0);
+        assertEq(escrow.totalClaimable(), totalBefore - owed);
+        assertEq(escrow.surplus(), 0);
+        _assertSolvent();
+
+        escrow.claimMany(_a3(creator, platform, host));
+        assertEq(escrow.totalClaimable(), 0);
+        assertEq(usdc.balanceOf(address(escrow)), escrow.unallocated());
+        _assertSolvent();
+    }
+
+    function testFuzz_refundAndSettle_neverExceedUnallocated(
+        uint256 revenue,
+        uint256 refundAmount,
+        uint256 settleAmount,
+        bool toCredit,
+        bool refundFirst
+    ) public {
+        revenue = bound(revenue, 1, 1e15);
+        refundAmount = bound(refundAmount, 1, 2e15);
+        settleAmount = bound(settleAmount, 0, 2e15);
+        uint256 splitId = _createSplit();
+        _revenue(revenue);
+        assertEq(escrow.unallocated(), revenue);
+
+        if (refundFirst) {
+            _tryRefund(refundAmount, toCredit);
+            _trySettle(settleAmount, splitId);
+        } else {
+            _trySettle(settleAmount, splitId);
+            _tryRefund(refundAmount, toCredit);
+        }
+        assertLe(escrow.totalClaimable(), revenue);
+        assertEq(usdc.balanceOf(address(escrow)), escrow.unallocated() + escrow.totalClaimable());
+        _assertSolvent();
+    }
+
+    function _tryRefund(uint256 amount, bool toCredit) internal {
+        uint256 available = escrow.unallocated();
+        uint256 creditBefore = subs.creditOf(alice);
+        vm.prank(owner);
+        if (amount > available) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
+            escrow.refund(alice, amount, toCredit, bytes32(0));
+            assertEq(escrow.unallocated(), available);
+        } else {
+            escrow.refund(alice, amount, toCredit, bytes32(0));
+            assertEq(escrow.unallocated(), available - amount);
+            assertEq(subs.creditOf(alice), creditBefore + (toCredit ? amount : 0));
+        }
+        _assertSolvent();
+    }
+
+    function _trySettle(uint256 amount, uint256 splitId) internal {
+        uint256 available = escrow.unallocated();
+        uint256 claimableBefore = escrow.totalClaimable();
+        vm.prank(keeper);
+        if (amount > available) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
+            escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(amount), ROOT);
+            assertEq(escrow.unallocated(), available);
+            assertEq(escrow.totalClaimable(), claimableBefore);
+        } else {
+            escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(amount), ROOT);
+            assertEq(escrow.unallocated(), available - amount);
+            assertEq(escrow.totalClaimable(), claimableBefore + amount);
+        }
+        _assertSolvent();
+    }
+
+    function testFuzz_hold_neverBeyondStartPlusMaxHold(uint256 first, uint256 elapsed, uint256 extendTo) public {
+        uint256 start = block.timestamp;
+        first = bound(first, start + 1, start + MAX_HOLD);
+        _hold(creator, first);
+        elapsed = bound(elapsed, 0, first - start - 1); // the hold is still running
+        vm.warp(start + elapsed);
+        extendTo = bound(extendTo, block.timestamp + 1, block.timestamp + 2 * MAX_HOLD);
+        vm.prank(owner);
+        if (extendTo > start + MAX_HOLD) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, extendTo, start + MAX_HOLD));
+        }
+        escrow.hold(creator, extendTo, bytes32(0));
+        ISplitEscrow.Hold memory h = escrow.holdOf(creator);
+        assertEq(h.since, start);
+        assertEq(h.until, extendTo > start + MAX_HOLD ? first : extendTo);
+        assertLe(h.until, start + MAX_HOLD);
+    }
+
+    function test_settle_zeroAmountForUnknownSplit_reverts() public {
+        _subscribe(alice, monthly, 0);
+        uint256[] memory splitIds = new uint256[](1);
+        splitIds[0] = 42;
+        uint256[] memory amounts = new uint256[](1);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 42));
+        vm.prank(keeper);
+        escrow.settle(1, block.timestamp - 1 days, block.timestamp, splitIds, amounts, ROOT);
+    }
+
+    function test_setPayoutAddress_escrowItself_reverts() public {
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidPayout.selector, address(escrow)));
+        vm.prank(creator);
+        escrow.setPayoutAddress(address(escrow));
+    }
+}
