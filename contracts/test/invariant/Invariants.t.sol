@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {Test} from "forge-std/Test.sol";
+import {StdInvariant} from "forge-std/StdInvariant.sol";
+
+import {TestUSDC} from "../../src/TestUSDC.sol";
+import {Subscriptions} from "../../src/Subscriptions.sol";
+import {SplitEscrow} from "../../src/SplitEscrow.sol";
+import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
+
+import {Handler, Deployment, PlanSpec, Mismatch} from "./Handler.sol";
+
+/// @notice Invariants of Subscriptions + SplitEscrow under random sequences of subscriber, keeper, owner,
+/// recipient and token-owner actions (see {Handler}). Mirrors the fixture of Base.t.sol.
+contract InvariantsTest is Test {
+    uint256 internal constant USDC = 1e6;
+    uint256 internal constant MONTH = 30 days;
+    uint256 internal constant WEEK = 7 days;
+    uint256 internal constant GRACE = 3 days;
+    uint256 internal constant CHARGE_WINDOW = 2 days;
+    uint256 internal constant SPLIT_DELAY = 7 days;
+    uint256 internal constant MAX_HOLD = 30 days;
+
+    address internal owner = makeAddr("owner");
+    address internal keeper = makeAddr("keeper");
+
+    TestUSDC internal usdc;
+    Subscriptions internal subs;
+    SplitEscrow internal escrow;
+    Handler internal handler;
+
+    function setUp() public {
+        vm.warp(1_700_000_000);
+        usdc = new TestUSDC(owner);
+        escrow = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        subs = new Subscriptions(address(usdc), address(escrow), owner, keeper, CHARGE_WINDOW);
+
+        PlanSpec[] memory plans = new PlanSpec[](3);
+        vm.startPrank(owner);
+        escrow.setSubscriptions(address(subs));
+        plans[0] = PlanSpec(subs.createPlan(79 * USDC, MONTH, GRACE), 79 * USDC, MONTH, GRACE); // monthly
+        plans[1] = PlanSpec(subs.createPlan(0, MONTH, GRACE), 0, MONTH, GRACE); // pay-as-you-go
+        plans[2] = PlanSpec(subs.createPlan(9 * USDC, WEEK, 1 days), 9 * USDC, WEEK, 1 days); // weekly
+        vm.stopPrank();
+
+        handler = new Handler(
+            Deployment(usdc, subs, escrow, owner, keeper, CHARGE_WINDOW, SPLIT_DELAY, MAX_HOLD), plans
+        );
+
+        // A starting state through the handler, so its model sees it: two splits and one subscription each.
+        handler.createSplit(3, 0, 1, 1); // three recipients
+        handler.createSplit(2, 2, 7, 0); // two recipients
+        uint256[5] memory startPlan = [uint256(0), 2, 1, 2, 0]; // monthly, weekly, pay-as-you-go, weekly, monthly
+        for (uint256 i; i < handler.N_SUBSCRIBERS(); ++i) {
+            handler.subscribe(i, startPlan[i], 40 * USDC + i * 13 * USDC);
+        }
+
+        bytes4[] memory selectors = new bytes4[](39);
+        selectors[0] = Handler.subscribe.selector;
+        selectors[1] = Handler.cancel.selector;
+        selectors[2] = Handler.setOverageCap.selector;
+        selectors[3] = Handler.changePlan.selector;
+        selectors[4] = Handler.deposit.selector;
+        selectors[5] = Handler.withdraw.selector;
+        selectors[6] = Handler.mintTo.selector;
+        selectors[7] = Handler.approveSubscriptions.selector;
+        selectors[8] = Handler.spendWallet.selector;
+        selectors[9] = Handler.renew.selector;
+        selectors[10] = Handler.chargeUsage.selector;
+        selectors[11] = Handler.blacklist.selector;
+        selectors[12] = Handler.unBlacklist.selector;
+        selectors[13] = Handler.warp.selector;
+        selectors[14] = Handler.createSplit.selector;
+        selectors[15] = Handler.proposeSplitChange.selector;
+        selectors[16] = Handler.cancelSplitChange.selector;
+        selectors[17] = Handler.settle.selector;
+        selectors[18] = Handler.claim.selector;
+        selectors[19] = Handler.claimMany.selector;
+        selectors[20] = Handler.setPayoutAddress.selector;
+        selectors[21] = Handler.hold.selector;
+        selectors[22] = Handler.release.selector;
+        selectors[23] = Handler.refund.selector;
+        selectors[24] = Handler.sweepSurplus.selector;
+        selectors[25] = Handler.mistakenTransfer.selector;
+        // Weight the money paths (a selector listed k times is picked k times as often): time passes, renewals,
+        // usage charges, settlements and claims happen more often than configuration changes.
+        selectors[26] = Handler.warp.selector;
+        selectors[27] = Handler.warp.selector;
+        selectors[28] = Handler.warp.selector;
+        selectors[29] = Handler.renew.selector;
+        selectors[30] = Handler.renew.selector;
+        selectors[31] = Handler.renew.selector;
+        selectors[32] = Handler.chargeUsage.selector;
+        selectors[33] = Handler.chargeUsage.selector;
+        selectors[34] = Handler.chargeUsage.selector;
+        selectors[35] = Handler.settle.selector;
+        selectors[36] = Handler.settle.selector;
+        selectors[37] = Handler.claim.selector;
+        selectors[38] = Handler.subscribe.selector;
+        targetSelector(StdInvariant.FuzzSelector({addr: address(handler), selectors: selectors}));
+        targetContract(address(handler));
+    }
+
+    /* ------------------------------------------------------------------------------------------------- */
+
+    function _noMismatch(Mismatch m, string memory what) internal view {
+        uint256 count = handler.mismatchCount(m);
+        if (count != 0) assertEq(count, 0, string.concat(what, " mismatch: ", handler.firstMismatch(uint256(m))));
+    }
+
+    /// @notice 1. The escrow always holds what it owes: unallocated revenue plus every claimable balance. Anything
+    /// above that is exactly the stray tokens sent to it and not yet swept.
+    function invariant_escrowSolvent() public view {
+        uint256 balance = usdc.balanceOf(address(escrow));
+        uint256 owed = escrow.unallocated() + escrow.totalClaimable();
+        assertGe(balance, owed, "escrow balance < unallocated + totalClaimable");
+        assertEq(balance - owed, handler.ghostStray() - handler.ghostSwept(), "escrow surplus != unswept stray tokens");
+        assertEq(escrow.surplus(), balance - owed, "surplus()");
+        _noMismatch(Mismatch.Sweep, "sweep");
+    }
+
+    /// @notice 2. Subscriptions holds every subscriber's prepaid credit (and nothing else), and each credit is what
+    /// deposits, credit refunds, withdrawals and collections say it should be.
+    function invariant_subscriptionsHoldsCredit() public view {
+        uint256 sum;
+        for (uint256 i; i < handler.N_SUBSCRIBERS(); ++i) {
+            address s = handler.subscriberAt(i);
+            uint256 credit = subs.creditOf(s);
+            assertEq(credit, handler.ghostCredit(s), "creditOf differs from the modelled credit");
+            sum += credit;
+        }
+        uint256 balance = usdc.balanceOf(address(subs));
+        assertGe(balance, sum, "Subscriptions balance < sum of credits");
+        assertEq(balance, sum, "Subscriptions holds tokens that are nobody's credit");
+    }
+
+    /// @notice 3. totalClaimable is the sum of the recipients' claimable balances.
+    function invariant_totalClaimableIsSumOfBalances() public view {
+        uint256 sum;
+        for (uint256 i; i < handler.N_RECIPIENTS(); ++i) {
+            sum += escrow.claimableOf(handler.recipientAt(i));
+        }
+        assertEq(escrow.totalClaimable(), sum, "totalClaimable != sum of claimableOf");
+    }
+
+    /// @notice 4. Usage charged for a period never exceeds the highest cap in force while the period was
+    /// chargeable (nor the highest cumulative overage the keeper posted), and every paid period was collected
+    /// exactly once at exactly the price of the plan it runs on.
+    function invariant_chargesNeverExceedPricePlusCap() public view {
+        uint256 pairs = handler.pairCount();
+        for (uint256 i; i < pairs; ++i) {
+            (uint256 id, uint256 k) = handler.pair(i);
+            uint256 charged = handler.ghostCharged(id, k);
+            assertLe(charged, handler.ghostMaxCap(id, k), "usage charged above the cap");
+            assertLe(charged, handler.ghostMaxCumulative(id, k), "usage charged above the posted overage");
+        }
+        uint256 n = handler.subCount();
+        for (uint256 id = 1; id <= n; ++id) {
+            uint256 paidPeriods = uint256(subs.subscription(id).periodIndex) + 1;
+            for (uint256 k; k < paidPeriods; ++k) {
+                assertEq(handler.ghostPeriodFeeCount(id, k), 1, "period fee collected other than once");
+                assertEq(handler.ghostPeriodFee(id, k), handler.ghostPeriodPrice(id, k), "period fee != plan price");
+            }
+            assertEq(handler.ghostPeriodFeeCount(id, paidPeriods), 0, "fee collected for an unpaid period");
+        }
+        _noMismatch(Mismatch.Renewal, "renewal");
+        _noMismatch(Mismatch.Charge, "charge");
+        _noMismatch(Mismatch.Collection, "collection");
+    }
+
+    /// @notice 5. A settlement id applies at most once, and each settlement credits exactly its amounts, split by
+    /// the version in force at its epoch's end.
+    function invariant_settlementAppliesOnce() public view {
+        uint256 n = handler.usedSettlementCount();
+        for (uint256 i; i < n; ++i) {
+            uint256 sid = handler.usedSettlementId(i);
+            assertEq(handler.settlementApplied(sid), 1, "settlement applied more than once");
+            assertEq(handler.settlementCredits(sid), handler.settlementAmounts(sid), "credits != settlement amounts");
+            assertTrue(escrow.settlementUsed(sid), "applied settlement not marked used");
+        }
+        _noMismatch(Mismatch.Settlement, "settlement");
+        _noMismatch(Mismatch.Distribution, "distribution");
+    }
+
+    /// @notice 6. Tokens leave the escrow only to recipients' payout addresses (claims), subscribers (wallet
+    /// refunds), Subscriptions (credit refunds) or the sweep destination; tokens leave Subscriptions only to the
+    /// escrow (revenue) or to subscribers (withdrawals). Each flow matches the operations behind it.
+    function invariant_fundsOnlyLeaveToAllowedDestinations() public view {
+        assertEq(handler.escrowOutElsewhere(), 0, "escrow paid a disallowed address");
+        assertEq(handler.subsOutElsewhere(), 0, "Subscriptions paid a disallowed address");
+        _noMismatch(Mismatch.EscrowOutflow, "escrow outflow");
+        _noMismatch(Mismatch.SubsOutflow, "subscriptions outflow");
+
+        assertEq(handler.escrowOutToPayouts(), handler.ghostClaimed(), "escrow -> payouts != claims");
+        assertEq(handler.escrowOutToSubscribers(), handler.ghostRefundedToWallet(), "escrow -> subscribers != refunds");
+        assertEq(handler.escrowOutToSubscriptions(), handler.ghostRefundedToCredit(), "escrow -> subs != credit refunds");
+        assertEq(handler.escrowOutToTreasury(), handler.ghostSwept(), "escrow -> treasury != sweeps");
+        assertEq(handler.subsOutToEscrow(), handler.ghostCreditUsed(), "subs -> escrow != credit used by pulls");
+        assertEq(handler.subsOutToSubscribers(), handler.ghostWithdrawn(), "subs -> subscribers != withdrawals");
+
+        // Every token is accounted for: balances are exactly the recorded inflows minus outflows.
+        assertEq(usdc.balanceOf(address(escrow)), handler.escrowIn() - handler.escrowOut(), "untracked escrow flow");
+        assertEq(usdc.balanceOf(address(subs)), handler.subsIn() - handler.subsOut(), "untracked subs flow");
+        _noMismatch(Mismatch.Claim, "claim");
+        _noMismatch(Mismatch.Refund, "refund");
+    }
+
+    /// @notice 7. Revenue is conserved: what is unallocated plus what was settled plus what was refunded is all
+    /// the revenue Subscriptions ever sent to the escrow.
+    function invariant_revenueAccounting() public view {
+        assertEq(subs.totalRevenue(), handler.ghostRevenue(), "totalRevenue != collected amounts");
+        assertEq(
+            escrow.unallocated() + handler.ghostSettled() + handler.ghostRefunded(),
+            subs.totalRevenue(),
+            "unallocated + settled + refunded != totalRevenue"
+        );
+    }
+
+    /* ---------------------------------------- model agreement ---------------------------------------- */
+
+    /// @notice Every subscription's state (status, period, paid-through, plan, pending change, cap, ledger) matches
+    /// the handler's independent model.
+    function invariant_subscriptionStateMatchesModel() public view {
+        uint256 n = handler.subCount();
+        assertEq(subs.subscriptionCount(), n, "subscriptionCount");
+        for (uint256 id = 1; id <= n; ++id) {
+            ISubscriptions.Subscription memory s = subs.subscription(id);
+            Handler.SubModel memory m = handler.model(id);
+            assertEq(s.subscriber, m.subscriber, "subscriber");
+            assertEq(uint256(s.status), m.status, "status");
+            assertEq(s.periodIndex, m.periodIndex, "periodIndex");
+            assertEq(s.paidThrough, m.paidThrough, "paidThrough");
+            assertEq(s.planId, m.planId, "planId");
+            assertEq(s.planChangePending, m.nextPlan != 0, "planChangePending");
+            assertEq(subs.nextPlanOf(id), m.nextPlan != 0 ? m.nextPlan : m.planId, "nextPlanOf");
+            ISubscriptions.UsageLedger memory ledger = subs.usageLedger(id);
+            assertEq(ledger.overageCap, m.cap, "overageCap");
+            assertEq(ledger.chargedInPeriod, handler.ghostCharged(id, ledger.period), "chargedInPeriod");
+            if (ledger.period != 0) {
+                assertEq(
+                    ledger.chargedInPreviousPeriod, handler.ghostCharged(id, ledger.period - 1), "chargedInPrevious"
+                );
+            }
+        }
+        _noMismatch(Mismatch.SubscriptionModel, "subscription model");
+    }
+
+    /// @notice Claimable balances, holds and split versions match the handler's model.
+    function invariant_escrowStateMatchesModel() public view {
+        for (uint256 i; i < handler.N_RECIPIENTS(); ++i) {
+            address r = handler.recipientAt(i);
+            assertEq(escrow.claimableOf(r), handler.ghostClaimable(r), "claimableOf differs from the model");
+            assertEq(escrow.payoutOf(r), handler.payoutOf(r), "payoutOf");
+        }
+        uint256 splits = handler.splitCount();
+        assertEq(escrow.splitCount(), splits, "splitCount");
+        for (uint256 s = 1; s <= splits; ++s) {
+            assertEq(escrow.latestVersion(s), handler.latestVersionModel(s), "latestVersion");
+            (bool found, uint256 version) = handler.versionInForce(s, block.timestamp);
+            assertTrue(found, "split not in force now");
+            assertEq(escrow.versionAt(s, block.timestamp), version, "versionAt(now)");
+        }
+        _noMismatch(Mismatch.Hold, "hold");
+        _noMismatch(Mismatch.Split, "split");
+    }
+
+    /// @notice Renewal and usage batches never revert as a whole: each item is isolated.
+    function invariant_pullBatchesNeverRevert() public view {
+        _noMismatch(Mismatch.BatchReverted, "batch");
+    }
+}
