@@ -50,12 +50,13 @@ enum Mismatch {
     BatchReverted // renew/chargeUsage reverted as a whole (the spec says items are isolated)
 }
 
+// Test code: timestamps are the model's input and every narrowing cast is of a bounded value.
+// forge-lint: disable-start(block-timestamp, unsafe-typecast)
+
 /// @title Handler
 /// @notice Drives TestUSDC, Subscriptions and SplitEscrow with bounded random actions by a fixed cast of actors and
 /// keeps an independent model (ghost state) of what the contracts should hold. Every action records the token's
 /// Transfer logs, so every token that leaves the escrow or Subscriptions is accounted for by destination.
-// Test code: timestamps are the model's input and every narrowing cast is of a bounded value.
-// forge-lint: disable-start(block-timestamp, unsafe-typecast)
 contract Handler is CommonBase, StdCheats, StdUtils {
     /* CONSTANTS */
 
@@ -688,7 +689,6 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             idx[i] = uint8(r);
             rs[i] = _recipients[r];
             uint256 b = i + 1 == count ? left : _bound(uint256(keccak256(abi.encode(bpsSeed, i))), 0, left);
-            // Odd shares make the rounding remainder matter.
             bps[i] = uint16(b);
             left -= b;
         }
