@@ -224,17 +224,19 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         (mapping(uint256 => SplitEntry) storage entries, SplitEntry memory head) = _versionAt(splitId, epochEnd);
         if (amount == 0) return;
         uint256 remainderIndex = head.remainderIndex;
-        address remainderRecipient = head.recipient;
+        address remainderRecipient;
         uint256 remainderShare = amount;
         for (uint256 i; i < head.count; ++i) {
-            SplitEntry memory entry = i == 0 ? head : entries[i];
+            // Read through a storage pointer: one slot per recipient, no memory copy of the entry.
+            SplitEntry storage entry = entries[i];
+            address recipient = entry.recipient;
             if (i == remainderIndex) {
-                remainderRecipient = entry.recipient; // gets its own share plus the rounding remainder, below
+                remainderRecipient = recipient; // gets its own share plus the rounding remainder, below
                 continue;
             }
             uint256 share = amount * entry.bps / TOTAL_BPS;
             remainderShare -= share;
-            _credit(settlementId, splitId, entry.recipient, share);
+            _credit(settlementId, splitId, recipient, share);
         }
         _credit(settlementId, splitId, remainderRecipient, remainderShare);
     }
