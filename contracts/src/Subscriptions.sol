@@ -447,7 +447,10 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
             emit CreditTransferDeferred(owed);
             return 0;
         }
-        if (owed != creditUsed) _creditOwedToEscrow = 0;
+        if (owed != creditUsed) {
+            _creditOwedToEscrow = 0;
+            emit CreditFlushed(owed - creditUsed);
+        }
         return owed;
     }
 
@@ -461,6 +464,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         uint256 received = TOKEN.balanceOf(ESCROW) - escrowBefore;
         if (received < owed) revert FeeOnTransferToken(owed, received);
         _globals.totalRevenue += owed.toUint128();
+        emit CreditFlushed(owed);
         return owed;
     }
 

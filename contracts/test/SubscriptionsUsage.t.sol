@@ -967,6 +967,8 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
 
         vm.prank(owner);
         usdc.unpause();
+        vm.expectEmit(address(subs));
+        emit ISubscriptions.CreditFlushed(PRICE);
         assertEq(subs.flushCreditToEscrow(), PRICE);
         assertEq(subs.creditOwedToEscrow(), 0);
         assertEq(subs.totalRevenue(), 3 * PRICE);

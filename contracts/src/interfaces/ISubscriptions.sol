@@ -158,6 +158,9 @@ interface ISubscriptions {
     /// `owed` waits here until the next batch or `flushCreditToEscrow` moves it, and counts as revenue then.
     event CreditTransferDeferred(uint256 owed);
 
+    /// @notice Deferred credit of `amount` reached the escrow and now counts as revenue.
+    event CreditFlushed(uint256 amount);
+
     /// @notice The escrow refunded `amount` to the subscriber as credit.
     event CreditRefunded(address indexed subscriber, uint256 amount, uint256 balance);
 
