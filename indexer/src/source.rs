@@ -1,0 +1,230 @@
+//! Reading the chain: heads (latest and finalized), block headers and logs, with retries on transient errors and
+//! block ranges that shrink when the provider refuses a range as too large and grow again on success.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    primitives::{Address, B256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::{Filter, Log},
+    transports::{RpcError, TransportErrorKind},
+};
+use tracing::{debug, warn};
+
+use crate::{IndexerError, metrics::Metrics};
+
+/// A block header's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Number.
+    pub number: u64,
+    /// Hash.
+    pub hash: B256,
+    /// Parent hash.
+    pub parent_hash: B256,
+    /// Timestamp (Unix seconds).
+    pub timestamp: u64,
+}
+
+/// Retry policy for transient RPC failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts before giving up (the run loop then backs off and tries again later).
+    pub attempts: u32,
+    /// First backoff; doubles each attempt.
+    pub initial: Duration,
+    /// Longest backoff.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 6, initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+/// The chain as the indexer reads it.
+#[derive(Debug)]
+pub struct ChainSource {
+    provider: DynProvider,
+    addresses: Vec<Address>,
+    range: AtomicU64,
+    max_range: u64,
+    retry: Retry,
+    metrics: Metrics,
+}
+
+/// Whether an RPC error says the request was too large (too many logs, range too wide, response too big).
+fn is_too_large(err: &RpcError<TransportErrorKind>) -> bool {
+    let text = err.to_string().to_lowercase();
+    ["too many", "exceed", "limit", "range", "more than", "too large", "response size", "-32005"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
+/// A smaller range the provider suggests in its error text (e.g. "try with this block range [0x10, 0x2f]"),
+/// accepted only if it starts at `from` and ends before `to`.
+fn suggested_end(err: &RpcError<TransportErrorKind>, from: u64, to: u64) -> Option<u64> {
+    let text = err.to_string();
+    let numbers: Vec<u64> = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|word| word.strip_prefix("0x").and_then(|hex| u64::from_str_radix(hex, 16).ok()))
+        .collect();
+    match numbers.as_slice() {
+        [start, end, ..] if *start == from && *end >= from && *end < to => Some(*end),
+        _ => None,
+    }
+}
+
+impl ChainSource {
+    /// Connects to `rpc_url` to read the logs of `addresses`.
+    pub fn connect(rpc_url: &str, addresses: Vec<Address>, max_range: u64, retry: Retry, metrics: Metrics) -> Result<Self, IndexerError> {
+        let url = rpc_url
+            .parse()
+            .map_err(|_| IndexerError::Config(format!("rpc_url `{rpc_url}` is not a URL")))?;
+        let provider = ProviderBuilder::new().connect_http(url).erased();
+        let max_range = max_range.max(1);
+        Ok(Self { provider, addresses, range: AtomicU64::new(max_range), max_range, retry, metrics })
+    }
+
+    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, IndexerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError<TransportErrorKind>>>,
+    {
+        let mut delay = self.retry.initial;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if attempt >= self.retry.attempts => {
+                    self.metrics.rpc_error();
+                    return Err(IndexerError::Rpc(format!("{what}: {err}")));
+                }
+                Err(err) => {
+                    self.metrics.rpc_error();
+                    warn!(%err, attempt, what, "RPC call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.retry.max);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// The chain id the node reports.
+    pub async fn chain_id(&self) -> Result<u64, IndexerError> {
+        self.retrying("eth_chainId", || self.provider.get_chain_id()).await
+    }
+
+    /// The latest block number.
+    pub async fn head(&self) -> Result<u64, IndexerError> {
+        self.retrying("eth_blockNumber", || self.provider.get_block_number()).await
+    }
+
+    /// The finalized block number, or `None` when the node does not support the `finalized` tag.
+    pub async fn finalized(&self) -> Result<Option<u64>, IndexerError> {
+        match self.provider.get_block_by_number(BlockNumberOrTag::Finalized).await {
+            Ok(block) => Ok(block.map(|b| b.header.number)),
+            Err(err) => {
+                debug!(%err, "the node has no finalized block tag");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Header of block `number`.
+    pub async fn header(&self, number: u64) -> Result<Header, IndexerError> {
+        let block = self
+            .retrying("eth_getBlockByNumber", || async {
+                self.provider.get_block_by_number(BlockNumberOrTag::Number(number)).await
+            })
+            .await?
+            .ok_or_else(|| IndexerError::Rpc(format!("block {number} is not available (yet)")))?;
+        Ok(Header {
+            number: block.header.number,
+            hash: block.header.hash,
+            parent_hash: block.header.parent_hash,
+            timestamp: block.header.timestamp,
+        })
+    }
+
+    /// All logs of the followed contracts in the block with hash `hash` (EIP-234), consistent with that block.
+    pub async fn logs_at(&self, hash: B256) -> Result<Vec<Log>, IndexerError> {
+        let filter = Filter::new().address(self.addresses.clone()).at_block_hash(hash);
+        self.retrying("eth_getLogs", || self.provider.get_logs(&filter)).await
+    }
+
+    /// The current range size the provider accepts.
+    pub fn range(&self) -> u64 {
+        self.range.load(Ordering::Relaxed)
+    }
+
+    /// All logs of the followed contracts in `[from, to]`, splitting the range while the provider says it is too
+    /// large; the accepted size is remembered for the next ranges and grows back after successes.
+    pub async fn logs(&self, from: u64, to: u64) -> Result<Vec<Log>, IndexerError> {
+        let mut logs = Vec::new();
+        let mut start = from;
+        while start <= to {
+            let mut end = to.min(start.saturating_add(self.range() - 1));
+            loop {
+                let filter = Filter::new().address(self.addresses.clone()).from_block(start).to_block(end);
+                match self.provider.get_logs(&filter).await {
+                    Ok(mut found) => {
+                        logs.append(&mut found);
+                        let grown = (self.range() * 2).min(self.max_range);
+                        self.range.store(grown, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(err) if is_too_large(&err) && end > start => {
+                        self.metrics.rpc_error();
+                        let smaller = suggested_end(&err, start, end).unwrap_or(start + (end - start) / 2);
+                        debug!(%err, start, end, smaller, "range too large; splitting");
+                        self.range.store((smaller - start + 1).max(1), Ordering::Relaxed);
+                        end = smaller;
+                    }
+                    Err(_) => {
+                        // Transient (or a single block that is still refused): retry with backoff.
+                        let filter = Filter::new().address(self.addresses.clone()).from_block(start).to_block(end);
+                        let mut found = self.retrying("eth_getLogs", || self.provider.get_logs(&filter)).await?;
+                        logs.append(&mut found);
+                        break;
+                    }
+                }
+            }
+            start = end + 1;
+        }
+        Ok(logs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(message: &str) -> RpcError<TransportErrorKind> {
+        RpcError::local_usage_str(message)
+    }
+
+    #[test]
+    fn recognises_size_errors_by_their_text() {
+        assert!(is_too_large(&err("query returned more than 10000 results")));
+        assert!(is_too_large(&err("block range too large")));
+        assert!(is_too_large(&err("Log response size exceeded")));
+        assert!(!is_too_large(&err("connection reset by peer")));
+    }
+
+    #[test]
+    fn takes_a_suggested_range_only_when_it_is_smaller() {
+        let e = err("query returned more than 10000 results. Try with this block range [0x10, 0x1f].");
+        assert_eq!(suggested_end(&e, 0x10, 0x40), Some(0x1f));
+        // Not smaller than what was asked: ignored.
+        assert_eq!(suggested_end(&e, 0x10, 0x1f), None);
+        // Starts elsewhere: ignored.
+        assert_eq!(suggested_end(&e, 0x11, 0x40), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! The indexer's writes to schema `chain`: one transaction per committed range, carrying the raw logs, the typed
+//! rows, the block hashes of unfinalized blocks and the cursor, so a crash can neither skip nor repeat a block.
+
+use sqlx::{AssertSqlSafe, PgPool, Row as _};
+use subsettle_abi::Deployment;
+
+use crate::{
+    IndexerError,
+    decode::TYPED_TABLES,
+    rows::{Row, insert_rows},
+};
+
+/// Embedded migrations of schema `chain`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A log as stored in `chain.raw_logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLog {
+    /// Block number.
+    pub block_number: i64,
+    /// Index in the block.
+    pub log_index: i32,
+    /// Block hash.
+    pub block_hash: Vec<u8>,
+    /// Block timestamp (Unix seconds).
+    pub block_time: i64,
+    /// Transaction hash.
+    pub tx_hash: Vec<u8>,
+    /// Transaction index.
+    pub tx_index: i32,
+    /// Emitting contract.
+    pub address: Vec<u8>,
+    /// Topics.
+    pub topics: Vec<Vec<u8>>,
+    /// Data.
+    pub data: Vec<u8>,
+}
+
+/// A block whose hash is kept to detect reorgs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Number.
+    pub number: i64,
+    /// Hash.
+    pub hash: Vec<u8>,
+    /// Parent hash.
+    pub parent_hash: Vec<u8>,
+}
+
+/// How far a deployment is indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last indexed block.
+    pub number: i64,
+    /// Its hash.
+    pub hash: Vec<u8>,
+}
+
+/// Everything one step of indexing commits at once.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Raw logs of the range.
+    pub raw: Vec<RawLog>,
+    /// Their typed rows.
+    pub typed: Vec<Row>,
+    /// Unfinalized blocks of the range (for reorg detection).
+    pub blocks: Vec<BlockRef>,
+}
+
+/// Postgres access of the indexer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+fn db_i64(value: u64, what: &str) -> Result<i64, IndexerError> {
+    i64::try_from(value).map_err(|_| IndexerError::Schema(format!("{what} {value} does not fit BIGINT")))
+}
+
+impl Store {
+    /// Connects the store to `pool` and applies the migrations of schema `chain`.
+    pub async fn open(pool: PgPool) -> Result<Self, IndexerError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for readers.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Registers `deployment` (idempotent) and returns its cursor (`None` before the first block).
+    pub async fn register(&self, deployment: &Deployment) -> Result<Option<Cursor>, IndexerError> {
+        let chain_id = db_i64(deployment.chain_id, "chain id")?;
+        let start = db_i64(deployment.start_block, "start block")?;
+        let row = sqlx::query(
+            "INSERT INTO chain.deployments (chain_id, subscriptions, escrow, start_block)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (chain_id, subscriptions) DO UPDATE SET chain_id = EXCLUDED.chain_id
+             RETURNING escrow, start_block, cursor_number, cursor_hash",
+        )
+        .bind(chain_id)
+        .bind(deployment.subscriptions.to_vec())
+        .bind(deployment.escrow.to_vec())
+        .bind(start)
+        .fetch_one(&self.pool)
+        .await?;
+        let escrow: Vec<u8> = row.get("escrow");
+        let stored_start: i64 = row.get("start_block");
+        if escrow != deployment.escrow.to_vec() || stored_start != start {
+            return Err(IndexerError::Config(format!(
+                "deployment {} on chain {} is already indexed with escrow 0x{} from block {stored_start}; \
+                 refusing to mix it with escrow {} from block {start}",
+                deployment.subscriptions,
+                deployment.chain_id,
+                alloy::hex::encode(&escrow),
+                deployment.escrow
+            )));
+        }
+        let number: Option<i64> = row.get("cursor_number");
+        let hash: Option<Vec<u8>> = row.get("cursor_hash");
+        Ok(number.zip(hash).map(|(number, hash)| Cursor { number, hash }))
+    }
+
+    /// Commits `batch` and moves the cursor of `deployment` to `cursor`, in one transaction. The update only
+    /// applies if the cursor is still `expected`, so two indexers racing on one deployment cannot both commit.
+    pub async fn commit(
+        &self,
+        deployment: &Deployment,
+        expected: Option<&Cursor>,
+        batch: &Batch,
+        cursor: &Cursor,
+    ) -> Result<(), IndexerError> {
+        let chain_id = db_i64(deployment.chain_id, "chain id")?;
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE chain.deployments SET cursor_number = $3, cursor_hash = $4
+             WHERE chain_id = $1 AND subscriptions = $2
+               AND cursor_number IS NOT DISTINCT FROM $5 AND cursor_hash IS NOT DISTINCT FROM $6",
+        )
+        .bind(chain_id)
+        .bind(deployment.subscriptions.to_vec())
+        .bind(cursor.number)
+        .bind(cursor.hash.clone())
+        .bind(expected.map(|c| c.number))
+        .bind(expected.map(|c| c.hash.clone()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Err(IndexerError::CursorMoved { chain_id: deployment.chain_id });
+        }
+        if !batch.raw.is_empty() {
+            let raw = &batch.raw;
+            sqlx::query(
+                "INSERT INTO chain.raw_logs
+                   (chain_id, block_number, log_index, block_hash, block_time, tx_hash, tx_index, address, topics, data)
+                 SELECT $1, n, i, bh, bt, th, ti, a, string_to_array(t, ',')::text[]::bytea[], d
+                 FROM unnest($2::int8[], $3::int4[], $4::bytea[], $5::int8[], $6::bytea[], $7::int4[], $8::bytea[],
+                             $9::text[], $10::bytea[]) AS u(n, i, bh, bt, th, ti, a, t, d)",
+            )
+            .bind(chain_id)
+            .bind(raw.iter().map(|l| l.block_number).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.log_index).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.block_hash.clone()).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.block_time).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.tx_hash.clone()).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.tx_index).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.address.clone()).collect::<Vec<_>>())
+            // Topics travel as a comma-joined list of `\x..` literals (a 2-D bytea array cannot be unnested
+            // row by row); Postgres parses each literal back into bytes.
+            .bind(raw.iter().map(|l| topics_literal(&l.topics)).collect::<Vec<_>>())
+            .bind(raw.iter().map(|l| l.data.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_rows(&mut tx, &batch.typed).await?;
+        if !batch.blocks.is_empty() {
+            let blocks = &batch.blocks;
+            sqlx::query(
+                "INSERT INTO chain.blocks (chain_id, number, hash, parent_hash)
+                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::bytea[])",
+            )
+            .bind(chain_id)
+            .bind(blocks.iter().map(|b| b.number).collect::<Vec<_>>())
+            .bind(blocks.iter().map(|b| b.hash.clone()).collect::<Vec<_>>())
+            .bind(blocks.iter().map(|b| b.parent_hash.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored hash of block `number`, if it is kept (unfinalized blocks only).
+    pub async fn block_hash(&self, chain_id: u64, number: i64) -> Result<Option<Vec<u8>>, IndexerError> {
+        let chain_id = db_i64(chain_id, "chain id")?;
+        Ok(sqlx::query_scalar("SELECT hash FROM chain.blocks WHERE chain_id = $1 AND number = $2")
+            .bind(chain_id)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Deletes every row above block `fork` (raw, typed, block hashes) and moves the cursor back to it, in one
+    /// transaction. Returns how many raw logs were removed.
+    pub async fn roll_back(&self, deployment: &Deployment, fork: &Cursor) -> Result<u64, IndexerError> {
+        let chain_id = db_i64(deployment.chain_id, "chain id")?;
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM chain.raw_logs WHERE chain_id = $1 AND block_number > $2")
+            .bind(chain_id)
+            .bind(fork.number)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for table in TYPED_TABLES {
+            // Table names come from the static table list.
+            let sql = format!("DELETE FROM chain.{} WHERE chain_id = $1 AND block_number > $2", table.name);
+            sqlx::query(AssertSqlSafe(sql)).bind(chain_id).bind(fork.number).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM chain.blocks WHERE chain_id = $1 AND number > $2")
+            .bind(chain_id)
+            .bind(fork.number)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE chain.deployments SET cursor_number = $3, cursor_hash = $4
+             WHERE chain_id = $1 AND subscriptions = $2",
+        )
+        .bind(chain_id)
+        .bind(deployment.subscriptions.to_vec())
+        .bind(fork.number)
+        .bind(fork.hash.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// Forgets block hashes at or below `finalized` except the newest one (final blocks cannot be reorganised).
+    pub async fn prune_blocks(&self, chain_id: u64, finalized: i64) -> Result<(), IndexerError> {
+        let chain_id = db_i64(chain_id, "chain id")?;
+        sqlx::query("DELETE FROM chain.blocks WHERE chain_id = $1 AND number < $2")
+            .bind(chain_id)
+            .bind(finalized)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn topics_literal(topics: &[Vec<u8>]) -> String {
+    topics.iter().map(|t| format!("\\x{}", alloy::hex::encode(t))).collect::<Vec<_>>().join(",")
+}

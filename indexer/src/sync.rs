@@ -1,0 +1,283 @@
+//! The indexing loop for one deployment: backfill in ranges up to the finalized block (no reorg can touch those),
+//! then follow the head block by block, checking each block's parent hash against the stored one and rolling back
+//! to the fork point when they differ.
+
+use std::{collections::HashMap, time::Duration};
+
+use alloy::{primitives::Address, rpc::types::Log};
+use futures::{StreamExt, stream};
+use subsettle_abi::Deployment;
+use tracing::{info, warn};
+
+use crate::{
+    IndexerError,
+    decode::{Source, decode},
+    metrics::Metrics,
+    rows::LogPosition,
+    source::{ChainSource, Header},
+    store::{Batch, BlockRef, Cursor, RawLog, Store},
+};
+
+/// Knobs of the loop.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Pause between polls when caught up.
+    pub poll_interval: Duration,
+    /// Blocks below the head treated as final when the node has no `finalized` tag.
+    pub confirmations: u64,
+    /// Ranges fetched at once during backfill.
+    pub concurrency: usize,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// The last indexed block after the step.
+    pub indexed: Option<u64>,
+    /// Events committed by the step.
+    pub events: u64,
+    /// Blocks rolled back by a reorg in the step.
+    pub rolled_back: u64,
+    /// Whether the indexer had nothing to do (caught up with its target).
+    pub idle: bool,
+}
+
+/// Indexes one deployment.
+#[derive(Debug)]
+pub struct Indexer {
+    deployment: Deployment,
+    source: ChainSource,
+    store: Store,
+    options: SyncOptions,
+    metrics: Metrics,
+}
+
+impl Indexer {
+    /// An indexer of `deployment` reading `source` and writing `store`.
+    pub fn new(deployment: Deployment, source: ChainSource, store: Store, options: SyncOptions, metrics: Metrics) -> Self {
+        Self { deployment, source, store, options, metrics }
+    }
+
+    /// Checks that the node serves the deployment's chain and registers the deployment.
+    pub async fn prepare(&self) -> Result<Option<Cursor>, IndexerError> {
+        let chain_id = self.source.chain_id().await?;
+        if chain_id != self.deployment.chain_id {
+            return Err(IndexerError::Config(format!(
+                "the RPC serves chain {chain_id}, but the deployment is on chain {}",
+                self.deployment.chain_id
+            )));
+        }
+        self.store.register(&self.deployment).await
+    }
+
+    /// Indexes until `shutdown` resolves, polling when caught up. Transient errors are logged and retried
+    /// after a pause; a reorg below the finalized block stops the loop with an error.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), IndexerError> {
+        tokio::pin!(shutdown);
+        self.prepare().await?;
+        loop {
+            let pause = match self.step(None).await {
+                Ok(progress) => {
+                    self.metrics.alive();
+                    if progress.idle { self.options.poll_interval } else { Duration::ZERO }
+                }
+                Err(err @ IndexerError::DeepReorg { .. }) => return Err(err),
+                Err(err) => {
+                    warn!(%err, "indexing step failed; retrying after a pause");
+                    self.options.poll_interval.max(Duration::from_secs(1))
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Indexes up to block `to` (or the head) and returns when done.
+    pub async fn backfill_to(&self, to: Option<u64>) -> Result<Progress, IndexerError> {
+        self.prepare().await?;
+        let mut total = Progress::default();
+        loop {
+            let progress = self.step(to).await?;
+            total.events += progress.events;
+            total.rolled_back += progress.rolled_back;
+            total.indexed = progress.indexed;
+            if progress.idle {
+                total.idle = true;
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One step: a batch of backfill ranges below the finalized block, or the next block above it.
+    pub async fn step(&self, target: Option<u64>) -> Result<Progress, IndexerError> {
+        let cursor = self.store.register(&self.deployment).await?;
+        let head = self.source.head().await?;
+        self.metrics.head(head);
+        let finalized = match self.source.finalized().await? {
+            Some(finalized) => finalized,
+            None => head.saturating_sub(self.options.confirmations),
+        };
+        let end = target.map_or(head, |t| t.min(head));
+        let next = cursor.as_ref().map_or(self.deployment.start_block, |c| to_u64(c.number) + 1);
+        if next > end {
+            return Ok(Progress { indexed: cursor.map(|c| to_u64(c.number)), idle: true, ..Progress::default() });
+        }
+        if next <= finalized.min(end) {
+            self.backfill(cursor, next, finalized.min(end)).await
+        } else {
+            let progress = self.follow(cursor, next).await?;
+            self.store.prune_blocks(self.deployment.chain_id, to_i64(finalized)).await?;
+            Ok(progress)
+        }
+    }
+
+    /// Commits final blocks `[from, to]` in ranges, fetching up to `concurrency` ranges at once and committing
+    /// them in order.
+    async fn backfill(&self, mut cursor: Option<Cursor>, from: u64, to: u64) -> Result<Progress, IndexerError> {
+        let range = self.source.range().max(1);
+        let concurrency = self.options.concurrency.max(1);
+        let ranges: Vec<(u64, u64)> = (0..concurrency as u64 * 4)
+            .map(|i| (from + i * range, (from + (i + 1) * range - 1).min(to)))
+            .take_while(|(start, _)| *start <= to)
+            .collect();
+        let mut fetched = stream::iter(ranges)
+            .map(|(start, end)| async move {
+                let logs = self.source.logs(start, end).await?;
+                let header = self.source.header(end).await?;
+                Ok::<_, IndexerError>((logs, header))
+            })
+            .buffered(concurrency);
+        let mut progress = Progress::default();
+        while let Some(result) = fetched.next().await {
+            let (logs, header) = result?;
+            let mut batch = self.batch(&logs, None).await?;
+            batch.blocks.push(block_ref(&header));
+            let events = batch.raw.len() as u64;
+            let next_cursor = Cursor { number: to_i64(header.number), hash: header.hash.to_vec() };
+            self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor).await?;
+            self.metrics.committed(header.number, events);
+            progress.events += events;
+            progress.indexed = Some(header.number);
+            cursor = Some(next_cursor);
+        }
+        Ok(progress)
+    }
+
+    /// Indexes block `number` above the finalized block, or rolls back a reorg found there.
+    async fn follow(&self, cursor: Option<Cursor>, number: u64) -> Result<Progress, IndexerError> {
+        let header = self.source.header(number).await?;
+        if let Some(cursor) = &cursor
+            && header.parent_hash.as_slice() != cursor.hash.as_slice()
+        {
+            return self.roll_back(cursor).await;
+        }
+        let logs = self.source.logs_at(header.hash).await?;
+        let mut batch = self.batch(&logs, Some(&header)).await?;
+        batch.blocks.push(block_ref(&header));
+        let events = batch.raw.len() as u64;
+        let next_cursor = Cursor { number: to_i64(number), hash: header.hash.to_vec() };
+        self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor).await?;
+        self.metrics.committed(number, events);
+        Ok(Progress { indexed: Some(number), events, ..Progress::default() })
+    }
+
+    /// Finds the newest indexed block still on the canonical chain and deletes everything after it.
+    async fn roll_back(&self, cursor: &Cursor) -> Result<Progress, IndexerError> {
+        let mut number = cursor.number;
+        let fork = loop {
+            let stored = self.store.block_hash(self.deployment.chain_id, number).await?;
+            let Some(stored) = stored else {
+                return Err(IndexerError::DeepReorg { chain_id: self.deployment.chain_id, below: to_u64(number) });
+            };
+            let canonical = self.source.header(to_u64(number)).await?;
+            if canonical.hash.as_slice() == stored.as_slice() {
+                break Cursor { number, hash: stored };
+            }
+            if number == 0 {
+                return Err(IndexerError::DeepReorg { chain_id: self.deployment.chain_id, below: 0 });
+            }
+            number -= 1;
+        };
+        let depth = to_u64(cursor.number - fork.number);
+        let removed = self.store.roll_back(&self.deployment, &fork).await?;
+        self.metrics.reorg(depth);
+        warn!(fork = fork.number, depth, removed_logs = removed, "reorg: rolled back to the fork point");
+        Ok(Progress { indexed: Some(to_u64(fork.number)), rolled_back: depth, ..Progress::default() })
+    }
+
+    /// Turns logs into raw and typed rows, validating what the node returned.
+    async fn batch(&self, logs: &[Log], header: Option<&Header>) -> Result<Batch, IndexerError> {
+        let mut batch = Batch::default();
+        let mut times: HashMap<u64, u64> = HashMap::new();
+        if let Some(header) = header {
+            times.insert(header.number, header.timestamp);
+        }
+        for log in logs {
+            let invalid = |what: &str| IndexerError::InvalidRpcAnswer(format!("a log without {what}: {log:?}"));
+            if log.removed {
+                return Err(IndexerError::InvalidRpcAnswer(format!("a removed log in a canonical range: {log:?}")));
+            }
+            let source = self.source_of(log.address())?;
+            let block_number = log.block_number.ok_or_else(|| invalid("a block number"))?;
+            let block_time = match (log.block_timestamp, times.get(&block_number)) {
+                (Some(time), _) => time,
+                (None, Some(time)) => *time,
+                (None, None) => {
+                    let time = self.source.header(block_number).await?.timestamp;
+                    times.insert(block_number, time);
+                    time
+                }
+            };
+            let position = LogPosition {
+                chain_id: to_i64(self.deployment.chain_id),
+                block_number: to_i64(block_number),
+                log_index: i32::try_from(log.log_index.ok_or_else(|| invalid("a log index"))?)
+                    .map_err(|_| invalid("a log index that fits 32 bits"))?,
+                tx_hash: log.transaction_hash.ok_or_else(|| invalid("a transaction hash"))?.to_vec(),
+                block_time: to_i64(block_time),
+            };
+            batch.raw.push(RawLog {
+                block_number: position.block_number,
+                log_index: position.log_index,
+                block_hash: log.block_hash.ok_or_else(|| invalid("a block hash"))?.to_vec(),
+                block_time: position.block_time,
+                tx_hash: position.tx_hash.clone(),
+                tx_index: i32::try_from(log.transaction_index.ok_or_else(|| invalid("a transaction index"))?)
+                    .map_err(|_| invalid("a transaction index that fits 32 bits"))?,
+                address: log.address().to_vec(),
+                topics: log.topics().iter().map(|t| t.to_vec()).collect(),
+                data: log.data().data.to_vec(),
+            });
+            batch.typed.push(decode(source, position, &log.inner)?);
+        }
+        Ok(batch)
+    }
+
+    fn source_of(&self, address: Address) -> Result<Source, IndexerError> {
+        if address == self.deployment.subscriptions {
+            Ok(Source::Subscriptions)
+        } else if address == self.deployment.escrow {
+            Ok(Source::Escrow)
+        } else {
+            Err(IndexerError::InvalidRpcAnswer(format!("a log from {address}, which this deployment does not follow")))
+        }
+    }
+}
+
+fn block_ref(header: &Header) -> BlockRef {
+    BlockRef { number: to_i64(header.number), hash: header.hash.to_vec(), parent_hash: header.parent_hash.to_vec() }
+}
+
+/// Block numbers and timestamps stay far below 2^63 on any real chain.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
