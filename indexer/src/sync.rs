@@ -139,6 +139,14 @@ impl Indexer {
     /// Commits final blocks `[from, to]` in ranges, fetching up to `concurrency` ranges at once and committing
     /// them in order.
     async fn backfill(&self, mut cursor: Option<Cursor>, from: u64, to: u64) -> Result<Progress, IndexerError> {
+        // The cursor block is final by now: if the node has another block at its height, the chain reorganised
+        // below finality while this indexer was behind, and nothing after it can be trusted.
+        if let Some(cursor) = &cursor {
+            let canonical = self.source.header(to_u64(cursor.number)).await?;
+            if canonical.hash.as_slice() != cursor.hash.as_slice() {
+                return Err(IndexerError::DeepReorg { chain_id: self.deployment.chain_id, below: to_u64(cursor.number) });
+            }
+        }
         let range = self.source.range().max(1);
         let concurrency = self.options.concurrency.max(1);
         let ranges: Vec<(u64, u64)> = (0..concurrency as u64 * 4)

@@ -1,79 +1,20 @@
 //! End to end: deploy, drive every kind of contract event on a real anvil, index into a real Postgres, and check
 //! that the typed tables and views equal the chain state read back through the contracts' views.
 
-use std::time::Duration;
-
 use alloy::{
-    hex,
     primitives::{Address, B256, U256},
-    providers::{DynProvider, Provider},
+    providers::Provider,
     rpc::types::Filter,
 };
 use sqlx::{PgPool, Row};
-use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, TestUSDC};
-use subsettle_indexer::{
-    metrics::Metrics,
-    source::{ChainSource, Retry},
-    store::Store,
-    sync::{Indexer, SyncOptions},
-};
-use subsettle_keeper::{
-    deploy::{DeployPlan, deploy},
-    signer::OperatorKey,
-};
+use subsettle_abi::{SplitEscrow, Subscriptions, TestUSDC};
 use subsettle_testkit::{TestChain, TestDatabase};
 
 const USDC: u64 = 1_000_000;
-const DAY: u64 = 86_400;
 
-macro_rules! send {
-    ($call:expr) => {{
-        let receipt = $call.send().await.expect("send").get_receipt().await.expect("receipt");
-        assert!(receipt.status(), "transaction reverted: {}", stringify!($call));
-        receipt
-    }};
-}
+mod support;
 
-async fn deploy_on(chain: &TestChain) -> Deployment {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("operator.key");
-    std::fs::write(&path, hex::encode_prefixed(chain.signer(0).to_bytes())).unwrap();
-    let plan = DeployPlan {
-        rpc_url: chain.endpoint(),
-        existing_token: None,
-        keeper: None,
-        charge_window_secs: 2 * DAY,
-        split_change_delay_secs: 7 * DAY,
-        max_hold_secs: 30 * DAY,
-    };
-    deploy(&plan, &OperatorKey::load(Some(&path)).unwrap()).await.unwrap()
-}
-
-async fn warp(provider: &DynProvider, seconds: u64) {
-    let _: serde_json::Value = provider.raw_request("evm_increaseTime".into(), (seconds,)).await.unwrap();
-    let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await.unwrap();
-}
-
-/// An indexer of `deployment` on `chain` writing to `db`.
-async fn indexer(chain: &TestChain, db: &TestDatabase, deployment: &Deployment) -> (Indexer, PgPool) {
-    let pool = db.pool().await.unwrap();
-    let store = Store::open(pool.clone()).await.unwrap();
-    let metrics = Metrics::default();
-    let source = ChainSource::connect(
-        &chain.endpoint(),
-        vec![deployment.subscriptions, deployment.escrow],
-        1_000,
-        Retry::default(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let options = SyncOptions { poll_interval: Duration::from_millis(100), confirmations: 5, concurrency: 2 };
-    (Indexer::new(deployment.clone(), source, store, options, metrics), pool)
-}
-
-fn u(v: u64) -> U256 {
-    U256::from(v)
-}
+use support::{DAY, deploy_on, indexer, u, warp};
 
 async fn numeric(pool: &PgPool, sql: &str, id: U256) -> Option<String> {
     sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.to_owned()))

@@ -1,0 +1,163 @@
+//! Reorgs on a real anvil (snapshot, then revert and mine a different history): the index must equal the new
+//! canonical chain after a fork at depth 1 and at depth 10, and a fork below the finalized block must stop the
+//! indexer with an error instead of corrupting data.
+
+mod support;
+
+use alloy::{primitives::U256, providers::Provider, rpc::types::Filter, sol_types::SolEvent};
+use sqlx::PgPool;
+use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
+use subsettle_indexer::IndexerError;
+use subsettle_testkit::{TestChain, TestDatabase};
+use support::{DAY, deploy_on, indexer, u};
+
+const USDC: u64 = 1_000_000;
+
+/// Plan 1 ($79/month) and subscribers 1..=7 funded and approved.
+async fn setup(chain: &TestChain, d: &Deployment) {
+    let operator = chain.provider(0);
+    send!(Subscriptions::new(d.subscriptions, &operator).createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
+    let token = TestUSDC::new(d.token, &operator);
+    for i in 1..=7 {
+        send!(token.mint(chain.address(i), u(10_000 * USDC)));
+        send!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
+    }
+}
+
+/// Mines `blocks` blocks, each with one contract event from subscriber `who` (a deposit of `amount`).
+async fn deposits(chain: &TestChain, d: &Deployment, who: usize, blocks: usize, amount: u64) {
+    let as_who = Subscriptions::new(d.subscriptions, chain.provider(who));
+    for _ in 0..blocks {
+        send!(as_who.deposit(u(amount)));
+    }
+}
+
+/// The index holds exactly the logs of the canonical chain, each once, with one typed row each.
+async fn assert_matches_chain(chain: &TestChain, d: &Deployment, pool: &PgPool) {
+    let provider = chain.provider(0);
+    let head = provider.get_block_number().await.unwrap();
+    let logs = provider
+        .get_logs(&Filter::new().address(vec![d.subscriptions, d.escrow]).from_block(d.start_block).to_block(head))
+        .await
+        .unwrap();
+    let mut expected: Vec<(i64, i32, Vec<u8>)> = logs
+        .iter()
+        .map(|l| {
+            (l.block_number.unwrap() as i64, l.log_index.unwrap() as i32, l.block_hash.unwrap().to_vec())
+        })
+        .collect();
+    expected.sort();
+    let stored: Vec<(i64, i32, Vec<u8>)> =
+        sqlx::query_as("SELECT block_number, log_index, block_hash FROM chain.raw_logs ORDER BY 1, 2")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, expected, "raw logs equal the canonical chain's");
+    let movements: i64 = sqlx::query_scalar("SELECT count(*) FROM chain.credit_movements").fetch_one(pool).await.unwrap();
+    let deposit_logs = logs
+        .iter()
+        .filter(|l| l.topic0() == Some(&Subscriptions::CreditDeposited::SIGNATURE_HASH))
+        .count();
+    assert_eq!(movements as usize, deposit_logs, "typed rows follow the raw logs");
+    // Every subscriber's credit in the view equals the contract's.
+    let subs = Subscriptions::new(d.subscriptions, &provider);
+    for i in 1..=7 {
+        let who = chain.address(i);
+        let credit: Option<String> =
+            sqlx::query_scalar("SELECT credit::TEXT FROM chain.subscriber_credit WHERE subscriber = $1")
+                .bind(who.to_vec())
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        assert_eq!(credit.unwrap_or_else(|| "0".into()), subs.creditOf(who).call().await.unwrap().to_string());
+    }
+    let cursor: i64 = sqlx::query_scalar("SELECT cursor_number FROM chain.deployments").fetch_one(pool).await.unwrap();
+    assert_eq!(cursor as u64, head);
+}
+
+async fn reorg_at_depth(depth: usize) {
+    let chain = TestChain::spawn().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let d = deploy_on(&chain).await;
+    setup(&chain, &d).await;
+    deposits(&chain, &d, 1, 3, USDC).await;
+    let (indexer, pool) = indexer(&chain, &db, &d).await;
+    indexer.backfill_to(None).await.unwrap();
+
+    // The history that will be dropped: `depth` blocks of deposits by subscriber 2.
+    let provider = chain.provider(0);
+    let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    deposits(&chain, &d, 2, depth, 2 * USDC).await;
+    indexer.backfill_to(None).await.unwrap();
+    assert_matches_chain(&chain, &d, &pool).await;
+
+    // The new canonical history: one block longer, different events (subscriber 3).
+    let reverted: bool = provider.raw_request("evm_revert".into(), (snapshot,)).await.unwrap();
+    assert!(reverted);
+    deposits(&chain, &d, 3, depth + 1, 3 * USDC).await;
+    let progress = indexer.backfill_to(None).await.unwrap();
+    assert_eq!(progress.rolled_back, depth as u64, "rolled back exactly to the fork point");
+    assert_matches_chain(&chain, &d, &pool).await;
+    let from_dropped: i64 = sqlx::query_scalar("SELECT count(*) FROM chain.credit_movements WHERE subscriber = $1")
+        .bind(chain.address(2).to_vec())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(from_dropped, 0, "nothing of the dropped history remains");
+}
+
+#[tokio::test]
+async fn a_reorg_of_depth_1_is_rolled_back() {
+    reorg_at_depth(1).await;
+}
+
+#[tokio::test]
+async fn a_reorg_of_depth_10_is_rolled_back() {
+    reorg_at_depth(10).await;
+}
+
+#[tokio::test]
+async fn a_reorg_below_the_finalized_block_stops_the_indexer() {
+    // One slot per epoch: anvil's finalized block trails the head by two blocks.
+    let chain = TestChain::spawn_with(&["--slots-in-an-epoch", "1"]).unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let d = deploy_on(&chain).await;
+    setup(&chain, &d).await;
+    let provider = chain.provider(0);
+    let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    deposits(&chain, &d, 2, 10, USDC).await;
+    let (indexer, pool) = indexer(&chain, &db, &d).await;
+    indexer.backfill_to(None).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM chain.raw_logs").fetch_one(&pool).await.unwrap();
+
+    let _: bool = provider.raw_request("evm_revert".into(), (snapshot,)).await.unwrap();
+    deposits(&chain, &d, 3, 11, USDC).await;
+    let err = indexer.backfill_to(None).await.unwrap_err();
+    assert!(matches!(err, IndexerError::DeepReorg { .. }), "{err}");
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM chain.raw_logs").fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "nothing was written or deleted");
+}
+
+#[tokio::test]
+async fn a_final_cursor_block_that_changed_stops_the_backfill() {
+    // The indexer is behind when the reorg happens and the new history is final by the time it resumes.
+    let chain = TestChain::spawn_with(&["--slots-in-an-epoch", "1"]).unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let d = deploy_on(&chain).await;
+    setup(&chain, &d).await;
+    let provider = chain.provider(0);
+    let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    deposits(&chain, &d, 2, 3, USDC).await;
+    let (indexer, pool) = indexer(&chain, &db, &d).await;
+    indexer.backfill_to(None).await.unwrap();
+    let _: bool = provider.raw_request("evm_revert".into(), (snapshot,)).await.unwrap();
+    deposits(&chain, &d, 3, 20, USDC).await; // far past the old head: the old cursor height is final now
+    let err = indexer.backfill_to(None).await.unwrap_err();
+    assert!(matches!(err, IndexerError::DeepReorg { .. }), "{err}");
+    let stray: i64 = sqlx::query_scalar("SELECT count(*) FROM chain.credit_movements WHERE subscriber = $1")
+        .bind(chain.address(3).to_vec())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stray, 0, "nothing of the new history was appended to the old one");
+}
