@@ -109,12 +109,39 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a live progress line on a terminal until the returned sender is dropped.
+fn progress_line(metrics: &Metrics, started: std::time::Instant) -> Option<tokio::sync::oneshot::Sender<()>> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            let (indexed, head) = metrics.position();
+            let events = metrics.events();
+            let rate = events as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            eprint!("\rblock {indexed} / {head}  {events} events  {rate:.0} events/s   ");
+            let _ = std::io::stderr().flush();
+            tokio::select! {
+                _ = &mut done_rx => { eprintln!(); return; }
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    });
+    Some(done_tx)
+}
+
 async fn backfill(settings: Settings, to: Option<u64>) -> anyhow::Result<()> {
     let store = open(&settings).await?;
-    let metrics = Metrics::default();
     for followed in &settings.deployments {
+        let metrics = Metrics::default();
         let started = std::time::Instant::now();
-        let progress = indexer(&settings, followed, &store, &metrics)?.backfill_to(to).await?;
+        let progress_bar = progress_line(&metrics, started);
+        let progress = indexer(&settings, followed, &store, &metrics)?.backfill_to(to).await;
+        drop(progress_bar);
+        let progress = progress?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "chain {} {}: indexed through block {}, {} events in {:.2} s ({:.0} events/s)",

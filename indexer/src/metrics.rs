@@ -59,6 +59,17 @@ impl Metrics {
         self.0.last_rollback_depth.store(depth, Ordering::Relaxed);
     }
 
+    /// Seconds since the node's head last moved.
+    pub fn head_unchanged_secs(&self) -> u64 {
+        let changed = self.0.head_changed_unix.load(Ordering::Relaxed);
+        if changed == 0 { 0 } else { now().saturating_sub(changed) }
+    }
+
+    /// The last committed block and the head, for progress lines.
+    pub fn position(&self) -> (u64, u64) {
+        (self.0.indexed.load(Ordering::Relaxed), self.0.head.load(Ordering::Relaxed))
+    }
+
     /// Total events committed since start.
     pub fn events(&self) -> u64 {
         self.0.events.load(Ordering::Relaxed)

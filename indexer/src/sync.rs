@@ -18,6 +18,9 @@ use crate::{
     store::{Batch, BlockRef, Cursor, RawLog, Store},
 };
 
+/// After this long without a new head block, the loop warns (again every this many seconds).
+const STALLED_HEAD_SECS: u64 = 60;
+
 /// Knobs of the loop.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -118,6 +121,10 @@ impl Indexer {
         let cursor = self.store.register(&self.deployment).await?;
         let head = self.source.head().await?;
         self.metrics.head(head);
+        let unchanged = self.metrics.head_unchanged_secs();
+        if unchanged >= STALLED_HEAD_SECS && unchanged % STALLED_HEAD_SECS < self.options.poll_interval.as_secs().max(1) {
+            warn!(head, seconds = unchanged, "the node's head has not moved; is the RPC stalled?");
+        }
         let finalized = match self.source.finalized().await? {
             Some(finalized) => finalized,
             None => head.saturating_sub(self.options.confirmations),
