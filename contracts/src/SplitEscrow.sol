@@ -224,7 +224,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         (mapping(uint256 => SplitEntry) storage entries, SplitEntry memory head) = _versionAt(splitId, epochEnd);
         if (amount == 0) return;
         uint256 remainderIndex = head.remainderIndex;
-        address remainderRecipient;
+        address remainderRecipient = head.recipient; // replaced in the loop: remainderIndex < count
         uint256 remainderShare = amount;
         for (uint256 i; i < head.count; ++i) {
             // Read through a storage pointer: one slot per recipient, no memory copy of the entry.
