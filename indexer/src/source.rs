@@ -17,6 +17,9 @@ use tracing::{debug, warn};
 
 use crate::{IndexerError, metrics::Metrics};
 
+/// JSON-RPC "internal error": a server-side failure, not an answer about the request.
+const INTERNAL_ERROR: i64 = -32603;
+
 /// A block header's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -126,13 +129,29 @@ impl ChainSource {
         self.retrying("eth_blockNumber", || self.provider.get_block_number()).await
     }
 
-    /// The finalized block number, or `None` when the node does not support the `finalized` tag.
+    /// The finalized block number, or `None` when the node does not support the `finalized` tag. Only an
+    /// answer that rejects the tag means "unsupported"; transport failures and internal errors are retried, so a
+    /// passing fault never makes the indexer treat unfinalized blocks as final.
     pub async fn finalized(&self) -> Result<Option<u64>, IndexerError> {
-        match self.provider.get_block_by_number(BlockNumberOrTag::Finalized).await {
-            Ok(block) => Ok(block.map(|b| b.header.number)),
-            Err(err) => {
-                debug!(%err, "the node has no finalized block tag");
-                Ok(None)
+        let mut delay = self.retry.initial;
+        let mut attempt = 1;
+        loop {
+            match self.provider.get_block_by_number(BlockNumberOrTag::Finalized).await {
+                Ok(block) => return Ok(block.map(|b| b.header.number)),
+                Err(RpcError::ErrorResp(payload)) if payload.code != INTERNAL_ERROR => {
+                    debug!(%payload, "the node does not support the finalized block tag");
+                    return Ok(None);
+                }
+                Err(err) => {
+                    self.metrics.rpc_error();
+                    if attempt >= self.retry.attempts {
+                        return Err(IndexerError::Rpc(format!("eth_getBlockByNumber(finalized): {err}")));
+                    }
+                    warn!(%err, attempt, "reading the finalized block failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.retry.max);
+                    attempt += 1;
+                }
             }
         }
     }
@@ -171,6 +190,8 @@ impl ChainSource {
         let mut start = from;
         while start <= to {
             let mut end = to.min(start.saturating_add(self.range() - 1));
+            let mut attempt = 1;
+            let mut delay = self.retry.initial;
             loop {
                 let filter = Filter::new().address(self.addresses.clone()).from_block(start).to_block(end);
                 match self.provider.get_logs(&filter).await {
@@ -187,12 +208,17 @@ impl ChainSource {
                         self.range.store((smaller - start + 1).max(1), Ordering::Relaxed);
                         end = smaller;
                     }
-                    Err(_) => {
-                        // Transient (or a single block that is still refused): retry with backoff.
-                        let filter = Filter::new().address(self.addresses.clone()).from_block(start).to_block(end);
-                        let mut found = self.retrying("eth_getLogs", || self.provider.get_logs(&filter)).await?;
-                        logs.append(&mut found);
-                        break;
+                    Err(err) => {
+                        // Transient (or a single block that is still refused): retry with backoff, the same
+                        // range again, which a later size error can still split.
+                        self.metrics.rpc_error();
+                        if attempt >= self.retry.attempts {
+                            return Err(IndexerError::Rpc(format!("eth_getLogs: {err}")));
+                        }
+                        warn!(%err, attempt, start, end, "eth_getLogs failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(self.retry.max);
+                        attempt += 1;
                     }
                 }
             }

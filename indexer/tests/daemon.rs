@@ -1,7 +1,7 @@
 //! `subsettle-indexer run` as an operator runs it: a separate process that follows new blocks, serves /healthz
 //! and /metrics, and exits cleanly on SIGTERM.
 
-mod support;
+mod common;
 
 use std::{
     process::{Command, Stdio},
@@ -11,7 +11,7 @@ use std::{
 use alloy::{primitives::U256, transports::http::reqwest};
 use subsettle_abi::{Subscriptions, TestUSDC};
 use subsettle_testkit::{TestChain, TestDatabase};
-use support::{DAY, deploy_on, u};
+use common::{DAY, deploy_contracts, u};
 
 /// Kills the daemon if the test fails before stopping it, so no process outlives the test.
 struct Daemon(std::process::Child);
@@ -41,7 +41,7 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn the_daemon_follows_new_blocks_serves_health_and_stops_on_sigterm() {
     let chain = TestChain::spawn().unwrap();
     let db = TestDatabase::create().await.unwrap();
-    let d = deploy_on(&chain).await;
+    let d = deploy_contracts(&chain).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment_file = dir.path().join("deployment.json");
     d.save(&deployment_file).unwrap();
@@ -60,10 +60,10 @@ async fn the_daemon_follows_new_blocks_serves_health_and_stops_on_sigterm() {
     // A plan and a subscription created while the daemon runs show up in the views.
     let operator = chain.provider(0);
     let subs = Subscriptions::new(d.subscriptions, &operator);
-    send!(subs.createPlan(u(79_000_000), u(30 * DAY), u(3 * DAY)));
-    send!(TestUSDC::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
-    send!(TestUSDC::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
-    send!(Subscriptions::new(d.subscriptions, chain.provider(1)).subscribe(u(1), u(0)));
+    confirm!(subs.createPlan(u(79_000_000), u(30 * DAY), u(3 * DAY)));
+    confirm!(TestUSDC::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
+    confirm!(TestUSDC::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
+    confirm!(Subscriptions::new(d.subscriptions, chain.provider(1)).subscribe(u(1), u(0)));
 
     let pool = db.pool().await.unwrap();
     wait_for("the subscription to be indexed", async || {

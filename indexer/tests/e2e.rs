@@ -12,9 +12,9 @@ use subsettle_testkit::{TestChain, TestDatabase};
 
 const USDC: u64 = 1_000_000;
 
-mod support;
+mod common;
 
-use support::{DAY, deploy_on, indexer, u, warp};
+use common::{DAY, deploy_contracts, indexer, u, advance};
 
 async fn numeric(pool: &PgPool, sql: &str, id: U256) -> Option<String> {
     sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -29,7 +29,7 @@ async fn numeric(pool: &PgPool, sql: &str, id: U256) -> Option<String> {
 async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     let chain = TestChain::spawn().unwrap();
     let db = TestDatabase::create().await.unwrap();
-    let d = deploy_on(&chain).await;
+    let d = deploy_contracts(&chain).await;
     let operator = chain.provider(0);
     let subs = Subscriptions::new(d.subscriptions, &operator);
     let escrow = SplitEscrow::new(d.escrow, &operator);
@@ -38,24 +38,24 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     let (creator, platform, host) = (chain.address(4), chain.address(5), chain.address(6));
 
     // Plans (and their active flag), subscribers funded and approved.
-    send!(subs.createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
-    send!(subs.createPlan(u(0), u(30 * DAY), u(3 * DAY)));
-    send!(subs.setPlanActive(u(2), false));
-    send!(subs.setPlanActive(u(2), true));
+    confirm!(subs.createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
+    confirm!(subs.createPlan(u(0), u(30 * DAY), u(3 * DAY)));
+    confirm!(subs.setPlanActive(u(2), false));
+    confirm!(subs.setPlanActive(u(2), true));
     for (i, who) in [(1, alice), (2, bob), (3, carol)] {
-        send!(token.mint(who, u(1_000 * USDC)));
-        send!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
+        confirm!(token.mint(who, u(1_000 * USDC)));
+        confirm!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
     }
     let as_alice = Subscriptions::new(d.subscriptions, chain.provider(1));
     let as_bob = Subscriptions::new(d.subscriptions, chain.provider(2));
     let as_carol = Subscriptions::new(d.subscriptions, chain.provider(3));
-    send!(as_alice.deposit(u(100 * USDC)));
-    send!(as_alice.withdraw(u(5 * USDC)));
-    send!(as_alice.subscribe(u(1), u(50 * USDC)));
-    send!(as_bob.subscribe(u(1), u(10 * USDC)));
-    send!(as_carol.subscribe(u(1), u(0)));
-    send!(as_bob.setOverageCap(u(2), u(20 * USDC)));
-    send!(as_bob.changePlan(u(2), u(2)));
+    confirm!(as_alice.deposit(u(100 * USDC)));
+    confirm!(as_alice.withdraw(u(5 * USDC)));
+    confirm!(as_alice.subscribe(u(1), u(50 * USDC)));
+    confirm!(as_bob.subscribe(u(1), u(10 * USDC)));
+    confirm!(as_carol.subscribe(u(1), u(0)));
+    confirm!(as_bob.setOverageCap(u(2), u(20 * USDC)));
+    confirm!(as_bob.changePlan(u(2), u(2)));
 
     // Usage charges: collected, resent (no-op), and refused items.
     let root = B256::repeat_byte(0xab);
@@ -65,35 +65,35 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
         cumulativeOverage: u(cumulative),
         usageRoot: root,
     };
-    send!(subs.chargeUsage(vec![charge(1, 0, 12 * USDC), charge(2, 0, 30 * USDC), charge(99, 0, 1)]));
-    send!(subs.chargeUsage(vec![charge(1, 0, 12 * USDC), charge(1, 5, 1)]));
+    confirm!(subs.chargeUsage(vec![charge(1, 0, 12 * USDC), charge(2, 0, 30 * USDC), charge(99, 0, 1)]));
+    confirm!(subs.chargeUsage(vec![charge(1, 0, 12 * USDC), charge(1, 5, 1)]));
 
     // A month later: alice renews from credit and wallet, bob moves to pay-as-you-go, carol has no funds.
     let as_carol_token = TestUSDC::new(d.token, chain.provider(3));
-    send!(as_carol_token.transfer(chain.address(7), u(1_000 * USDC - 79 * USDC)));
-    warp(&operator, 30 * DAY).await;
-    send!(subs.renew(vec![u(1), u(2), u(3)]));
-    send!(as_alice.cancel(u(1)));
+    confirm!(as_carol_token.transfer(chain.address(7), u(1_000 * USDC - 79 * USDC)));
+    advance(&operator, 30 * DAY).await;
+    confirm!(subs.renew(vec![u(1), u(2), u(3)]));
+    confirm!(as_alice.cancel(u(1)));
 
     // Splits, a proposal and its cancellation, a settlement, payouts, holds, refunds, a surplus sweep.
-    send!(escrow.createSplit(vec![creator, platform, host], vec![7_000, 2_000, 1_000], u(1)));
-    send!(escrow.proposeSplitChange(u(1), vec![creator, platform], vec![8_000, 2_000], u(1)));
-    send!(escrow.cancelSplitChange(u(1)));
+    confirm!(escrow.createSplit(vec![creator, platform, host], vec![7_000, 2_000, 1_000], u(1)));
+    confirm!(escrow.proposeSplitChange(u(1), vec![creator, platform], vec![8_000, 2_000], u(1)));
+    confirm!(escrow.cancelSplitChange(u(1)));
     let now = operator.get_block(alloy::eips::BlockId::latest()).await.unwrap().unwrap().header.timestamp;
-    send!(escrow.settle(u(1), u(now - DAY), u(now), vec![u(1)], vec![u(100 * USDC + 3)], root));
-    send!(SplitEscrow::new(d.escrow, chain.provider(4)).setPayoutAddress(chain.address(8)));
-    send!(escrow.claim(creator));
-    send!(escrow.hold(host, u(now + 5 * DAY), B256::repeat_byte(1)));
-    send!(escrow.release(host));
-    send!(escrow.claimMany(vec![platform, host]));
-    send!(escrow.refund(bob, u(5 * USDC), false, B256::repeat_byte(2)));
-    send!(escrow.refund(carol, u(4 * USDC), true, B256::repeat_byte(3)));
-    send!(token.mint(d.escrow, u(7)));
-    send!(escrow.sweepSurplus(chain.address(9)));
-    send!(subs.pause());
-    send!(subs.unpause());
-    send!(subs.setKeeper(chain.address(9)));
-    send!(escrow.setKeeper(chain.address(9)));
+    confirm!(escrow.settle(u(1), u(now - DAY), u(now), vec![u(1)], vec![u(100 * USDC + 3)], root));
+    confirm!(SplitEscrow::new(d.escrow, chain.provider(4)).setPayoutAddress(chain.address(8)));
+    confirm!(escrow.claim(creator));
+    confirm!(escrow.hold(host, u(now + 5 * DAY), B256::repeat_byte(1)));
+    confirm!(escrow.release(host));
+    confirm!(escrow.claimMany(vec![platform, host]));
+    confirm!(escrow.refund(bob, u(5 * USDC), false, B256::repeat_byte(2)));
+    confirm!(escrow.refund(carol, u(4 * USDC), true, B256::repeat_byte(3)));
+    confirm!(token.mint(d.escrow, u(7)));
+    confirm!(escrow.sweepSurplus(chain.address(9)));
+    confirm!(subs.pause());
+    confirm!(subs.unpause());
+    confirm!(subs.setKeeper(chain.address(9)));
+    confirm!(escrow.setKeeper(chain.address(9)));
 
     // Index everything.
     let (indexer, pool) = indexer(&chain, &db, &d).await;

@@ -2,25 +2,25 @@
 //! canonical chain after a fork at depth 1 and at depth 10, and a fork below the finalized block must stop the
 //! indexer with an error instead of corrupting data.
 
-mod support;
+mod common;
 
 use alloy::{primitives::U256, providers::Provider, rpc::types::Filter, sol_types::SolEvent};
 use sqlx::PgPool;
 use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
 use subsettle_indexer::IndexerError;
 use subsettle_testkit::{TestChain, TestDatabase};
-use support::{DAY, deploy_on, indexer, u};
+use common::{DAY, deploy_contracts, indexer, u};
 
 const USDC: u64 = 1_000_000;
 
 /// Plan 1 ($79/month) and subscribers 1..=7 funded and approved.
 async fn setup(chain: &TestChain, d: &Deployment) {
     let operator = chain.provider(0);
-    send!(Subscriptions::new(d.subscriptions, &operator).createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
+    confirm!(Subscriptions::new(d.subscriptions, &operator).createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
     let token = TestUSDC::new(d.token, &operator);
     for i in 1..=7 {
-        send!(token.mint(chain.address(i), u(10_000 * USDC)));
-        send!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
+        confirm!(token.mint(chain.address(i), u(10_000 * USDC)));
+        confirm!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
     }
 }
 
@@ -28,7 +28,7 @@ async fn setup(chain: &TestChain, d: &Deployment) {
 async fn deposits(chain: &TestChain, d: &Deployment, who: usize, blocks: usize, amount: u64) {
     let as_who = Subscriptions::new(d.subscriptions, chain.provider(who));
     for _ in 0..blocks {
-        send!(as_who.deposit(u(amount)));
+        confirm!(as_who.deposit(u(amount)));
     }
 }
 
@@ -78,7 +78,7 @@ async fn assert_matches_chain(chain: &TestChain, d: &Deployment, pool: &PgPool) 
 async fn reorg_at_depth(depth: usize) {
     let chain = TestChain::spawn().unwrap();
     let db = TestDatabase::create().await.unwrap();
-    let d = deploy_on(&chain).await;
+    let d = deploy_contracts(&chain).await;
     setup(&chain, &d).await;
     deposits(&chain, &d, 1, 3, USDC).await;
     let (indexer, pool) = indexer(&chain, &db, &d).await;
@@ -121,7 +121,7 @@ async fn a_reorg_below_the_finalized_block_stops_the_indexer() {
     // One slot per epoch: anvil's finalized block trails the head by two blocks.
     let chain = TestChain::spawn_with(&["--slots-in-an-epoch", "1"]).unwrap();
     let db = TestDatabase::create().await.unwrap();
-    let d = deploy_on(&chain).await;
+    let d = deploy_contracts(&chain).await;
     setup(&chain, &d).await;
     let provider = chain.provider(0);
     let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
@@ -143,7 +143,7 @@ async fn a_final_cursor_block_that_changed_stops_the_backfill() {
     // The indexer is behind when the reorg happens and the new history is final by the time it resumes.
     let chain = TestChain::spawn_with(&["--slots-in-an-epoch", "1"]).unwrap();
     let db = TestDatabase::create().await.unwrap();
-    let d = deploy_on(&chain).await;
+    let d = deploy_contracts(&chain).await;
     setup(&chain, &d).await;
     let provider = chain.provider(0);
     let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
