@@ -160,7 +160,7 @@ async fn status(settings: Settings) -> anyhow::Result<()> {
     let store = open(&settings).await?;
     let metrics = Metrics::default();
     for followed in &settings.deployments {
-        let cursor = store.register(&followed.deployment).await?;
+        let cursor = store.cursor(&followed.deployment).await?;
         let source = ChainSource::connect(&followed.rpc_url, vec![], settings.max_range, Retry::default(), metrics.clone())?;
         let head = source.head().await?;
         let finalized = source.finalized().await?;

@@ -122,6 +122,22 @@ impl Store {
         Ok(number.zip(hash).map(|(number, hash)| Cursor { number, hash }))
     }
 
+    /// The cursor of `deployment`, read only (`None` before the first block or when it was never registered).
+    pub async fn cursor(&self, deployment: &Deployment) -> Result<Option<Cursor>, IndexerError> {
+        let row = sqlx::query(
+            "SELECT cursor_number, cursor_hash FROM chain.deployments WHERE chain_id = $1 AND subscriptions = $2",
+        )
+        .bind(db_i64(deployment.chain_id, "chain id")?)
+        .bind(deployment.subscriptions.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|row| {
+            let number: Option<i64> = row.get("cursor_number");
+            let hash: Option<Vec<u8>> = row.get("cursor_hash");
+            number.zip(hash).map(|(number, hash)| Cursor { number, hash })
+        }))
+    }
+
     /// Commits `batch` and moves the cursor of `deployment` to `cursor`, in one transaction. The update only
     /// applies if the cursor is still `expected`, so two indexers racing on one deployment cannot both commit.
     pub async fn commit(

@@ -70,7 +70,12 @@ impl Indexer {
                 self.deployment.chain_id
             )));
         }
-        self.store.register(&self.deployment).await
+        let cursor = self.store.register(&self.deployment).await?;
+        if let Some(cursor) = &cursor {
+            // A restarted indexer reports where it resumes, not block 0, until its first commit.
+            self.metrics.committed(to_u64(cursor.number), 0);
+        }
+        Ok(cursor)
     }
 
     /// Indexes until `shutdown` resolves, polling when caught up. Transient errors are logged and retried
@@ -116,9 +121,10 @@ impl Indexer {
         }
     }
 
-    /// One step: a batch of backfill ranges below the finalized block, or the next block above it.
+    /// One step: a batch of backfill ranges below the finalized block, or the next block above it. Call
+    /// [`Indexer::prepare`] once before the first step (`run` and `backfill_to` do).
     pub async fn step(&self, target: Option<u64>) -> Result<Progress, IndexerError> {
-        let cursor = self.store.register(&self.deployment).await?;
+        let cursor = self.store.cursor(&self.deployment).await?;
         let head = self.source.head().await?;
         self.metrics.head(head);
         let unchanged = self.metrics.head_unchanged_secs();

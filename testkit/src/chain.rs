@@ -24,7 +24,10 @@ impl TestChain {
 
     /// Starts anvil with extra command-line arguments (for example `["--block-time", "1"]`).
     pub fn spawn_with(args: &[&str]) -> Result<Self, HarnessError> {
+        // Without pruning, anvil keeps every block's state under ~/.foundry/anvil/tmp and a killed node never
+        // deletes it (about 150 KB per block); 256 blocks of history are enough for every test's reorgs.
         let anvil = Anvil::at(foundry_bin("anvil")?)
+            .args(["--prune-history", "256"])
             .args(args.iter().copied())
             .try_spawn()
             .map_err(|e| HarnessError::Start { service: "anvil", reason: e.to_string() })?;
