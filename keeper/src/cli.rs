@@ -19,6 +19,137 @@ pub struct Cli {
 pub enum Command {
     /// Deploy the contracts (and, on a local chain, the USDC-like test token) and write the deployment file.
     Deploy(DeployArgs),
+    /// Serve the HTTP API (usage ingest, entitlement, models, prices) and close periods as they end.
+    Serve(crate::config::Overrides),
+    /// Register models and change their splits.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Add price versions and plan allowances.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Import usage files.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+    /// Close every period that is due now, then (with --epoch) gather the closes into a settlement epoch.
+    Close(CloseArgs),
+}
+
+/// `subsettle-keeper model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a model with its meters and the split that earns from it.
+    Add {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// Model id (a-z 0-9 . _ : / -).
+        #[arg(long = "id")]
+        model_id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// The on-chain split id.
+        #[arg(long)]
+        split: u64,
+        /// A meter, `name` or `name:scale` (decimal places allowed); repeat for several.
+        #[arg(long = "meter", required = true)]
+        meters: Vec<String>,
+    },
+    /// Point a model at another split from a time on.
+    SetSplit {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// Model id.
+        #[arg(long = "id")]
+        model_id: String,
+        /// The on-chain split id.
+        #[arg(long)]
+        split: u64,
+        /// From when (Unix seconds).
+        #[arg(long)]
+        effective_at: i64,
+    },
+    /// List models with meters and split history.
+    List {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+    },
+}
+
+/// `subsettle-keeper price ...`
+#[derive(Debug, Subcommand)]
+pub enum PriceCommand {
+    /// Add a price version for a model's meter.
+    Set {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Meter.
+        #[arg(long)]
+        meter: String,
+        /// Price in token units (e.g. 0.002), for `--per` units.
+        #[arg(long)]
+        price: rust_decimal::Decimal,
+        /// Units the price is for (default 1).
+        #[arg(long, default_value = "1")]
+        per: rust_decimal::Decimal,
+        /// From when (Unix seconds).
+        #[arg(long)]
+        effective_at: i64,
+    },
+    /// Set the usage a plan includes per period, from a time on.
+    Allowance {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// On-chain plan id.
+        #[arg(long)]
+        plan: u64,
+        /// Included units of a meter, `meter=amount`; repeat for several.
+        #[arg(long = "units")]
+        units: Vec<String>,
+        /// Included value in token units.
+        #[arg(long, default_value = "0")]
+        value: rust_decimal::Decimal,
+        /// From when (Unix seconds).
+        #[arg(long)]
+        effective_at: i64,
+    },
+}
+
+/// `subsettle-keeper usage ...`
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Import an NDJSON or CSV file of usage events (streamed, exactly once).
+    Import {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// The file (.ndjson, .jsonl or .csv).
+        file: PathBuf,
+        /// Format, when the extension does not tell.
+        #[arg(long, value_parser = ["ndjson", "csv"])]
+        format: Option<String>,
+    },
+}
+
+/// `subsettle-keeper close`
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// Also gather the new closes into a settlement epoch.
+    #[arg(long)]
+    pub epoch: bool,
+    /// Judge due periods at this time (Unix seconds) instead of now, e.g. against a local chain's clock.
+    #[arg(long)]
+    pub at: Option<i64>,
 }
 
 /// Arguments of `subsettle-keeper deploy`.

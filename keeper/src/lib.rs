@@ -5,10 +5,27 @@
 //! - [`cli`]: the `subsettle-keeper` command line.
 //! - [`signer`]: the operator key, read from the environment or a file and never printed.
 //! - [`deploy`]: deploys the contracts and writes the deployment descriptor the daemons read.
+//! - [`catalog`], [`pricing`], [`money`]: models, meters, the price book, and the one rounding rule.
+//! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
+//!   serve a subscriber.
+//! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
 
+pub mod api;
+pub mod catalog;
 pub mod cli;
+pub mod clock;
+pub mod close;
+pub mod config;
 pub mod deploy;
+pub mod entitlement;
+pub mod import;
+pub mod merkle;
+pub mod metering;
+pub mod money;
+pub mod pricing;
 pub mod signer;
+pub mod store;
+pub mod subscriptions;
 
 /// Everything that can go wrong in the keeper library.
 #[derive(Debug, thiserror::Error)]
@@ -27,4 +44,39 @@ pub enum KeeperError {
     /// The deployment descriptor could not be written.
     #[error(transparent)]
     Deployment(#[from] subsettle_abi::DeploymentError),
+    /// Postgres failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration of schema `keeper` failed.
+    #[error("migrating schema keeper: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The indexer's tables hold something the keeper cannot read.
+    #[error("indexed chain data: {0}")]
+    ChainData(String),
+    /// An input was rejected.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field or key at fault.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A period could not be closed.
+    #[error("closing subscription {subscription_id} period {period}: {reason}")]
+    Close {
+        /// Subscription id.
+        subscription_id: u64,
+        /// Period index.
+        period: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A file could not be read.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }

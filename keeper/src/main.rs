@@ -1,12 +1,23 @@
 //! `subsettle-keeper`: see the crate documentation of `subsettle_keeper`.
 
+use std::{sync::Arc, time::Duration};
+
 use anyhow::Context;
 use clap::Parser;
+use rust_decimal::Decimal;
 use subsettle_keeper::{
-    cli::{Cli, Command, DeployArgs},
+    api::{self, ApiSettings, Keeper},
+    catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
+    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, UsageCommand},
+    clock::Clock,
+    close::{self, CloseOptions},
+    config::{Overrides, Settings},
     deploy::{DeployPlan, deploy},
+    import::{self, Format},
     signer::OperatorKey,
+    store,
 };
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,6 +29,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Deploy(args) => run_deploy(args).await,
+        Command::Serve(overrides) => run_serve(overrides).await,
+        Command::Model(command) => run_model(command).await,
+        Command::Price(command) => run_price(command).await,
+        Command::Usage(UsageCommand::Import { settings, file, format }) => run_import(settings, file, format).await,
+        Command::Close(args) => run_close(args).await,
     }
 }
 
@@ -35,5 +51,169 @@ async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     deployment.save(&args.out)?;
     println!("{}", serde_json::to_string_pretty(&deployment)?);
     eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+async fn open(overrides: &Overrides) -> anyhow::Result<(Settings, sqlx::PgPool)> {
+    let settings = Settings::resolve(overrides)?;
+    let pool = store::connect(&settings.database_url, 8).await.context("connecting to Postgres")?;
+    Ok((settings, pool))
+}
+
+fn api_settings(settings: &Settings) -> ApiSettings {
+    ApiSettings {
+        chain_id: settings.deployment.chain_id,
+        api_token: settings.api_token.clone(),
+        decimals: settings.decimals,
+        max_body_bytes: settings.max_body_bytes,
+        max_future_ms: settings.max_future_ms,
+    }
+}
+
+fn close_options(settings: &Settings) -> CloseOptions {
+    CloseOptions {
+        chain_id: settings.deployment.chain_id,
+        late_cutoff: settings.late_cutoff,
+        decimals: settings.decimals,
+        default_split: settings.default_split,
+        batch: 500,
+    }
+}
+
+async fn run_serve(overrides: Overrides) -> anyhow::Result<()> {
+    let (settings, pool) = open(&overrides).await?;
+    if settings.api_token.is_none() {
+        anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
+    }
+    let keeper = Keeper::load(pool, api_settings(&settings), Clock::System).await?;
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(api::serve(keeper.clone(), settings.http_addr, stopped.clone()));
+    let background = tokio::spawn(background(keeper, settings.clone(), stopped));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    server.await??;
+    background.await?;
+    Ok(())
+}
+
+/// The refresh and period-close loop; each step finishes before shutdown is honoured.
+async fn background(keeper: Arc<Keeper>, settings: Settings, mut stopped: watch::Receiver<bool>) {
+    let mut refresh = tokio::time::interval(Duration::from_millis(settings.refresh_interval_ms));
+    let mut close = tokio::time::interval(Duration::from_secs(settings.close_interval));
+    let options = close_options(&settings);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = refresh.tick() => {
+                if let Err(error) = keeper.refresh().await {
+                    tracing::warn!(%error, "refresh failed; serving the previous view");
+                }
+            }
+            _ = close.tick() => {
+                let catalog = keeper.catalog.read().expect("catalog lock").clone();
+                match close::close_due_periods(&keeper.pool, &catalog, &options, keeper.clock.now_secs()).await {
+                    Ok(report) if report.periods > 0 => tracing::info!(?report, "closed periods"),
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "period close failed; retrying next interval"),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn parse_meter(text: &str) -> anyhow::Result<NewMeter> {
+    match text.split_once(':') {
+        None => Ok(NewMeter { meter: text.to_owned(), scale: 0 }),
+        Some((meter, scale)) => Ok(NewMeter {
+            meter: meter.to_owned(),
+            scale: scale.parse().with_context(|| format!("--meter {text}: scale `{scale}` is not a number"))?,
+        }),
+    }
+}
+
+async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Add { settings, model_id, name, split, meters } => {
+            let (settings, pool) = open(&settings).await?;
+            let meters = meters.iter().map(|m| parse_meter(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            let model = NewModel { model_id, display_name: name, split_id: split, effective_at: 0, meters };
+            catalog::add_model(&pool, settings.deployment.chain_id, &model).await?;
+            println!("registered model {}", model.model_id);
+        }
+        ModelCommand::SetSplit { settings, model_id, split, effective_at } => {
+            let (settings, pool) = open(&settings).await?;
+            catalog::set_model_split(&pool, settings.deployment.chain_id, &model_id, split, effective_at).await?;
+            println!("model {model_id} earns for split {split} from {effective_at}");
+        }
+        ModelCommand::List { settings } => {
+            let (_, pool) = open(&settings).await?;
+            let snapshot = catalog::load(&pool).await?;
+            println!("{}", serde_json::to_string_pretty(&snapshot.models.values().collect::<Vec<_>>())?);
+        }
+    }
+    Ok(())
+}
+
+async fn run_price(command: PriceCommand) -> anyhow::Result<()> {
+    match command {
+        PriceCommand::Set { settings, model, meter, price, per, effective_at } => {
+            let (_, pool) = open(&settings).await?;
+            catalog::set_price(&pool, &NewPrice { model_id: model.clone(), meter: meter.clone(), unit_price: price, per_units: per, effective_at }).await?;
+            println!("{model}/{meter}: {price} per {per} from {effective_at}");
+        }
+        PriceCommand::Allowance { settings, plan, units, value, effective_at } => {
+            let (settings, pool) = open(&settings).await?;
+            let mut parsed = std::collections::BTreeMap::new();
+            for entry in &units {
+                let (meter, amount) = entry.split_once('=').with_context(|| format!("--units {entry}: write meter=amount"))?;
+                let amount: Decimal = amount.parse().with_context(|| format!("--units {entry}: `{amount}` is not a decimal"))?;
+                parsed.insert(meter.to_owned(), amount);
+            }
+            catalog::set_allowance(&pool, settings.deployment.chain_id, &NewAllowance { plan_id: plan, effective_at, units: parsed, value }).await?;
+            println!("plan {plan}: allowance set from {effective_at}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_import(overrides: Overrides, file: std::path::PathBuf, format: Option<String>) -> anyhow::Result<()> {
+    let (settings, pool) = open(&overrides).await?;
+    let format = match format.as_deref() {
+        Some("csv") => Format::Csv,
+        Some(_) => Format::Ndjson,
+        None => Format::of(&file)?,
+    };
+    let mut api = api_settings(&settings);
+    api.api_token = None;
+    let keeper = Keeper::load(pool, api, Clock::System).await?;
+    let report = import::import(&keeper, &file, format).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.rejected + report.conflicts + report.payment_required > 0 {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+async fn run_close(args: CloseArgs) -> anyhow::Result<()> {
+    let (settings, pool) = open(&args.settings).await?;
+    let now = args.at.unwrap_or_else(|| Clock::System.now_secs());
+    let catalog = catalog::load(&pool).await?;
+    let report = close::close_due_periods(&pool, &catalog, &close_options(&settings), now).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    if args.epoch {
+        match close::close_epoch(&pool, settings.deployment.chain_id, now).await? {
+            Some(epoch) => println!("{}", serde_json::to_string(&epoch)?),
+            None => println!("no closes to gather into an epoch"),
+        }
+    }
     Ok(())
 }

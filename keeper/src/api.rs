@@ -1,0 +1,290 @@
+//! The keeper's HTTP API: usage ingest, entitlement, models and prices. Writes need the operator's bearer token;
+//! every error is JSON `{"code": ..., "message": ...}`. The OpenAPI description is `docs/keeper-openapi.yaml`.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use alloy::primitives::Address;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::{
+    KeeperError,
+    catalog::{self, NewAllowance, NewModel, NewPrice, Snapshot},
+    clock::Clock,
+    entitlement::{self, Entitlements},
+    metering::{self, BatchReport, Outcome, TimePolicy},
+    subscriptions,
+};
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// What the API needs to know.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The deployment's chain.
+    pub chain_id: u64,
+    /// The operator's bearer token for writes (`None`: writes over HTTP are refused).
+    pub api_token: Option<String>,
+    /// Token decimals.
+    pub decimals: u32,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// How far ahead of now an event's timestamp may be, milliseconds.
+    pub max_future_ms: i64,
+}
+
+/// The state shared by the handlers and the refresh loop.
+#[derive(Debug)]
+pub struct Keeper {
+    /// Postgres.
+    pub pool: PgPool,
+    /// Settings.
+    pub settings: ApiSettings,
+    /// The catalog, swapped whole on reload.
+    pub catalog: RwLock<Arc<Snapshot>>,
+    /// Subscriptions and open usage.
+    pub entitlements: RwLock<Entitlements>,
+    /// Time.
+    pub clock: Clock,
+}
+
+impl Keeper {
+    /// Loads the catalog and the subscriptions.
+    pub async fn load(pool: PgPool, settings: ApiSettings, clock: Clock) -> Result<Arc<Self>, KeeperError> {
+        let keeper = Arc::new(Self {
+            pool,
+            settings,
+            catalog: RwLock::new(Arc::new(Snapshot::default())),
+            entitlements: RwLock::new(Entitlements::default()),
+            clock,
+        });
+        keeper.refresh().await?;
+        Ok(keeper)
+    }
+
+    /// Reloads the catalog and the subscriptions from Postgres.
+    pub async fn refresh(&self) -> Result<(), KeeperError> {
+        let snapshot = Arc::new(catalog::load(&self.pool).await?);
+        *self.catalog.write().expect("catalog lock") = snapshot.clone();
+        // Read without holding the lock; ingest goes on against the previous view meanwhile.
+        let now = self.clock.now_secs();
+        let subscriptions = subscriptions::load_all(&self.pool, self.settings.chain_id).await?;
+        let stale = self.entitlements.read().expect("entitlement lock").stale(&subscriptions, now);
+        let usage = entitlement::load_open_usage(&self.pool, &stale).await?;
+        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, &snapshot, self.settings.decimals);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Validates and stores a batch of parsed events (or per-event parse failures).
+    pub async fn ingest(&self, items: Vec<Result<Value, Outcome>>) -> Result<BatchReport, KeeperError> {
+        let snapshot = self.snapshot();
+        let time = TimePolicy { now_ms: self.clock.now_ms(), max_future_ms: self.settings.max_future_ms };
+        let prepared = {
+            let entitlements = self.entitlements.read().expect("entitlement lock");
+            items.into_iter().map(|item| item.and_then(|raw| metering::validate(&raw, &snapshot, &entitlements, time))).collect()
+        };
+        let (report, accepted) = metering::store(&self.pool, prepared).await?;
+        self.entitlements.write().expect("entitlement lock").record(&accepted, &snapshot, self.settings.decimals);
+        Ok(report)
+    }
+}
+
+/// The router.
+pub fn router(keeper: Arc<Keeper>) -> Router {
+    let limit = keeper.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/usage", post(post_usage))
+        .route("/v1/entitlement/{subscriber}", get(get_entitlement))
+        .route("/v1/models", get(list_models).post(add_model))
+        .route("/v1/models/{model_id}/splits", post(set_split))
+        .route("/v1/prices", post(set_price))
+        .route("/v1/allowances", post(set_allowance))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(keeper)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(keeper: Arc<Keeper>, addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> Result<(), KeeperError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| KeeperError::Invalid { field: "http_addr".into(), reason: format!("{addr}: {e}") })?;
+    tracing::info!(%addr, "keeper API listening");
+    axum::serve(listener, router(keeper))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .map_err(|e| KeeperError::Invalid { field: "http".into(), reason: e.to_string() })
+}
+
+/// A JSON error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response()
+    }
+}
+
+impl From<KeeperError> for ApiError {
+    fn from(error: KeeperError) -> Self {
+        match error {
+            KeeperError::Invalid { field, reason } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{field}: {reason}")),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the keeper could not complete the request; retry")
+            }
+        }
+    }
+}
+
+fn authorize(keeper: &Keeper, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = keeper.settings.api_token.as_deref() else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this keeper takes no writes over HTTP"));
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the operator token as `Authorization: Bearer <token>`")),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong operator token")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Splits a body into events: a JSON array, or NDJSON (one object per line) when the content type says so.
+pub fn parse_batch(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Result<Value, Outcome>>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let items: Vec<Result<Value, Outcome>> = if content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/ndjson") {
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(n, line)| {
+                serde_json::from_slice(line).map_err(|e| Outcome::Rejected {
+                    event_id: None,
+                    field: format!("line {}", n + 1),
+                    reason: format!("malformed JSON: {e}"),
+                })
+            })
+            .collect()
+    } else if content_type.starts_with("application/json") {
+        let values: Vec<Value> = serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not a JSON array of events: {e}")))?;
+        values.into_iter().map(Ok).collect()
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("`{content_type}`: send application/json (an array) or application/x-ndjson"),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the batch has no events"));
+    }
+    if items.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{} events; at most {MAX_BATCH_EVENTS} per batch", items.len()),
+        ));
+    }
+    Ok(items)
+}
+
+async fn post_usage(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let items = parse_batch(&headers, &body)?;
+    let report = keeper.ingest(items).await?;
+    // 402 when events were refused for entitlement: those were not stored; the rest of the batch was processed.
+    let status = if report.payment_required > 0 { StatusCode::PAYMENT_REQUIRED } else { StatusCode::OK };
+    Ok((status, Json(report)).into_response())
+}
+
+async fn get_entitlement(State(keeper): State<Arc<Keeper>>, Path(subscriber): Path<String>) -> Result<Response, ApiError> {
+    let address: Address = subscriber
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("subscriber: `{subscriber}` is not a 0x address")))?;
+    let answer = keeper.entitlements.read().expect("entitlement lock").check(address, keeper.clock.now_secs());
+    Ok(Json(answer).into_response())
+}
+
+async fn list_models(State(keeper): State<Arc<Keeper>>) -> Response {
+    let snapshot = keeper.snapshot();
+    Json(snapshot.models.values().cloned().collect::<Vec<_>>()).into_response()
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
+}
+
+async fn add_model(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let model: NewModel = parse_json(&body)?;
+    catalog::add_model(&keeper.pool, keeper.settings.chain_id, &model).await?;
+    keeper.refresh().await?;
+    Ok((StatusCode::CREATED, Json(json!({ "model_id": model.model_id }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitChange {
+    split_id: u64,
+    effective_at: i64,
+}
+
+async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let change: SplitChange = parse_json(&body)?;
+    catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at).await?;
+    keeper.refresh().await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn set_price(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let price: NewPrice = parse_json(&body)?;
+    catalog::set_price(&keeper.pool, &price).await?;
+    keeper.refresh().await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn set_allowance(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let allowance: NewAllowance = parse_json(&body)?;
+    catalog::set_allowance(&keeper.pool, keeper.settings.chain_id, &allowance).await?;
+    keeper.refresh().await?;
+    Ok(StatusCode::CREATED.into_response())
+}

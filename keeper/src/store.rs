@@ -1,0 +1,40 @@
+//! The keeper's Postgres: its own schema `keeper` (migrations in `keeper/migrations`) and read-only access to the
+//! indexer's schema `chain`.
+
+use std::borrow::Cow;
+
+use alloy::primitives::U256;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::KeeperError;
+
+/// Connects and applies the migrations of schema `keeper`, tracked apart from the indexer's.
+pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, KeeperError> {
+    let pool = PgPoolOptions::new().max_connections(max_connections).connect(database_url).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Applies the migrations of schema `keeper`.
+pub async fn migrate(pool: &PgPool) -> Result<(), KeeperError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("keeper");
+    migrator.dangerous_set_table_name(Cow::Borrowed("keeper._sqlx_migrations"));
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// A NUMERIC(78,0) read as text, as an integer.
+pub fn numeric_u128(text: &str, what: &'static str) -> Result<u128, KeeperError> {
+    text.parse().map_err(|_| KeeperError::ChainData(format!("{what} `{text}` is not a base-unit amount")))
+}
+
+/// A NUMERIC(78,0) read as text, as a u64 id.
+pub fn numeric_u64(text: &str, what: &'static str) -> Result<u64, KeeperError> {
+    text.parse().map_err(|_| KeeperError::ChainData(format!("{what} `{text}` is not a 64-bit integer")))
+}
+
+/// A uint256 as the text Postgres takes for NUMERIC(78,0).
+pub fn numeric_text(value: U256) -> String {
+    value.to_string()
+}

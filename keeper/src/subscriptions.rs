@@ -1,0 +1,185 @@
+//! Subscriptions and their periods as the indexer recorded them in schema `chain` (read-only).
+
+use alloy::primitives::Address;
+use sqlx::PgPool;
+
+use crate::{
+    KeeperError,
+    store::{numeric_u128, numeric_u64},
+};
+
+/// A subscription's on-chain status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Paid, renewing.
+    Active,
+    /// A renewal failed; serving continues inside the grace period.
+    PastDue,
+    /// Grace ran out.
+    Lapsed,
+    /// The subscriber cancelled; paid time is still served.
+    Cancelled,
+}
+
+/// One subscription, current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Subscription id.
+    pub id: u64,
+    /// Its wallet.
+    pub subscriber: Address,
+    /// Current plan.
+    pub plan_id: u64,
+    /// Status.
+    pub status: Status,
+    /// Index of the last paid period.
+    pub period_index: u64,
+    /// End of the last paid period (Unix seconds).
+    pub paid_through: i64,
+    /// Period length of the current plan.
+    pub period: i64,
+    /// Grace period of the current plan.
+    pub grace: i64,
+    /// The subscriber's overage cap per period, base units.
+    pub overage_cap: u128,
+    /// When it started (Unix seconds).
+    pub subscribed_at: i64,
+}
+
+impl Subscription {
+    /// The contract's `isEntitled` at `now`.
+    pub fn entitled_at(&self, now: i64) -> bool {
+        match self.status {
+            Status::Active | Status::PastDue => now < self.paid_through.saturating_add(self.grace),
+            Status::Cancelled => now < self.paid_through,
+            Status::Lapsed => false,
+        }
+    }
+
+    /// Start of the period usage at `now` belongs to: the paid one, or the next one once it has ended.
+    pub fn open_period_start(&self, now: i64) -> i64 {
+        if now < self.paid_through { self.paid_through - self.period } else { self.paid_through }
+    }
+}
+
+fn parse_status(text: &str) -> Result<Status, KeeperError> {
+    Ok(match text {
+        "active" => Status::Active,
+        "past_due" => Status::PastDue,
+        "lapsed" => Status::Lapsed,
+        "cancelled" => Status::Cancelled,
+        other => return Err(KeeperError::ChainData(format!("unknown subscription status `{other}`"))),
+    })
+}
+
+type Row = (String, Vec<u8>, String, String, String, String, String, String, String, i64);
+
+/// Every subscription of the deployment on `chain_id`.
+pub async fn load_all(pool: &PgPool, chain_id: u64) -> Result<Vec<Subscription>, KeeperError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.subscription_id::TEXT, s.subscriber, s.plan_id::TEXT, s.status, s.period_index::TEXT,
+                s.paid_through::TEXT, p.period::TEXT, p.grace_period::TEXT, s.overage_cap::TEXT, s.subscribed_at
+         FROM chain.subscriptions s JOIN chain.plans p ON p.chain_id = s.chain_id AND p.plan_id = s.plan_id
+         WHERE s.chain_id = $1",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
+fn from_row(row: Row) -> Result<Subscription, KeeperError> {
+    let (id, subscriber, plan, status, index, paid_through, period, grace, cap, subscribed_at) = row;
+    let subscriber = Address::try_from(subscriber.as_slice())
+        .map_err(|_| KeeperError::ChainData(format!("subscription {id}: subscriber is not 20 bytes")))?;
+    Ok(Subscription {
+        id: numeric_u64(&id, "subscription_id")?,
+        subscriber,
+        plan_id: numeric_u64(&plan, "plan_id")?,
+        status: parse_status(&status)?,
+        period_index: numeric_u64(&index, "period_index")?,
+        paid_through: seconds(&paid_through)?,
+        period: seconds(&period)?,
+        grace: seconds(&grace)?,
+        overage_cap: numeric_u128(&cap, "overage_cap")?,
+        subscribed_at,
+    })
+}
+
+fn seconds(text: &str) -> Result<i64, KeeperError> {
+    text.parse().map_err(|_| KeeperError::ChainData(format!("time `{text}` is not Unix seconds")))
+}
+
+/// A paid period of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    /// Subscription id.
+    pub subscription_id: u64,
+    /// Period index.
+    pub index: u64,
+    /// The plan it was paid on.
+    pub plan_id: u64,
+    /// Start (Unix seconds).
+    pub start: i64,
+    /// End, exclusive.
+    pub end: i64,
+    /// The fee collected for it, base units.
+    pub fee: u128,
+    /// The subscriber.
+    pub subscriber: Address,
+    /// The subscriber's cap now.
+    pub overage_cap: u128,
+}
+
+type PeriodRow = (String, i64, String, i64, i64, String, Vec<u8>, String);
+
+/// The earliest unclosed paid period of each subscription whose end plus `cutoff` is at or before `now`, at most
+/// `limit` of them. Periods of one subscription come one at a time, so they close in order.
+pub async fn closable_periods(pool: &PgPool, chain_id: u64, now: i64, cutoff: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
+    let rows: Vec<PeriodRow> = sqlx::query_as(
+        "WITH periods AS (
+             SELECT s.chain_id, s.subscription_id, 0::BIGINT AS period_index, s.plan_id, s.paid_through, s.amount, s.subscriber
+             FROM chain.subscribed s WHERE s.chain_id = $1
+             UNION ALL
+             SELECT r.chain_id, r.subscription_id, r.period_index::BIGINT, r.plan_id, r.paid_through, r.amount, s.subscriber
+             FROM chain.renewals r JOIN chain.subscribed s USING (chain_id, subscription_id) WHERE r.chain_id = $1
+         ), open AS (
+             SELECT DISTINCT ON (p.subscription_id) p.*
+             FROM periods p
+             WHERE NOT EXISTS (SELECT 1 FROM keeper.period_closes c
+                               WHERE c.chain_id = p.chain_id AND c.subscription_id = p.subscription_id
+                                 AND c.period_index = p.period_index)
+             ORDER BY p.subscription_id, p.period_index
+         )
+         SELECT o.subscription_id::TEXT, o.period_index, o.plan_id::TEXT, (o.paid_through - pl.period)::BIGINT,
+                o.paid_through::BIGINT, o.amount::TEXT, o.subscriber, sub.overage_cap::TEXT
+         FROM open o
+         JOIN chain.plans pl ON pl.chain_id = o.chain_id AND pl.plan_id = o.plan_id
+         JOIN chain.subscriptions sub ON sub.chain_id = o.chain_id AND sub.subscription_id = o.subscription_id
+         WHERE o.paid_through + $2 <= $3
+         ORDER BY o.subscription_id
+         LIMIT $4",
+    )
+    .bind(chain_id as i64)
+    .bind(cutoff)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, index, plan, start, end, fee, subscriber, cap)| {
+            Ok(Period {
+                subscription_id: numeric_u64(&id, "subscription_id")?,
+                index: u64::try_from(index).map_err(|_| KeeperError::ChainData(format!("period index {index}")))?,
+                plan_id: numeric_u64(&plan, "plan_id")?,
+                start,
+                end,
+                fee: numeric_u128(&fee, "amount")?,
+                subscriber: Address::try_from(subscriber.as_slice())
+                    .map_err(|_| KeeperError::ChainData(format!("subscription {id}: subscriber is not 20 bytes")))?,
+                overage_cap: numeric_u128(&cap, "overage_cap")?,
+            })
+        })
+        .collect()
+}
