@@ -178,8 +178,9 @@ impl Entitlements {
         }
     }
 
-    /// The subscription an event is billed to: the one named, or the subscriber's entitled one.
-    pub fn resolve(&self, subscriber: Option<Address>, subscription_id: Option<u64>, now: i64) -> Result<&Subscription, Refusal> {
+    /// The subscription an event is billed to (the one named, or the subscriber's entitled one), with the reason
+    /// it is not to be served, if any.
+    pub fn resolve(&self, subscriber: Option<Address>, subscription_id: Option<u64>, now: i64) -> Result<(&Subscription, Option<String>), Refusal> {
         let sub = match (subscriber, subscription_id) {
             (_, Some(id)) => {
                 let sub = self.by_id.get(&id).ok_or_else(|| Refusal::Invalid {
@@ -196,10 +197,7 @@ impl Entitlements {
                 return Err(Refusal::Invalid { field: "subscriber", reason: "give `subscriber` or `subscription_id`".into() });
             }
         };
-        match self.refusal(sub, now) {
-            Some(reason) => Err(Refusal::NotEntitled(reason)),
-            None => Ok(sub),
-        }
+        Ok((sub, self.refusal(sub, now)))
     }
 
     fn pick(&self, address: Address, now: i64) -> Result<&Subscription, Refusal> {

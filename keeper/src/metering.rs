@@ -51,6 +51,8 @@ pub struct UsageEvent {
     pub properties: Option<Value>,
     /// Hash of all of the above: equal for a resend, different for a conflict.
     pub payload_hash: B256,
+    /// Why the subscriber is not to be served now: the event is not stored (unless it already was).
+    pub refused: Option<String>,
 }
 
 /// What happened to one event of a batch.
@@ -170,7 +172,7 @@ pub fn validate(raw: &Value, catalog: &Snapshot, entitlements: &Entitlements, ti
         None | Some(Value::Null) => None,
         Some(value) => Some(read_u64(value).ok_or_else(|| Outcome::rejected(id, "subscription_id", "must be a non-negative integer"))?),
     };
-    let subscription = entitlements
+    let (subscription, refused) = entitlements
         .resolve(subscriber, subscription_id, time.now_ms.div_euclid(1000))
         .map_err(|refusal| match refusal {
             Refusal::Invalid { field, reason } => Outcome::rejected(id, field, reason),
@@ -196,6 +198,7 @@ pub fn validate(raw: &Value, catalog: &Snapshot, entitlements: &Entitlements, ti
         occurred_at_ms,
         properties,
         payload_hash: B256::ZERO,
+        refused,
     };
     event.payload_hash = payload_hash(&event);
     Ok(event)
@@ -395,7 +398,8 @@ pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>) ->
         }
     }
 
-    let inserted = insert_new(pool, candidates.iter().map(|(_, e)| e)).await?;
+    // Events of subscribers not to be served are not stored; a resend of one stored earlier is still a duplicate.
+    let inserted = insert_new(pool, candidates.iter().map(|(_, e)| e).filter(|e| e.refused.is_none())).await?;
     let mut accepted = Vec::new();
     let mut existing_ids = Vec::new();
     for (index, event) in &candidates {
@@ -414,10 +418,15 @@ pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>) ->
                 .into_iter()
                 .collect();
         for (index, event) in &candidates {
-            if outcomes[*index].is_none() {
-                let stored_hash = stored.get(&event.event_id).map(|h| B256::from_slice(h)).unwrap_or_default();
-                outcomes[*index] = Some(compare(&event.event_id, stored_hash, event.payload_hash, "already stored"));
+            if outcomes[*index].is_some() {
+                continue;
             }
+            outcomes[*index] = Some(match (stored.get(&event.event_id), &event.refused) {
+                (Some(hash), _) => compare(&event.event_id, B256::from_slice(hash), event.payload_hash, "already stored"),
+                (None, Some(reason)) => Outcome::PaymentRequired { event_id: event.event_id.clone(), reason: reason.clone() },
+                // Only if a concurrent writer rolled back between the insert and this read: nothing is stored.
+                (None, None) => Outcome::rejected(Some(&event.event_id), "event_id", "not stored because of a concurrent write; resend it"),
+            });
         }
     }
     for (_, event) in candidates {

@@ -236,4 +236,7 @@ async fn overage_beyond_the_cap_stops_entitlement() {
     let (status, report) = market.usage(&json!([market.event("o-3", 0, "image-gen", "images", "1", now)])).await;
     assert_eq!(status, 402);
     assert!(report["results"][0]["reason"].as_str().unwrap().contains("overage cap"));
+    // A resend of an event stored before the cap ran out is still just a duplicate.
+    let (status, report) = market.usage(&json!([market.event("o-2", 0, "image-gen", "images", "25", now)])).await;
+    assert_eq!((status, statuses(&report)), (200, vec!["duplicate".to_owned()]));
 }
