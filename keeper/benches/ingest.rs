@@ -244,7 +244,7 @@ async fn main() -> Result<()> {
 
     // 4. Period close of every subscription.
     let snapshot = catalog::load(&pool).await?;
-    let options = CloseOptions { chain_id: CHAIN_ID as u64, late_cutoff: 3_600, decimals: 6, default_split: Some(0), batch: 500 };
+    let options = CloseOptions { chain_id: CHAIN_ID as u64, late_cutoff: 3_600, decimals: 6, default_split: Some(0), batch: 2_000 };
     let started = Instant::now();
     let report = close_due_periods(&pool, &snapshot, &options, T0 + PERIOD + 3_700).await?;
     let elapsed = started.elapsed();

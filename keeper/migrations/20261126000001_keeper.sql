@@ -39,7 +39,7 @@ CREATE TABLE keeper.prices (
 );
 
 -- Usage included in a plan's fee, per period, from `effective_at` on (a period uses the version in force at its
--- start): either a number of units of one meter (across models) or a value in token units (`meter` NULL).
+-- start): either a number of units of one meter (across models) or a value in token units (`meter` '').
 CREATE TABLE keeper.plan_allowances (
     plan_id       NUMERIC(78,0) NOT NULL CHECK (plan_id >= 0),
     effective_at  BIGINT NOT NULL CHECK (effective_at >= 0),

@@ -56,8 +56,17 @@ async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 async fn open(overrides: &Overrides) -> anyhow::Result<(Settings, sqlx::PgPool)> {
     let settings = Settings::resolve(overrides)?;
-    let pool = store::connect(&settings.database_url, 8).await.context("connecting to Postgres")?;
-    Ok((settings, pool))
+    Ok((settings.clone(), connect(&settings).await?))
+}
+
+/// Period close needs somewhere to put the fee of a period without usage; say so before any close is tried.
+fn require_default_split(settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.default_split.is_some(), "default_split: missing; give --default-split <split id> (or default_split in the config file)");
+    Ok(())
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    store::connect(&settings.database_url, 8).await.context("connecting to Postgres")
 }
 
 fn api_settings(settings: &Settings) -> ApiSettings {
@@ -76,12 +85,13 @@ fn close_options(settings: &Settings) -> CloseOptions {
         late_cutoff: settings.late_cutoff,
         decimals: settings.decimals,
         default_split: settings.default_split,
-        batch: 500,
+        batch: 2_000,
     }
 }
 
 async fn run_serve(overrides: Overrides) -> anyhow::Result<()> {
     let (settings, pool) = open(&overrides).await?;
+    require_default_split(&settings)?;
     if settings.api_token.is_none() {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
@@ -205,6 +215,7 @@ async fn run_import(overrides: Overrides, file: std::path::PathBuf, format: Opti
 
 async fn run_close(args: CloseArgs) -> anyhow::Result<()> {
     let (settings, pool) = open(&args.settings).await?;
+    require_default_split(&settings)?;
     let now = args.at.unwrap_or_else(|| Clock::System.now_secs());
     let catalog = catalog::load(&pool).await?;
     let report = close::close_due_periods(&pool, &catalog, &close_options(&settings), now).await?;

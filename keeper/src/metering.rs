@@ -225,7 +225,11 @@ fn required_str<'a>(object: &'a Map<String, Value>, field: &str, id: Option<&str
 
 fn read_quantity(value: Option<&Value>, scale: u32, id: Option<&str>) -> Result<Decimal, Outcome> {
     let text = match value {
-        Some(Value::Number(n)) => n.to_string(),
+        // Only whole JSON numbers: a fractional one has already been through a binary float.
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(Value::Number(n)) => {
+            return Err(Outcome::rejected(id, "quantity", format!("{n}: write a fractional quantity as a decimal string, e.g. \"12.5\"")));
+        }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(Outcome::rejected(id, "quantity", "must be a number or a decimal string")),
         None => return Err(Outcome::rejected(id, "quantity", "missing")),

@@ -139,24 +139,29 @@ type PeriodRow = (String, i64, String, i64, i64, String, Vec<u8>, String);
 pub async fn closable_periods(pool: &PgPool, chain_id: u64, now: i64, cutoff: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
     let rows: Vec<PeriodRow> = sqlx::query_as(
         "WITH periods AS (
-             SELECT s.chain_id, s.subscription_id, 0::BIGINT AS period_index, s.plan_id, s.paid_through, s.amount, s.subscriber
+             SELECT s.chain_id, s.subscription_id, 0::BIGINT AS period_index, s.plan_id, s.paid_through, s.amount,
+                    s.subscriber, s.overage_cap
              FROM chain.subscribed s WHERE s.chain_id = $1
              UNION ALL
-             SELECT r.chain_id, r.subscription_id, r.period_index::BIGINT, r.plan_id, r.paid_through, r.amount, s.subscriber
+             SELECT r.chain_id, r.subscription_id, r.period_index::BIGINT, r.plan_id, r.paid_through, r.amount,
+                    s.subscriber, s.overage_cap
              FROM chain.renewals r JOIN chain.subscribed s USING (chain_id, subscription_id) WHERE r.chain_id = $1
          ), open AS (
              SELECT DISTINCT ON (p.subscription_id) p.*
              FROM periods p
              WHERE NOT EXISTS (SELECT 1 FROM keeper.period_closes c
-                               WHERE c.chain_id = p.chain_id AND c.subscription_id = p.subscription_id
+                               WHERE c.chain_id = p.chain_id AND c.subscription_id = p.subscription_id::BIGINT
                                  AND c.period_index = p.period_index)
              ORDER BY p.subscription_id, p.period_index
          )
          SELECT o.subscription_id::TEXT, o.period_index, o.plan_id::TEXT, (o.paid_through - pl.period)::BIGINT,
-                o.paid_through::BIGINT, o.amount::TEXT, o.subscriber, sub.overage_cap::TEXT
+                o.paid_through::BIGINT, o.amount::TEXT, o.subscriber,
+                -- The cap in force now: the last OverageCapSet, else the one given at subscribe.
+                COALESCE((SELECT c.overage_cap FROM chain.overage_cap_changes c
+                          WHERE c.chain_id = o.chain_id AND c.subscription_id = o.subscription_id
+                          ORDER BY c.block_number DESC, c.log_index DESC LIMIT 1), o.overage_cap)::TEXT
          FROM open o
          JOIN chain.plans pl ON pl.chain_id = o.chain_id AND pl.plan_id = o.plan_id
-         JOIN chain.subscriptions sub ON sub.chain_id = o.chain_id AND sub.subscription_id = o.subscription_id
          WHERE o.paid_through + $2 <= $3
          ORDER BY o.subscription_id
          LIMIT $4",

@@ -110,6 +110,7 @@ async fn each_bad_event_is_rejected_with_its_field_and_the_good_ones_are_kept() 
         { "event_id": "b-13", "subscriber": "0x1234", "model": "image-gen", "meter": "images", "quantity": 1, "timestamp": now },
         { "event_id": "b-14", "subscriber": market.subscribers[0].0.to_string(), "model": "image-gen", "meter": "images", "quantity": 1, "timestamp": "yesterday" },
         "not an object",
+        { "event_id": "b-15", "subscriber": market.subscribers[1].0.to_string(), "model": "gpu-box", "meter": "gpu_seconds", "quantity": 0.1, "timestamp": now },
         market.event("ok-2", 1, "gpu-box", "gpu_seconds", "0.125", now),
     ]);
     let before = market.stored().await;
@@ -132,6 +133,7 @@ async fn each_bad_event_is_rejected_with_its_field_and_the_good_ones_are_kept() 
         ("subscriber", "`0x1234` is not a 0x address"),
         ("timestamp", "`yesterday` is not an RFC 3339 time"),
         ("event", "must be a JSON object"),
+        ("quantity", "as a decimal string"),
         ("", ""),
     ];
     for (i, (want_field, want_reason)) in expected.iter().enumerate() {
@@ -145,7 +147,7 @@ async fn each_bad_event_is_rejected_with_its_field_and_the_good_ones_are_kept() 
         assert!(reason.contains(want_reason), "event {i}: `{reason}` lacks `{want_reason}`");
     }
     assert_eq!(report["accepted"], 2);
-    assert_eq!(report["rejected"], 15);
+    assert_eq!(report["rejected"], 16);
     assert_eq!(market.stored().await, (before.0 + 2, before.1 + Decimal::new(1125, 3)));
 }
 
