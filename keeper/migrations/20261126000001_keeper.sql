@@ -114,10 +114,13 @@ CREATE TABLE keeper.usage_lines (
 );
 
 -- Settlement epochs: the closes not yet settled, gathered at `closed_at`, with the amount per split to settle.
+-- The on-chain settlement is `settle(epoch_id, epoch_start, closed_at, splits, amounts, usage_root)`; recipients
+-- are credited by the split version in force at `closed_at`.
 CREATE TABLE keeper.epochs (
-    epoch_id    BIGINT PRIMARY KEY CHECK (epoch_id > 0),
-    chain_id    BIGINT NOT NULL,
-    closed_at   BIGINT NOT NULL,
+    epoch_id     BIGINT PRIMARY KEY CHECK (epoch_id > 0),
+    chain_id     BIGINT NOT NULL,
+    epoch_start  BIGINT NOT NULL,
+    closed_at    BIGINT NOT NULL CHECK (closed_at >= epoch_start),
     usage_root  BYTEA NOT NULL CHECK (length(usage_root) = 32),
     total       NUMERIC(78,0) NOT NULL
 );

@@ -359,6 +359,10 @@ impl LineColumns {
 pub struct Epoch {
     /// Epoch number (the on-chain settlement id).
     pub epoch_id: u64,
+    /// Start of the epoch window: the previous epoch's end, or the earliest period start of the first epoch.
+    pub start: i64,
+    /// End of the window (the time the epoch was gathered): the split versions in force then apply.
+    pub end: i64,
     /// Merkle root over the lines of all its closes.
     pub usage_root: B256,
     /// Amount per split, base units.
@@ -400,13 +404,22 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64) -> Result<Optio
     close_ids.dedup();
     let total: u128 = splits.values().sum();
     let usage_root = MerkleTree::new(&leaves).root();
-    let epoch_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(epoch_id), 0) + 1 FROM keeper.epochs WHERE chain_id = $1")
-        .bind(chain_id as i64)
+    let (epoch_id, previous_end): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COALESCE(MAX(epoch_id), 0) + 1, MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
+            .bind(chain_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+    let first_start: i64 = sqlx::query_scalar("SELECT MIN(period_start) FROM keeper.period_closes WHERE close_id = ANY($1)")
+        .bind(&close_ids)
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO keeper.epochs (epoch_id, chain_id, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5::NUMERIC)")
+    let start = previous_end.unwrap_or(first_start).min(now);
+    sqlx::query(
+        "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5, $6::NUMERIC)",
+    )
         .bind(epoch_id)
         .bind(chain_id as i64)
+        .bind(start)
         .bind(now)
         .bind(usage_root.as_slice())
         .bind(total.to_string())
@@ -426,5 +439,5 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64) -> Result<Optio
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Some(Epoch { epoch_id: epoch_id as u64, usage_root, splits, total, closes: close_ids.len() }))
+    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len() }))
 }

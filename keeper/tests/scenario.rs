@@ -133,8 +133,9 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
     let escrow = SplitEscrow::new(market.deployment.escrow, &operator);
     let split_ids: Vec<U256> = epoch.splits.keys().map(|s| U256::from(*s)).collect();
     let amounts: Vec<U256> = epoch.splits.values().map(|a| U256::from(*a)).collect();
-    let period_end = U256::from(t0 as u64 + 30 * DAY as u64);
-    confirm!(escrow.settle(U256::from(epoch.epoch_id), U256::from(t0 as u64), period_end, split_ids, amounts, epoch.usage_root));
+    assert!(epoch.start <= t0 && epoch.start > t0 - 120, "the first epoch starts at the earliest period start");
+    let (start, end) = (U256::from(epoch.start as u64), U256::from(epoch.end as u64));
+    confirm!(escrow.settle(U256::from(epoch.epoch_id), start, end, split_ids, amounts, epoch.usage_root));
     market.sync().await;
 
     // The subscriber paid exactly the fee and the computed overage.
