@@ -9,6 +9,7 @@
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
+//! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
 
 pub mod api;
 pub mod catalog;
@@ -24,6 +25,7 @@ pub mod metering;
 pub mod money;
 pub mod pricing;
 pub mod signer;
+pub mod statement;
 pub mod store;
 pub mod subscriptions;
 

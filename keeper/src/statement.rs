@@ -1,0 +1,670 @@
+//! Statements: every priced line that produced money from a subscriber or for a creator, with the price version,
+//! the share, the split version and its bps, the amount, the on-chain references and a Merkle proof of the line
+//! against its committed root. [`verify`] recomputes each leaf from the line's own fields, checks its proof and
+//! the totals, and compares the roots and credits with what the chain recorded (as indexed).
+//!
+//! A subscriber's amount per line is the line's share of what they paid (plan fee plus capped overage); a
+//! creator's amount per line is their part of the split's on-chain credit, divided over the split's lines in the
+//! epoch by the lines' amounts with the largest-remainder rule of [`crate::money`], so that it adds up to the
+//! credit exactly.
+
+use std::collections::{BTreeMap, HashMap};
+
+use alloy::primitives::{Address, B256};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::{
+    KeeperError,
+    close::line_leaf,
+    merkle::{self, MerkleTree},
+    money,
+    pricing::{Line, LineKey},
+    store::{numeric_u64, numeric_u128},
+};
+
+/// Whose statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    /// A wallet that pays.
+    Subscriber,
+    /// A split recipient that is paid.
+    Creator,
+}
+
+/// Which lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Only this settlement epoch.
+    pub epoch: Option<u64>,
+    /// Only periods (subscriber) or epochs (creator) ending at or after this time.
+    pub from: Option<i64>,
+    /// ... and before this time.
+    pub to: Option<i64>,
+}
+
+/// A statement line: the committed fields of the usage line, and what it means for the party.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    /// Subscription.
+    pub subscription_id: u64,
+    /// Period.
+    pub period_index: u64,
+    /// Line number within the period's close.
+    pub line_no: u32,
+    /// Model id (empty on a fee-only line).
+    pub model: String,
+    /// Meter.
+    pub meter: String,
+    /// The price version (its effective time).
+    pub price_effective_at: i64,
+    /// Price per `per_units`.
+    pub unit_price: Decimal,
+    /// Units the price is for.
+    pub per_units: Decimal,
+    /// The split the line earns for.
+    pub split_id: u64,
+    /// The period the events belonged to, for late events.
+    pub adjustment_of: Option<u64>,
+    /// Quantity.
+    pub quantity: Decimal,
+    /// Quantity inside a unit allowance.
+    pub included_quantity: Decimal,
+    /// Value at list price.
+    pub value: Decimal,
+    /// Value inside the allowance.
+    pub included_value: Decimal,
+    /// Overage in base units, before the cap.
+    pub overage_amount: String,
+    /// The line's share of what the subscriber paid, base units.
+    pub attributed: String,
+    /// The settlement epoch that carries the line, once gathered.
+    pub epoch_id: Option<u64>,
+    /// Creator statements: the split version in force at the epoch's end, and the creator's bps in it.
+    pub split_version: Option<u64>,
+    /// The creator's bps.
+    pub bps: Option<u32>,
+    /// What the line means for the party, base units: paid (subscriber) or credited (creator).
+    pub amount: String,
+    /// The root the proof is against: the epoch's root once gathered, else the period's usage root.
+    pub root: B256,
+    /// The proof.
+    pub proof: Vec<B256>,
+}
+
+/// A settlement epoch in the statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRef {
+    /// Epoch id = on-chain settlement id.
+    pub epoch_id: u64,
+    /// The keeper's root.
+    pub usage_root: B256,
+    /// The settlement transaction, once indexed.
+    pub tx_hash: Option<B256>,
+}
+
+/// A period of a subscriber statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodRef {
+    /// Subscription.
+    pub subscription_id: u64,
+    /// Period.
+    pub period_index: u64,
+    /// Start (Unix seconds).
+    pub start: i64,
+    /// End.
+    pub end: i64,
+    /// Plan fee paid.
+    pub fee: String,
+    /// Overage charge (capped).
+    pub overage_charge: String,
+    /// Fee plus overage charge.
+    pub paid: String,
+    /// The period's usage root.
+    pub usage_root: B256,
+    /// The usage charge transaction, once indexed.
+    pub charge_tx: Option<B256>,
+    /// Overage charged on chain so far.
+    pub charged_on_chain: Option<String>,
+}
+
+/// A creator's credit from one split in one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditRef {
+    /// Epoch.
+    pub epoch_id: u64,
+    /// Split.
+    pub split_id: u64,
+    /// The split's amount in the epoch.
+    pub split_amount: String,
+    /// The creator's credit by the split's rule.
+    pub credit: String,
+    /// What the chain credited, once indexed.
+    pub credited_on_chain: Option<String>,
+}
+
+/// A statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    /// Whose.
+    pub party: Party,
+    /// The wallet.
+    pub address: Address,
+    /// The chain.
+    pub chain_id: u64,
+    /// Token decimals.
+    pub decimals: u32,
+    /// Which lines.
+    pub scope: Scope,
+    /// Lines, by epoch, subscription, period and line number.
+    pub lines: Vec<StatementLine>,
+    /// Total amount over the lines, base units.
+    pub total: String,
+    /// Subscriber statements: the periods.
+    pub periods: Vec<PeriodRef>,
+    /// Creator statements: the credits.
+    pub credits: Vec<CreditRef>,
+    /// The epochs referred to.
+    pub epochs: Vec<EpochRef>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRecord {
+    close_id: i64,
+    subscription_id: i64,
+    period_index: i64,
+    usage_root: Vec<u8>,
+    line_no: i32,
+    model_id: String,
+    meter: String,
+    price_effective_at: i64,
+    unit_price: Decimal,
+    per_units: Decimal,
+    split_id: String,
+    adjustment_of: Option<i64>,
+    quantity: Decimal,
+    included_quantity: Decimal,
+    value: Decimal,
+    included_value: Decimal,
+    overage_amount: String,
+    attributed: String,
+    leaf: Vec<u8>,
+    epoch_id: Option<i64>,
+}
+
+struct RawLine {
+    close_id: i64,
+    close_root: B256,
+    line: StatementLine,
+    leaf: B256,
+}
+
+/// Which lines to load.
+enum LineFilter {
+    Subscriber(Address),
+    Epoch(u64),
+}
+
+async fn load_lines(pool: &PgPool, chain_id: u64, filter: LineFilter) -> Result<Vec<RawLine>, KeeperError> {
+    let (condition, subscriber, epoch) = match filter {
+        LineFilter::Subscriber(address) => ("c.subscriber = $2", address.to_vec(), 0i64),
+        LineFilter::Epoch(epoch) => ("e.epoch_id = $3", Vec::new(), epoch as i64),
+    };
+    let rows: Vec<LineRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT c.close_id, c.subscription_id, c.period_index, c.usage_root, l.line_no, l.model_id, l.meter,
+                l.price_effective_at, l.unit_price, l.per_units, l.split_id::TEXT AS split_id, l.adjustment_of, l.quantity,
+                l.included_quantity, l.value, l.included_value, l.overage_amount::TEXT AS overage_amount,
+                l.attributed::TEXT AS attributed, l.leaf, e.epoch_id
+         FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
+         LEFT JOIN keeper.epoch_closes e USING (close_id)
+         WHERE c.chain_id = $1 AND {condition} AND length($2) >= 0 AND $3 >= 0
+         ORDER BY e.epoch_id NULLS LAST, c.subscription_id, c.period_index, l.line_no"
+    )))
+    .bind(chain_id as i64)
+    .bind(subscriber)
+    .bind(epoch)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let line = StatementLine {
+                subscription_id: r.subscription_id as u64,
+                period_index: r.period_index as u64,
+                line_no: r.line_no as u32,
+                split_id: numeric_u64(&r.split_id, "split_id")?,
+                model: r.model_id,
+                meter: r.meter,
+                price_effective_at: r.price_effective_at,
+                unit_price: r.unit_price,
+                per_units: r.per_units,
+                adjustment_of: r.adjustment_of.map(|p| p as u64),
+                quantity: r.quantity,
+                included_quantity: r.included_quantity,
+                value: r.value,
+                included_value: r.included_value,
+                overage_amount: r.overage_amount,
+                attributed: r.attributed,
+                epoch_id: r.epoch_id.map(|e| e as u64),
+                split_version: None,
+                bps: None,
+                amount: String::new(),
+                root: B256::ZERO,
+                proof: Vec::new(),
+            };
+            Ok(RawLine { close_id: r.close_id, close_root: B256::from_slice(&r.usage_root), line, leaf: B256::from_slice(&r.leaf) })
+        })
+        .collect()
+}
+
+/// Proves each line against its epoch's root (all leaves of the epoch), or its close's root when not gathered yet.
+async fn attach_proofs(pool: &PgPool, lines: &mut [RawLine]) -> Result<(), KeeperError> {
+    let mut trees: HashMap<(bool, i64), MerkleTree> = HashMap::new();
+    for raw in lines.iter_mut() {
+        let key = match raw.line.epoch_id {
+            Some(epoch) => (true, epoch as i64),
+            None => (false, raw.close_id),
+        };
+        if !trees.contains_key(&key) {
+            let sql = if key.0 {
+                "SELECT l.leaf FROM keeper.usage_lines l JOIN keeper.epoch_closes e USING (close_id) WHERE e.epoch_id = $1"
+            } else {
+                "SELECT leaf FROM keeper.usage_lines WHERE close_id = $1"
+            };
+            let leaves: Vec<Vec<u8>> = sqlx::query_scalar(sql).bind(key.1).fetch_all(pool).await?;
+            let leaves: Vec<B256> = leaves.iter().map(|l| B256::from_slice(l)).collect();
+            trees.insert(key, MerkleTree::new(&leaves));
+        }
+        let tree = &trees[&key];
+        raw.line.root = tree.root();
+        raw.line.proof = tree.proof(raw.leaf).ok_or_else(|| KeeperError::ChainData("a line's leaf is missing from its own tree".into()))?;
+        if !key.0 && raw.line.root != raw.close_root {
+            return Err(KeeperError::ChainData(format!("close {} root does not match its lines", raw.close_id)));
+        }
+    }
+    Ok(())
+}
+
+async fn epoch_refs(pool: &PgPool, chain_id: u64, ids: &[u64]) -> Result<Vec<EpochRef>, KeeperError> {
+    let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
+    let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT e.epoch_id, e.usage_root,
+                (SELECT s.tx_hash FROM chain.settlements s WHERE s.chain_id = e.chain_id AND s.settlement_id = e.epoch_id
+                 ORDER BY s.block_number DESC LIMIT 1)
+         FROM keeper.epochs e WHERE e.chain_id = $1 AND e.epoch_id = ANY($2) ORDER BY e.epoch_id",
+    )
+    .bind(chain_id as i64)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, root, tx)| EpochRef { epoch_id: id as u64, usage_root: B256::from_slice(&root), tx_hash: tx.map(|t| B256::from_slice(&t)) })
+        .collect())
+}
+
+fn in_scope(scope: &Scope, epoch: Option<u64>, time: i64) -> bool {
+    scope.epoch.is_none_or(|e| epoch == Some(e)) && scope.from.is_none_or(|f| time >= f) && scope.to.is_none_or(|t| time < t)
+}
+
+/// A subscriber's statement.
+pub async fn subscriber_statement(pool: &PgPool, chain_id: u64, decimals: u32, subscriber: Address, scope: Scope) -> Result<Statement, KeeperError> {
+    type PeriodRow = (i64, i64, i64, i64, String, String, String, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<String>);
+    let periods: Vec<PeriodRow> = sqlx::query_as(
+        "SELECT c.subscription_id, c.period_index, c.period_start, c.period_end, c.fee::TEXT, c.overage_charge::TEXT,
+                c.collected::TEXT, c.usage_root, e.epoch_id,
+                (SELECT u.tx_hash FROM chain.usage_charges u WHERE u.chain_id = c.chain_id
+                   AND u.subscription_id = c.subscription_id AND u.period_index = c.period_index
+                 ORDER BY u.block_number DESC, u.log_index DESC LIMIT 1),
+                (SELECT MAX(u.charged_in_period)::TEXT FROM chain.usage_charges u WHERE u.chain_id = c.chain_id
+                   AND u.subscription_id = c.subscription_id AND u.period_index = c.period_index)
+         FROM keeper.period_closes c LEFT JOIN keeper.epoch_closes e USING (close_id)
+         WHERE c.chain_id = $1 AND c.subscriber = $2
+         ORDER BY c.subscription_id, c.period_index",
+    )
+    .bind(chain_id as i64)
+    .bind(subscriber.to_vec())
+    .fetch_all(pool)
+    .await?;
+    let mut kept: Vec<(u64, u64)> = Vec::new();
+    let mut period_refs = Vec::new();
+    for (sub, index, start, end, fee, charge, paid, root, epoch, tx, charged) in periods {
+        if !in_scope(&scope, epoch.map(|e| e as u64), end) {
+            continue;
+        }
+        kept.push((sub as u64, index as u64));
+        period_refs.push(PeriodRef {
+            subscription_id: sub as u64,
+            period_index: index as u64,
+            start,
+            end,
+            fee,
+            overage_charge: charge,
+            paid,
+            usage_root: B256::from_slice(&root),
+            charge_tx: tx.map(|t| B256::from_slice(&t)),
+            charged_on_chain: charged,
+        });
+    }
+    let mut lines = load_lines(pool, chain_id, LineFilter::Subscriber(subscriber)).await?;
+    lines.retain(|l| kept.contains(&(l.line.subscription_id, l.line.period_index)));
+    attach_proofs(pool, &mut lines).await?;
+    let mut total = 0u128;
+    for raw in &mut lines {
+        raw.line.amount = raw.line.attributed.clone();
+        total += numeric_u128(&raw.line.attributed, "attributed")?;
+    }
+    let mut epoch_ids: Vec<u64> = lines.iter().filter_map(|l| l.line.epoch_id).collect();
+    epoch_ids.sort_unstable();
+    epoch_ids.dedup();
+    Ok(Statement {
+        party: Party::Subscriber,
+        address: subscriber,
+        chain_id,
+        decimals,
+        scope,
+        lines: lines.into_iter().map(|l| l.line).collect(),
+        total: total.to_string(),
+        periods: period_refs,
+        credits: Vec::new(),
+        epochs: epoch_refs(pool, chain_id, &epoch_ids).await?,
+    })
+}
+
+/// A split version as indexed.
+#[derive(Debug, Clone)]
+struct SplitVersion {
+    version: u64,
+    effective_at: i64,
+    recipients: Vec<Address>,
+    bps: Vec<u32>,
+    remainder_index: usize,
+}
+
+impl SplitVersion {
+    /// What `recipient` is credited from `amount`, exactly as `SplitEscrow._distribute` does.
+    fn credit_of(&self, recipient: Address, amount: u128) -> (u128, u32) {
+        let mut remainder = amount;
+        let mut credit = 0u128;
+        let mut bps_total = 0u32;
+        for (i, (who, bps)) in self.recipients.iter().zip(&self.bps).enumerate() {
+            if i == self.remainder_index {
+                continue;
+            }
+            let share = amount * u128::from(*bps) / 10_000;
+            remainder -= share;
+            if *who == recipient {
+                credit += share;
+                bps_total += bps;
+            }
+        }
+        if self.recipients.get(self.remainder_index) == Some(&recipient) {
+            credit += remainder;
+            bps_total += self.bps[self.remainder_index];
+        }
+        (credit, bps_total)
+    }
+}
+
+async fn split_versions(pool: &PgPool, chain_id: u64) -> Result<HashMap<u64, Vec<SplitVersion>>, KeeperError> {
+    let rows: Vec<(String, String, String, Vec<Vec<u8>>, Vec<i32>, i32)> = sqlx::query_as(
+        "SELECT split_id::TEXT, version::TEXT, effective_at::TEXT, recipients, bps, remainder_index
+         FROM chain.split_versions_live WHERE chain_id = $1",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    let mut versions: HashMap<u64, Vec<SplitVersion>> = HashMap::new();
+    for (split, version, effective_at, recipients, bps, remainder_index) in rows {
+        let recipients = recipients
+            .iter()
+            .map(|r| Address::try_from(r.as_slice()).map_err(|_| KeeperError::ChainData(format!("split {split}: a recipient is not 20 bytes"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        versions.entry(numeric_u64(&split, "split_id")?).or_default().push(SplitVersion {
+            version: numeric_u64(&version, "version")?,
+            effective_at: effective_at.parse().map_err(|_| KeeperError::ChainData(format!("split {split}: effective_at `{effective_at}`")))?,
+            recipients,
+            bps: bps.into_iter().map(|b| b.max(0) as u32).collect(),
+            remainder_index: remainder_index.max(0) as usize,
+        });
+    }
+    Ok(versions)
+}
+
+fn version_at(versions: &[SplitVersion], at: i64) -> Option<&SplitVersion> {
+    versions.iter().filter(|v| v.effective_at <= at).max_by_key(|v| v.version)
+}
+
+/// A creator's statement: the lines of every epoch in scope whose split (version in force at the epoch's end)
+/// credits them.
+pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, creator: Address, scope: Scope) -> Result<Statement, KeeperError> {
+    let versions = split_versions(pool, chain_id).await?;
+    let epochs: Vec<(i64, i64)> = sqlx::query_as("SELECT epoch_id, closed_at FROM keeper.epochs WHERE chain_id = $1 ORDER BY epoch_id")
+        .bind(chain_id as i64)
+        .fetch_all(pool)
+        .await?;
+    let epoch_end: BTreeMap<u64, i64> =
+        epochs.into_iter().filter(|(id, end)| in_scope(&scope, Some(*id as u64), *end)).map(|(id, end)| (id as u64, end)).collect();
+    let mut lines = Vec::new();
+    for epoch in epoch_end.keys() {
+        lines.extend(load_lines(pool, chain_id, LineFilter::Epoch(*epoch)).await?);
+    }
+
+    // Keep the lines of splits that credit the creator, grouped by (epoch, split).
+    let mut groups: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for line in lines {
+        let (Some(epoch), split) = (line.line.epoch_id, line.line.split_id) else { continue };
+        let Some(version) = versions.get(&split).and_then(|v| version_at(v, epoch_end[&epoch])) else { continue };
+        if !version.recipients.contains(&creator) {
+            continue;
+        }
+        groups.entry((epoch, split)).or_default().push(kept.len());
+        kept.push(line);
+    }
+    attach_proofs(pool, &mut kept).await?;
+    let mut credits = Vec::new();
+    let mut total = 0u128;
+    for ((epoch, split), members) in &groups {
+        let version = version_at(&versions[split], epoch_end[epoch]).expect("kept lines have a version");
+        let amounts: Vec<u128> =
+            members.iter().map(|i| numeric_u128(&kept[*i].line.attributed, "attributed")).collect::<Result<_, _>>()?;
+        let split_amount: u128 = amounts.iter().sum();
+        let (credit, bps) = version.credit_of(creator, split_amount);
+        let weights: Vec<Decimal> = amounts.iter().map(|a| Decimal::from_i128_with_scale(*a as i128, 0)).collect();
+        let parts = money::divide_by_weight(credit, &weights)
+            .map_err(|e| KeeperError::ChainData(e.to_string()))?
+            .unwrap_or_else(|| vec![0; members.len()]);
+        for (i, part) in members.iter().zip(parts) {
+            let line = &mut kept[*i].line;
+            line.split_version = Some(version.version);
+            line.bps = Some(bps);
+            line.amount = part.to_string();
+        }
+        total += credit;
+        let on_chain: Option<String> = sqlx::query_scalar(
+            "SELECT SUM(amount)::TEXT FROM chain.credits WHERE chain_id = $1 AND recipient = $2
+               AND settlement_id = $3::NUMERIC AND split_id = $4::NUMERIC",
+        )
+        .bind(chain_id as i64)
+        .bind(creator.to_vec())
+        .bind(epoch.to_string())
+        .bind(split.to_string())
+        .fetch_one(pool)
+        .await?;
+        credits.push(CreditRef {
+            epoch_id: *epoch,
+            split_id: *split,
+            split_amount: split_amount.to_string(),
+            credit: credit.to_string(),
+            credited_on_chain: on_chain,
+        });
+    }
+    let epoch_ids: Vec<u64> = groups.keys().map(|(e, _)| *e).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    Ok(Statement {
+        party: Party::Creator,
+        address: creator,
+        chain_id,
+        decimals,
+        scope,
+        lines: kept.into_iter().map(|l| l.line).collect(),
+        total: total.to_string(),
+        periods: Vec::new(),
+        credits,
+        epochs: epoch_refs(pool, chain_id, &epoch_ids).await?,
+    })
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Default, Serialize)]
+pub struct Verification {
+    /// Lines whose leaf and proof check out.
+    pub lines_ok: usize,
+    /// Every problem, with the line or reference involved.
+    pub problems: Vec<String>,
+    /// Epochs not (yet) settled on chain: their lines were checked against the keeper's root only.
+    pub unsettled_epochs: Vec<u64>,
+}
+
+impl Verification {
+    /// True when nothing differs.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn leaf_of(statement: &Statement, line: &StatementLine) -> Result<B256, String> {
+    let amount = |text: &str, what: &str| text.parse::<u128>().map_err(|_| format!("{what} `{text}` is not an amount"));
+    let priced = Line {
+        key: LineKey {
+            adjustment_of: line.adjustment_of,
+            model: line.model.clone(),
+            meter: line.meter.clone(),
+            price_effective_at: line.price_effective_at,
+            split_id: line.split_id,
+        },
+        unit_price: line.unit_price,
+        per_units: line.per_units,
+        event_count: 0,
+        quantity: line.quantity,
+        included_quantity: line.included_quantity,
+        value: line.value,
+        included_value: line.included_value,
+        overage_amount: amount(&line.overage_amount, "overage_amount")?,
+        attributed: amount(&line.attributed, "attributed")?,
+    };
+    Ok(line_leaf(statement.chain_id, line.subscription_id, line.period_index, line.line_no, &priced))
+}
+
+/// Checks a statement: every line's leaf (recomputed from its fields) proves against its root, the totals add
+/// up, every epoch root equals the root of the settlement on chain, and (creators) every credit equals what the
+/// chain credited; (subscribers) every period's overage charge equals what the chain charged.
+pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification, KeeperError> {
+    let mut report = Verification::default();
+    let mut total = 0u128;
+    for line in &statement.lines {
+        let at = format!("line {}/{}/{}", line.subscription_id, line.period_index, line.line_no);
+        match leaf_of(statement, line) {
+            Ok(leaf) if merkle::verify(&line.proof, line.root, leaf) => report.lines_ok += 1,
+            Ok(_) => report.problems.push(format!("{at}: its fields do not prove against root {}", line.root)),
+            Err(e) => report.problems.push(format!("{at}: {e}")),
+        }
+        match line.amount.parse::<u128>() {
+            Ok(a) => total += a,
+            Err(_) => report.problems.push(format!("{at}: amount `{}` is not an amount", line.amount)),
+        }
+        if let Some(epoch) = line.epoch_id {
+            match statement.epochs.iter().find(|e| e.epoch_id == epoch) {
+                Some(e) if e.usage_root == line.root => {}
+                _ => report.problems.push(format!("{at}: its root is not epoch {epoch}'s root in the statement")),
+            }
+        }
+    }
+    if total.to_string() != statement.total {
+        report.problems.push(format!("total: the lines add up to {total}, the statement says {}", statement.total));
+    }
+    for epoch in &statement.epochs {
+        let on_chain: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT usage_root FROM chain.settlements WHERE chain_id = $1 AND settlement_id = $2::NUMERIC ORDER BY block_number DESC LIMIT 1",
+        )
+        .bind(statement.chain_id as i64)
+        .bind(epoch.epoch_id.to_string())
+        .fetch_optional(pool)
+        .await?;
+        match on_chain {
+            None => report.unsettled_epochs.push(epoch.epoch_id),
+            Some(root) if root == epoch.usage_root.as_slice() => {}
+            Some(root) => report.problems.push(format!(
+                "epoch {}: the statement's root {} differs from settlement {}'s root on chain 0x{}",
+                epoch.epoch_id,
+                epoch.usage_root,
+                epoch.epoch_id,
+                alloy::hex::encode(root)
+            )),
+        }
+    }
+    verify_credits(pool, statement, &mut report).await?;
+    verify_periods(statement, &mut report);
+    Ok(report)
+}
+
+async fn verify_credits(pool: &PgPool, statement: &Statement, report: &mut Verification) -> Result<(), KeeperError> {
+    for credit in &statement.credits {
+        let lines: u128 = statement
+            .lines
+            .iter()
+            .filter(|l| l.epoch_id == Some(credit.epoch_id) && l.split_id == credit.split_id)
+            .filter_map(|l| l.amount.parse::<u128>().ok())
+            .sum();
+        if lines.to_string() != credit.credit {
+            report.problems.push(format!("epoch {} split {}: lines add up to {lines}, credit says {}", credit.epoch_id, credit.split_id, credit.credit));
+        }
+        let on_chain: Option<String> = sqlx::query_scalar(
+            "SELECT SUM(amount)::TEXT FROM chain.credits WHERE chain_id = $1 AND recipient = $2
+               AND settlement_id = $3::NUMERIC AND split_id = $4::NUMERIC",
+        )
+        .bind(statement.chain_id as i64)
+        .bind(statement.address.to_vec())
+        .bind(credit.epoch_id.to_string())
+        .bind(credit.split_id.to_string())
+        .fetch_one(pool)
+        .await?;
+        match on_chain {
+            Some(amount) if amount != credit.credit => report.problems.push(format!(
+                "epoch {} split {}: the chain credited {amount}, the statement says {}",
+                credit.epoch_id, credit.split_id, credit.credit
+            )),
+            None if !report.unsettled_epochs.contains(&credit.epoch_id) => report.problems.push(format!(
+                "epoch {} split {}: settled on chain but nothing credited to {}",
+                credit.epoch_id, credit.split_id, statement.address
+            )),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn verify_periods(statement: &Statement, report: &mut Verification) {
+    for period in &statement.periods {
+        let lines: u128 = statement
+            .lines
+            .iter()
+            .filter(|l| l.subscription_id == period.subscription_id && l.period_index == period.period_index)
+            .filter_map(|l| l.amount.parse::<u128>().ok())
+            .sum();
+        if lines.to_string() != period.paid {
+            report.problems.push(format!(
+                "subscription {} period {}: lines add up to {lines}, paid says {}",
+                period.subscription_id, period.period_index, period.paid
+            ));
+        }
+        let charged = period.charged_on_chain.as_deref().unwrap_or("0");
+        if charged != period.overage_charge {
+            report.problems.push(format!(
+                "subscription {} period {}: the chain charged {charged} of overage, the statement says {}",
+                period.subscription_id, period.period_index, period.overage_charge
+            ));
+        }
+    }
+}
