@@ -26,6 +26,7 @@ use crate::{
     clock::Clock,
     entitlement::{self, Entitlements},
     metering::{self, BatchReport, Outcome, TimePolicy},
+    statement,
     subscriptions,
 };
 
@@ -118,6 +119,7 @@ pub fn router(keeper: Arc<Keeper>) -> Router {
         .route("/v1/models/{model_id}/splits", post(set_split))
         .route("/v1/prices", post(set_price))
         .route("/v1/allowances", post(set_allowance))
+        .route("/v1/statements/{party}/{address}", get(get_statement))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(keeper)
@@ -287,4 +289,31 @@ async fn set_allowance(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, bo
     catalog::set_allowance(&keeper.pool, keeper.settings.chain_id, &allowance).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementQuery {
+    epoch: Option<u64>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+async fn get_statement(
+    State(keeper): State<Arc<Keeper>>,
+    Path((party, address)): Path<(String, String)>,
+    query: Result<axum::extract::Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))?;
+    let address: Address = address
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("address: `{address}` is not a 0x address")))?;
+    let scope = statement::Scope { epoch: query.epoch, from: query.from, to: query.to };
+    let (pool, chain_id, decimals) = (&keeper.pool, keeper.settings.chain_id, keeper.settings.decimals);
+    let statement = match party.as_str() {
+        "creator" => statement::creator_statement(pool, chain_id, decimals, address, scope).await?,
+        "subscriber" => statement::subscriber_statement(pool, chain_id, decimals, address, scope).await?,
+        other => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("`{other}`: use creator or subscriber"))),
+    };
+    Ok(Json(statement).into_response())
 }

@@ -32,6 +32,42 @@ pub enum Command {
     Usage(UsageCommand),
     /// Close every period that is due now, then (with --epoch) gather the closes into a settlement epoch.
     Close(CloseArgs),
+    /// Print a creator's or a subscriber's statement.
+    Statement(StatementArgs),
+    /// Check a JSON statement: every line's proof, the totals, and the roots and amounts on chain.
+    VerifyStatement {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// The statement (JSON, as `statement --format json` writes it).
+        file: PathBuf,
+    },
+}
+
+/// `subsettle-keeper statement`
+#[derive(Debug, Args)]
+pub struct StatementArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// A creator (split recipient).
+    #[arg(long, conflicts_with = "subscriber", required_unless_present = "subscriber")]
+    pub creator: Option<Address>,
+    /// A subscriber (wallet).
+    #[arg(long)]
+    pub subscriber: Option<Address>,
+    /// Only this settlement epoch.
+    #[arg(long)]
+    pub epoch: Option<u64>,
+    /// Only periods (subscriber) or epochs (creator) ending at or after this Unix time.
+    #[arg(long)]
+    pub from: Option<i64>,
+    /// ... and before this Unix time.
+    #[arg(long)]
+    pub to: Option<i64>,
+    /// Output format.
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
 }
 
 /// `subsettle-keeper model ...`

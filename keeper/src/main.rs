@@ -8,13 +8,14 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     api::{self, ApiSettings, Keeper},
     catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, UsageCommand},
+    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, StatementArgs, UsageCommand},
     clock::Clock,
     close::{self, CloseOptions},
     config::{Overrides, Settings},
     deploy::{DeployPlan, deploy},
     import::{self, Format},
     signer::OperatorKey,
+    statement::{self, Scope, Statement},
     store,
 };
 use tokio::sync::watch;
@@ -34,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Price(command) => run_price(command).await,
         Command::Usage(UsageCommand::Import { settings, file, format }) => run_import(settings, file, format).await,
         Command::Close(args) => run_close(args).await,
+        Command::Statement(args) => run_statement(args).await,
+        Command::VerifyStatement { settings, file } => run_verify(settings, file).await,
     }
 }
 
@@ -225,6 +228,35 @@ async fn run_close(args: CloseArgs) -> anyhow::Result<()> {
             Some(epoch) => println!("{}", serde_json::to_string(&epoch)?),
             None => println!("no closes to gather into an epoch"),
         }
+    }
+    Ok(())
+}
+
+async fn run_statement(args: StatementArgs) -> anyhow::Result<()> {
+    let (settings, pool) = open(&args.settings).await?;
+    let scope = Scope { epoch: args.epoch, from: args.from, to: args.to };
+    let chain_id = settings.deployment.chain_id;
+    let statement = match (args.creator, args.subscriber) {
+        (Some(creator), _) => statement::creator_statement(&pool, chain_id, settings.decimals, creator, scope).await?,
+        (None, Some(subscriber)) => statement::subscriber_statement(&pool, chain_id, settings.decimals, subscriber, scope).await?,
+        (None, None) => anyhow::bail!("give --creator or --subscriber"),
+    };
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&statement)?),
+        "csv" => print!("{}", statement::to_csv(&statement)),
+        _ => print!("{}", statement::to_table(&statement)),
+    }
+    Ok(())
+}
+
+async fn run_verify(overrides: Overrides, file: std::path::PathBuf) -> anyhow::Result<()> {
+    let (_, pool) = open(&overrides).await?;
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let statement: Statement = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON statement", file.display()))?;
+    let report = statement::verify(&pool, &statement).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.ok() {
+        anyhow::bail!("{} problem(s) in {}", report.problems.len(), file.display());
     }
     Ok(())
 }

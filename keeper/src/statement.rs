@@ -668,3 +668,104 @@ fn verify_periods(statement: &Statement, report: &mut Verification) {
         }
     }
 }
+
+/// The statement's lines as CSV (one row per line; amounts in base units).
+pub fn to_csv(statement: &Statement) -> String {
+    let mut out = String::from(
+        "epoch_id,subscription_id,period_index,line_no,model,meter,adjustment_of,quantity,included_quantity,unit_price,per_units,price_effective_at,split_id,split_version,bps,overage_amount,attributed,amount,root\n",
+    );
+    for l in &statement.lines {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            opt(l.epoch_id),
+            l.subscription_id,
+            l.period_index,
+            l.line_no,
+            l.model,
+            l.meter,
+            opt(l.adjustment_of),
+            l.quantity,
+            l.included_quantity,
+            l.unit_price,
+            l.per_units,
+            l.price_effective_at,
+            l.split_id,
+            opt(l.split_version),
+            l.bps.map(|b| b.to_string()).unwrap_or_default(),
+            l.overage_amount,
+            l.attributed,
+            l.amount,
+            l.root
+        ));
+    }
+    out
+}
+
+/// The statement as a table for a terminal, amounts in token units.
+pub fn to_table(statement: &Statement) -> String {
+    let units = |text: &str| {
+        text.parse::<u128>().ok().and_then(|a| money::from_base_units(a, statement.decimals).ok()).map_or_else(|| text.to_owned(), |d| d.to_string())
+    };
+    let who = match statement.party {
+        Party::Subscriber => "subscriber",
+        Party::Creator => "creator",
+    };
+    let mut out = format!("statement for {who} {} on chain {}\n\n", statement.address, statement.chain_id);
+    out.push_str(&format!(
+        "{:>5} {:>6} {:>6} {:>4}  {:<14} {:<14} {:>14} {:>12} {:>8} {:>6} {:>14}\n",
+        "epoch", "sub", "period", "line", "model", "meter", "quantity", "unit price", "split", "bps", "amount"
+    ));
+    for l in &statement.lines {
+        let model = if l.model.is_empty() { "(plan fee)" } else { &l.model };
+        out.push_str(&format!(
+            "{:>5} {:>6} {:>6} {:>4}  {:<14} {:<14} {:>14} {:>12} {:>8} {:>6} {:>14}\n",
+            l.epoch_id.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            l.subscription_id,
+            match l.adjustment_of {
+                Some(p) => format!("{}<{p}", l.period_index),
+                None => l.period_index.to_string(),
+            },
+            l.line_no,
+            model,
+            l.meter,
+            l.quantity.to_string(),
+            format!("{}/{}", l.unit_price.normalize(), l.per_units.normalize()),
+            l.split_id,
+            l.bps.map(|b| b.to_string()).unwrap_or_default(),
+            units(&l.amount)
+        ));
+    }
+    out.push_str(&format!("\ntotal {}\n", units(&statement.total)));
+    for p in &statement.periods {
+        out.push_str(&format!(
+            "subscription {} period {}: fee {} + overage {} = {} (charged on chain: {}, tx {})\n",
+            p.subscription_id,
+            p.period_index,
+            units(&p.fee),
+            units(&p.overage_charge),
+            units(&p.paid),
+            p.charged_on_chain.as_deref().map_or_else(|| "nothing".into(), units),
+            p.charge_tx.map_or_else(|| "-".into(), |t| t.to_string())
+        ));
+    }
+    for c in &statement.credits {
+        out.push_str(&format!(
+            "epoch {} split {}: {} of {} (credited on chain: {})\n",
+            c.epoch_id,
+            c.split_id,
+            units(&c.credit),
+            units(&c.split_amount),
+            c.credited_on_chain.as_deref().map_or_else(|| "not yet".into(), units)
+        ));
+    }
+    for e in &statement.epochs {
+        out.push_str(&format!(
+            "epoch {}: root {} settled in {}\n",
+            e.epoch_id,
+            e.usage_root,
+            e.tx_hash.map_or_else(|| "not yet".into(), |t| t.to_string())
+        ));
+    }
+    out
+}

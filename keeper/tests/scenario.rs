@@ -196,6 +196,43 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
     let platform = creator_statement(&market.pool, chain_id, 6, market.chain.address(PLATFORM), Scope::default()).await.unwrap();
     assert_eq!(platform.total, expected[&market.chain.address(PLATFORM)].to_string());
     assert!(verify(&market.pool, &platform).await.unwrap().ok());
+    // The same through HTTP and through the command line, as finance would use them.
+    let creator = market.chain.address(CREATORS[1]);
+    let (status, body) = market.get(&format!("/v1/statements/creator/{creator}?epoch=1")).await;
+    assert_eq!(status, 200);
+    let over_http: Statement = serde_json::from_value(body).unwrap();
+    assert_eq!(over_http, creator_statement(&market.pool, chain_id, 6, creator, Scope { epoch: Some(1), ..Scope::default() }).await.unwrap());
+    let (status, _) = market.get(&format!("/v1/statements/creator/{creator}?epoch=x")).await;
+    assert_eq!(status, 400);
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let keeper_cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"))
+            .args(args)
+            .arg("--deployment")
+            .arg(&deployment)
+            .env("DATABASE_URL", market.db.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let creator_text = creator.to_string();
+    let json = keeper_cli(&["statement", "--creator", &creator_text, "--epoch", "1", "--format", "json"]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let file = dir.path().join("statement.json");
+    std::fs::write(&file, &json.stdout).unwrap();
+    let checked = keeper_cli(&["verify-statement", file.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
+    let table = keeper_cli(&["statement", "--creator", &creator_text, "--format", "table"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.contains("image-gen") && table.contains("total "), "{table}");
+    let csv = keeper_cli(&["statement", "--subscriber", &heavy.0.to_string(), "--format", "csv"]);
+    assert_eq!(String::from_utf8(csv.stdout).unwrap().lines().count(), 1 + 4);
+    let edited = String::from_utf8(json.stdout).unwrap().replacen("\"amount\": \"", "\"amount\": \"1", 1);
+    std::fs::write(&file, edited).unwrap();
+    let checked = keeper_cli(&["verify-statement", file.to_str().unwrap()]);
+    assert!(!checked.status.success(), "an edited amount must fail verification");
+
     let mut tampered = heavy_statement.clone();
     tampered.lines[0].quantity += rust_decimal::Decimal::ONE;
     let check = verify(&market.pool, &tampered).await.unwrap();
