@@ -1,0 +1,136 @@
+//! The `subsettle-keeper` binary as an operator runs it: `serve` (API up, events in, entitlement answered,
+//! SIGTERM ends it cleanly) and `usage import` of NDJSON and CSV files (a re-run changes nothing).
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+#[path = "common/market.rs"]
+mod market;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use market::{Market, TOKEN};
+use serde_json::{Value, json};
+
+fn keeper(market: &Market, deployment: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"));
+    command.env("DATABASE_URL", market.db.url()).env("SUBSETTLE_DEPLOYMENT", deployment).env("RUST_LOG", "warn");
+    command
+}
+
+#[tokio::test]
+async fn serve_takes_usage_answers_entitlement_and_stops_on_sigterm() {
+    let market = Market::start(1, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+
+    // Without a default split the daemon refuses to start, naming the setting.
+    let refused = keeper(&market, &deployment).args(["serve", "--http-addr", &addr]).env("SUBSETTLE_API_TOKEN", TOKEN).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("default_split"));
+    // A short token is refused without being printed.
+    let short = keeper(&market, &deployment)
+        .args(["serve", "--http-addr", &addr, "--default-split", &market.splits[0].to_string()])
+        .env("SUBSETTLE_API_TOKEN", "hunter2")
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(stderr.contains("api_token") && !stderr.contains("hunter2"), "{stderr}");
+
+    let mut child = keeper(&market, &deployment)
+        .args(["serve", "--http-addr", &addr, "--default-split", &market.splits[0].to_string()])
+        .env("SUBSETTLE_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("http://{addr}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the API did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = market.now();
+    let batch = json!([market.event("d-1", 0, "image-gen", "images", "2", now)]);
+    let report: Value = client
+        .post(format!("http://{addr}/v1/usage"))
+        .bearer_auth(TOKEN)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["accepted"], 1, "{report}");
+    let answer: Value =
+        client.get(format!("http://{addr}/v1/entitlement/{}", market.subscribers[0].0)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["entitled"], true, "{answer}");
+
+    let stopped = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn usage_import_streams_files_exactly_once() {
+    let market = Market::start(2, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let now = market.now();
+    let ndjson = dir.path().join("usage.ndjson");
+    let lines = [
+        market.event("f-1", 0, "llm-large", "input_tokens", "1000", now).to_string(),
+        market.event("f-2", 1, "gpu-box", "gpu_seconds", "2.5", now).to_string(),
+        market.event("f-3", 1, "no-such-model", "images", "1", now).to_string(),
+        "{not json".to_owned(),
+    ];
+    std::fs::write(&ndjson, lines.join("\n") + "\n").unwrap();
+    let csv = dir.path().join("usage.csv");
+    let (a, b) = (market.subscribers[0].0, market.subscribers[1].0);
+    std::fs::write(
+        &csv,
+        format!(
+            "event_id,subscriber,model,meter,quantity,timestamp,properties\n\
+             c-1,{a},image-gen,images,3,{now},\n\
+             c-2,{b},image-gen,images,4,{now},\"{{\"\"region\"\":\"\"eu\"\"}}\"\n"
+        ),
+    )
+    .unwrap();
+
+    let run = |file: &std::path::Path| {
+        let out = keeper(&market, &deployment).args(["usage", "import"]).arg(file).output().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, report, stderr) = run(&ndjson);
+    assert_eq!(code, Some(2), "rejections make the exit code 2: {stderr}");
+    assert_eq!((report["events"].as_u64(), report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(4), Some(2), Some(2)));
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("line 3") && problems.contains("unknown model") && problems.contains("line 4"), "{problems}");
+    let (code, report, stderr) = run(&csv);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["accepted"], 2);
+
+    let before = market.stored().await;
+    let (_, report, _) = run(&ndjson);
+    assert_eq!((report["accepted"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(2)));
+    let (code, report, _) = run(&csv);
+    assert_eq!((code, report["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(market.stored().await, before);
+    assert_eq!(before.0, 4);
+    let region: Value = sqlx::query_scalar("SELECT properties FROM keeper.usage_events WHERE event_id = 'c-2'").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(region, json!({"region": "eu"}));
+}
