@@ -226,8 +226,22 @@ pub fn parse_batch(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Result<Value,
     Ok(items)
 }
 
-async fn post_usage(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// A request body, or the JSON error for one over the size limit (or cut short).
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body_bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is over the limit of {limit} bytes"))
+        } else {
+            ApiError::new(rejection.status(), "bad_body", rejection.body_text())
+        }
+    })
+}
+
+async fn post_usage(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let items = parse_batch(&headers, &body)?;
     let report = keeper.ingest(items).await?;
     // 402 when events were refused for entitlement: those were not stored; the rest of the batch was processed.
@@ -252,8 +266,9 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
 }
 
-async fn add_model(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn add_model(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let model: NewModel = parse_json(&body)?;
     catalog::add_model(&keeper.pool, keeper.settings.chain_id, &model).await?;
     keeper.refresh().await?;
@@ -267,24 +282,27 @@ struct SplitChange {
     effective_at: i64,
 }
 
-async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let change: SplitChange = parse_json(&body)?;
     catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
-async fn set_price(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn set_price(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let price: NewPrice = parse_json(&body)?;
     catalog::set_price(&keeper.pool, &price).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
-async fn set_allowance(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn set_allowance(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let allowance: NewAllowance = parse_json(&body)?;
     catalog::set_allowance(&keeper.pool, keeper.settings.chain_id, &allowance).await?;
     keeper.refresh().await?;

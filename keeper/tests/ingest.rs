@@ -169,8 +169,8 @@ async fn malformed_bodies_wrong_tokens_and_oversized_bodies_store_nothing() {
     let (status, body) = market.post("/v1/usage", "[]", "application/json", Some(TOKEN)).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("empty_batch")));
     let huge = format!("[{}]", vec![good.trim_matches(['[', ']']); 20_000].join(","));
-    let (status, _) = market.post("/v1/usage", huge, "application/json", Some(TOKEN)).await;
-    assert_eq!(status, 413);
+    let (status, body) = market.post("/v1/usage", huge, "application/json", Some(TOKEN)).await;
+    assert_eq!((status, body["code"].as_str()), (413, Some("body_too_large")), "{body}");
     assert_eq!(market.stored().await, before);
 
     // NDJSON: a broken line is rejected by its line number, the others are stored.
