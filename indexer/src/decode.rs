@@ -42,7 +42,7 @@ table!(USAGE_CHARGE_FAILURES, "usage_charge_failures", [
 table!(CREDIT_MOVEMENTS, "credit_movements", [("kind", Text), ("subscriber", Bytes), ("amount", Numeric), ("balance", Numeric)]);
 table!(SPLIT_VERSIONS, "split_versions", [
     ("split_id", Numeric), ("version", Numeric), ("effective_at", Numeric), ("recipients", BytesList),
-    ("bps", IntList), ("remainder_index", Numeric),
+    ("bps", IntList), ("remainder_index", Int),
 ]);
 table!(SPLIT_CHANGE_CANCELLATIONS, "split_change_cancellations", [("split_id", Numeric), ("version", Numeric)]);
 table!(SETTLEMENTS, "settlements", [
@@ -135,7 +135,7 @@ pub fn decode(source: Source, position: LogPosition, log: &PrimitiveLog) -> Resu
         Source::Escrow => {
             let event = SplitEscrowEvents::decode_raw_log(log.topics(), &log.data.data)
                 .map_err(|e| fail(e.to_string()))?;
-            escrow_row(event)
+            escrow_row(event).map_err(fail)?
         }
     };
     Ok(Row { table, position, values })
@@ -185,21 +185,33 @@ fn subscriptions_row(event: SubscriptionsEvents) -> (&'static Table, Vec<Value>)
     }
 }
 
-fn escrow_row(event: SplitEscrowEvents) -> (&'static Table, Vec<Value>) {
+fn escrow_row(event: SplitEscrowEvents) -> Result<(&'static Table, Vec<Value>), String> {
     use SplitEscrowEvents as E;
     let admin = |kind: &str, account: Address| {
         (&ADMIN_EVENTS, vec![text("escrow"), text(kind), addr(account), Value::Null])
     };
-    match event {
-        E::SplitVersionAdded(e) => (&SPLIT_VERSIONS, vec![
-            num(e.splitId),
-            num(e.version),
-            num(e.effectiveAt),
-            Value::BytesList(e.recipients.iter().map(|r| r.to_vec()).collect()),
-            // Each bps is at most 10,000 (the contract checks the sum), so it fits an i32.
-            Value::IntList(e.bps.iter().map(|b| i32::try_from(*b).unwrap_or(i32::MAX)).collect()),
-            num(e.remainderIndex),
-        ]),
+    Ok(match event {
+        E::SplitVersionAdded(e) => {
+            // The contract keeps bps to 10,000 in all and the remainder index below the recipient count: anything
+            // else is not a log of ours.
+            let bps = e
+                .bps
+                .iter()
+                .map(|b| i32::try_from(*b).ok().filter(|b| *b <= 10_000).ok_or_else(|| format!("bps {b} above 10000")))
+                .collect::<Result<Vec<i32>, String>>()?;
+            let remainder = i32::try_from(e.remainderIndex)
+                .ok()
+                .filter(|i| (*i as usize) < e.recipients.len())
+                .ok_or_else(|| format!("remainder index {} outside {} recipients", e.remainderIndex, e.recipients.len()))?;
+            (&SPLIT_VERSIONS, vec![
+                num(e.splitId),
+                num(e.version),
+                num(e.effectiveAt),
+                Value::BytesList(e.recipients.iter().map(|r| r.to_vec()).collect()),
+                Value::IntList(bps),
+                Value::Int(remainder),
+            ])
+        }
         E::SplitChangeCancelled(e) => (&SPLIT_CHANGE_CANCELLATIONS, vec![num(e.splitId), num(e.version)]),
         E::Settled(e) => (&SETTLEMENTS, vec![
             num(e.settlementId), num(e.epochStart), num(e.epochEnd), hash(e.usageRoot), num(e.total), num(e.splitCount),
@@ -216,5 +228,5 @@ fn escrow_row(event: SplitEscrowEvents) -> (&'static Table, Vec<Value>) {
         E::KeeperSet(e) => admin("keeper_set", e.keeper),
         E::OwnershipTransferStarted(e) => admin("ownership_transfer_started", e.newOwner),
         E::OwnershipTransferred(e) => admin("ownership_transferred", e.newOwner),
-    }
+    })
 }

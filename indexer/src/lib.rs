@@ -5,7 +5,7 @@
 //! - [`config`]: deployments to follow and loop settings, from a TOML file, flags and the environment.
 //! - [`source`]: the chain over JSON-RPC: heads, headers, logs in adaptive ranges, retries.
 //! - [`decode`]: contract logs into typed rows, one table per kind of event.
-//! - [`rows`]: typed rows and their bulk insertion.
+//! - [`rows`]: typed rows and their bulk insertion; [`copy`]: the binary `COPY` encoding they are sent in.
 //! - [`store`]: one transaction per step (raw logs, typed rows, block hashes, cursor) and rollbacks.
 //! - [`sync`]: the loop: backfill below the finalized block, follow above it, roll back reorgs.
 //! - [`metrics`]: Prometheus counters and the health verdict, served by [`http`].
@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod decode;
 pub mod http;
 pub mod metrics;

@@ -1,9 +1,9 @@
 //! Typed rows and their bulk insertion: every typed table shares the log-position columns, and rows of one table
-//! are written with a single `INSERT ... SELECT FROM UNNEST(...)` per batch.
+//! are written with one binary `COPY` per table and batch.
 
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
-use crate::IndexerError;
+use crate::{IndexerError, copy::CopyBuffer};
 
 /// A column value. Amounts are decimal strings cast to NUMERIC(78,0) by Postgres, so no precision is ever lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A flag.
     Bool(bool),
+    /// INTEGER.
+    Int(i32),
     /// A label (event kind, failure reason).
     Text(String),
     /// A list of addresses (split recipients).
@@ -33,6 +35,8 @@ pub enum Kind {
     Bytes,
     /// BOOLEAN.
     Bool,
+    /// INTEGER.
+    Int,
     /// TEXT.
     Text,
     /// BYTEA[] (rows of tables with list columns are inserted one by one: UNNEST would flatten them).
@@ -104,112 +108,34 @@ async fn insert_table(
     table: &'static Table,
     rows: &[&Row],
 ) -> Result<(), IndexerError> {
-    if table.columns.iter().any(|(_, kind)| matches!(kind, Kind::BytesList | Kind::IntList)) {
-        for row in rows {
-            insert_one(tx, table, row).await?;
+    let mut copy = CopyBuffer::new();
+    for row in rows {
+        copy.row(5 + table.columns.len());
+        copy.int8(row.position.chain_id);
+        copy.int8(row.position.block_number);
+        copy.int4(row.position.log_index);
+        copy.bytea(&row.position.tx_hash);
+        copy.int8(row.position.block_time);
+        for ((name, kind), value) in table.columns.iter().zip(&row.values) {
+            match (kind, value) {
+                (_, Value::Null) => copy.null(),
+                (Kind::Numeric, Value::Numeric(n)) => copy.numeric(n)?,
+                (Kind::Bytes, Value::Bytes(b)) => copy.bytea(b),
+                (Kind::Bool, Value::Bool(b)) => copy.bool(*b),
+                (Kind::Int, Value::Int(i)) => copy.int4(*i),
+                (Kind::Text, Value::Text(t)) => copy.text(t),
+                (Kind::BytesList, Value::BytesList(list)) => copy.bytea_array(list),
+                (Kind::IntList, Value::IntList(list)) => copy.int4_array(list),
+                _ => return Err(IndexerError::Schema(format!("chain.{}.{name}: value of the wrong kind", table.name))),
+            }
         }
-        return Ok(());
     }
     let mut names = vec!["chain_id", "block_number", "log_index", "tx_hash", "block_time"];
-    let mut selects = vec![
-        "unnest($1::int8[])".to_string(),
-        "unnest($2::int8[])".to_string(),
-        "unnest($3::int4[])".to_string(),
-        "unnest($4::bytea[])".to_string(),
-        "unnest($5::int8[])".to_string(),
-    ];
-    for (i, (name, kind)) in table.columns.iter().enumerate() {
-        names.push(name);
-        let n = i + 6;
-        selects.push(match kind {
-            Kind::Numeric => format!("unnest(${n}::text[])::numeric"),
-            Kind::Bytes => format!("unnest(${n}::bytea[])"),
-            Kind::Bool => format!("unnest(${n}::bool[])"),
-            Kind::Text => format!("unnest(${n}::text[])"),
-            Kind::BytesList | Kind::IntList => unreachable!("tables with list columns are inserted row by row"),
-        });
-    }
+    names.extend(table.columns.iter().map(|(name, _)| *name));
     // Table and column names come from the static table list, never from input.
-    let sql = format!(
-        "INSERT INTO chain.{} ({}) SELECT {}",
-        table.name,
-        names.join(", "),
-        selects.join(", ")
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql))
-        .bind(rows.iter().map(|r| r.position.chain_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.position.block_number).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.position.log_index).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.position.tx_hash.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.position.block_time).collect::<Vec<_>>());
-    for (i, (name, kind)) in table.columns.iter().enumerate() {
-        let column = rows.iter().map(|r| &r.values[i]);
-        let mismatch = || IndexerError::Schema(format!("chain.{}.{name}: value of the wrong kind", table.name));
-        query = match kind {
-            Kind::Numeric | Kind::Text => query.bind(
-                column
-                    .map(|v| match v {
-                        Value::Numeric(s) | Value::Text(s) => Ok(Some(s.clone())),
-                        Value::Null => Ok(None),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<Option<String>>, _>>()?,
-            ),
-            Kind::Bytes => query.bind(
-                column
-                    .map(|v| match v {
-                        Value::Bytes(b) => Ok(Some(b.clone())),
-                        Value::Null => Ok(None),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<Option<Vec<u8>>>, _>>()?,
-            ),
-            Kind::Bool => query.bind(
-                column
-                    .map(|v| match v {
-                        Value::Bool(b) => Ok(Some(*b)),
-                        Value::Null => Ok(None),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<Option<bool>>, _>>()?,
-            ),
-            Kind::BytesList | Kind::IntList => unreachable!("tables with list columns are inserted row by row"),
-        };
-    }
-    query.execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// Inserts one row with plain binds (for tables with list columns).
-async fn insert_one(tx: &mut Transaction<'_, Postgres>, table: &'static Table, row: &Row) -> Result<(), IndexerError> {
-    let mut names = vec!["chain_id", "block_number", "log_index", "tx_hash", "block_time"];
-    let mut params = vec!["$1".to_string(), "$2".into(), "$3".into(), "$4".into(), "$5".into()];
-    for (i, (name, kind)) in table.columns.iter().enumerate() {
-        names.push(name);
-        let n = i + 6;
-        params.push(match kind {
-            Kind::Numeric => format!("${n}::text::numeric"),
-            _ => format!("${n}"),
-        });
-    }
-    let sql = format!("INSERT INTO chain.{} ({}) VALUES ({})", table.name, names.join(", "), params.join(", "));
-    let position = &row.position;
-    let mut query = sqlx::query(AssertSqlSafe(sql))
-        .bind(position.chain_id)
-        .bind(position.block_number)
-        .bind(position.log_index)
-        .bind(position.tx_hash.clone())
-        .bind(position.block_time);
-    for value in &row.values {
-        query = match value {
-            Value::Numeric(s) | Value::Text(s) => query.bind(s.clone()),
-            Value::Bytes(b) => query.bind(b.clone()),
-            Value::Bool(b) => query.bind(*b),
-            Value::BytesList(list) => query.bind(list.clone()),
-            Value::IntList(list) => query.bind(list.clone()),
-            Value::Null => query.bind(Option::<String>::None),
-        };
-    }
-    query.execute(&mut **tx).await?;
+    let sql = format!("COPY chain.{} ({}) FROM STDIN (FORMAT binary)", table.name, names.join(", "));
+    let mut sink = tx.copy_in_raw(&sql).await?;
+    sink.send(copy.finish()).await?;
+    sink.finish().await?;
     Ok(())
 }

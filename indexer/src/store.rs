@@ -5,6 +5,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row as _};
 use subsettle_abi::Deployment;
 
 use crate::{
+    copy::CopyBuffer,
     IndexerError,
     decode::TYPED_TABLES,
     rows::{Row, insert_rows},
@@ -167,28 +168,28 @@ impl Store {
             return Err(IndexerError::CursorMoved { chain_id: deployment.chain_id });
         }
         if !batch.raw.is_empty() {
-            let raw = &batch.raw;
-            sqlx::query(
-                "INSERT INTO chain.raw_logs
-                   (chain_id, block_number, log_index, block_hash, block_time, tx_hash, tx_index, address, topics, data)
-                 SELECT $1, n, i, bh, bt, th, ti, a, string_to_array(t, ',')::text[]::bytea[], d
-                 FROM unnest($2::int8[], $3::int4[], $4::bytea[], $5::int8[], $6::bytea[], $7::int4[], $8::bytea[],
-                             $9::text[], $10::bytea[]) AS u(n, i, bh, bt, th, ti, a, t, d)",
-            )
-            .bind(chain_id)
-            .bind(raw.iter().map(|l| l.block_number).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.log_index).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.block_hash.clone()).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.block_time).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.tx_hash.clone()).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.tx_index).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.address.clone()).collect::<Vec<_>>())
-            // Topics travel as a comma-joined list of `\x..` literals (a 2-D bytea array cannot be unnested
-            // row by row); Postgres parses each literal back into bytes.
-            .bind(raw.iter().map(|l| topics_literal(&l.topics)).collect::<Vec<_>>())
-            .bind(raw.iter().map(|l| l.data.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+            let mut copy = CopyBuffer::new();
+            for log in &batch.raw {
+                copy.row(10);
+                copy.int8(chain_id);
+                copy.int8(log.block_number);
+                copy.int4(log.log_index);
+                copy.bytea(&log.block_hash);
+                copy.int8(log.block_time);
+                copy.bytea(&log.tx_hash);
+                copy.int4(log.tx_index);
+                copy.bytea(&log.address);
+                copy.bytea_array(&log.topics);
+                copy.bytea(&log.data);
+            }
+            let mut sink = tx
+                .copy_in_raw(
+                    "COPY chain.raw_logs (chain_id, block_number, log_index, block_hash, block_time, tx_hash, tx_index,
+                                          address, topics, data) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            sink.send(copy.finish()).await?;
+            sink.finish().await?;
         }
         insert_rows(&mut tx, &batch.typed).await?;
         if !batch.blocks.is_empty() {
@@ -265,6 +266,3 @@ impl Store {
     }
 }
 
-fn topics_literal(topics: &[Vec<u8>]) -> String {
-    topics.iter().map(|t| format!("\\x{}", alloy::hex::encode(t))).collect::<Vec<_>>().join(",")
-}

@@ -166,25 +166,31 @@ impl Indexer {
             .map(|i| (from + i * range, (from + (i + 1) * range - 1).min(to)))
             .take_while(|(start, _)| *start <= to)
             .collect();
+        // Each range is fetched and turned into rows while earlier ranges commit: the stream is polled together
+        // with the commit, so up to `concurrency` ranges are in flight whatever the database is doing.
         let mut fetched = stream::iter(ranges)
             .map(|(start, end)| async move {
                 let logs = self.source.logs(start, end).await?;
                 let header = self.source.header(end).await?;
-                Ok::<_, IndexerError>((logs, header))
+                let mut batch = self.batch(&logs, None).await?;
+                batch.blocks.push(block_ref(&header));
+                Ok::<_, IndexerError>((batch, header))
             })
             .buffered(concurrency);
         let mut progress = Progress::default();
-        while let Some(result) = fetched.next().await {
-            let (logs, header) = result?;
-            let mut batch = self.batch(&logs, None).await?;
-            batch.blocks.push(block_ref(&header));
+        let mut ready = fetched.next().await;
+        while let Some(result) = ready {
+            let (batch, header) = result?;
             let events = batch.raw.len() as u64;
             let next_cursor = Cursor { number: to_i64(header.number), hash: header.hash.to_vec() };
-            self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor).await?;
+            let commit = self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor);
+            let (committed, upcoming) = tokio::join!(commit, fetched.next());
+            committed?;
             self.metrics.committed(header.number, events);
             progress.events += events;
             progress.indexed = Some(header.number);
             cursor = Some(next_cursor);
+            ready = upcoming;
         }
         Ok(progress)
     }
