@@ -891,7 +891,7 @@ async fn main() -> Result<()> {
     eprintln!("config: {cfg:?}");
 
     let chain =
-        TestChain::spawn_with(&["--gas-limit", BLOCK_GAS_LIMIT, "--slots-in-an-epoch", "1", "--prune-history", "256"])?;
+        TestChain::spawn_with(&["--gas-limit", BLOCK_GAS_LIMIT, "--slots-in-an-epoch", "1"])?;
     let endpoint = chain.endpoint();
     let mut generated = generate(&chain, &cfg).await?;
     let d = generated.deployment.clone();

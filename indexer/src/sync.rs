@@ -84,10 +84,13 @@ impl Indexer {
         tokio::pin!(shutdown);
         self.prepare().await?;
         loop {
+            let started = tokio::time::Instant::now();
             let pause = match self.step(None).await {
                 Ok(progress) => {
                     self.metrics.alive();
-                    if progress.idle { self.options.poll_interval } else { Duration::ZERO }
+                    // Polls start every `poll_interval` (the step's own time is not added to the wait), so a
+                    // block waits at most one interval plus one step.
+                    if progress.idle { self.options.poll_interval.saturating_sub(started.elapsed()) } else { Duration::ZERO }
                 }
                 Err(err @ IndexerError::DeepReorg { .. }) => return Err(err),
                 Err(err) => {

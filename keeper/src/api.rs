@@ -320,8 +320,14 @@ struct StatementQuery {
 async fn get_statement(
     State(keeper): State<Arc<Keeper>>,
     Path((party, address)): Path<(String, String)>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // Statements show a wallet's usage: the operator fetches them (and hands them to the party), not anyone.
+    authorize(&keeper, &headers)?;
+    if party != "creator" && party != "subscriber" {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("`{party}`: use creator or subscriber")));
+    }
     let axum::extract::Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))?;
     let address: Address = address
         .parse()

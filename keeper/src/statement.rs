@@ -574,11 +574,19 @@ pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification
             Ok(a) => total += a,
             Err(_) => report.problems.push(format!("{at}: amount `{}` is not an amount", line.amount)),
         }
-        if let Some(epoch) = line.epoch_id {
-            match statement.epochs.iter().find(|e| e.epoch_id == epoch) {
+        match line.epoch_id {
+            Some(epoch) => match statement.epochs.iter().find(|e| e.epoch_id == epoch) {
                 Some(e) if e.usage_root == line.root => {}
                 _ => report.problems.push(format!("{at}: its root is not epoch {epoch}'s root in the statement")),
-            }
+            },
+            // Not gathered yet: the line proves against its period's usage root, checked below against the chain.
+            None => match statement.periods.iter().find(|p| p.subscription_id == line.subscription_id && p.period_index == line.period_index) {
+                Some(p) if p.usage_root == line.root => {}
+                _ => report.problems.push(format!("{at}: not in an epoch, and its root is not its period's usage root")),
+            },
+        }
+        if statement.party == Party::Subscriber && line.amount != line.attributed {
+            report.problems.push(format!("{at}: a subscriber's amount is the line's attributed {}, not {}", line.attributed, line.amount));
         }
     }
     if total.to_string() != statement.total {
@@ -605,7 +613,7 @@ pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification
         }
     }
     verify_credits(pool, statement, &mut report).await?;
-    verify_periods(statement, &mut report);
+    verify_periods(pool, statement, &mut report).await?;
     Ok(report)
 }
 
@@ -620,6 +628,7 @@ async fn verify_credits(pool: &PgPool, statement: &Statement, report: &mut Verif
         if lines.to_string() != credit.credit {
             report.problems.push(format!("epoch {} split {}: lines add up to {lines}, credit says {}", credit.epoch_id, credit.split_id, credit.credit));
         }
+        check_division(statement, credit, report);
         let on_chain: Option<String> = sqlx::query_scalar(
             "SELECT SUM(amount)::TEXT FROM chain.credits WHERE chain_id = $1 AND recipient = $2
                AND settlement_id = $3::NUMERIC AND split_id = $4::NUMERIC",
@@ -635,7 +644,8 @@ async fn verify_credits(pool: &PgPool, statement: &Statement, report: &mut Verif
                 "epoch {} split {}: the chain credited {amount}, the statement says {}",
                 credit.epoch_id, credit.split_id, credit.credit
             )),
-            None if !report.unsettled_epochs.contains(&credit.epoch_id) => report.problems.push(format!(
+            // The escrow emits no credit of zero.
+            None if credit.credit != "0" && !report.unsettled_epochs.contains(&credit.epoch_id) => report.problems.push(format!(
                 "epoch {} split {}: settled on chain but nothing credited to {}",
                 credit.epoch_id, credit.split_id, statement.address
             )),
@@ -645,8 +655,36 @@ async fn verify_credits(pool: &PgPool, statement: &Statement, report: &mut Verif
     Ok(())
 }
 
-fn verify_periods(statement: &Statement, report: &mut Verification) {
+/// The creator's lines of one (epoch, split) must be the credit divided by the lines' amounts (rule 3).
+fn check_division(statement: &Statement, credit: &CreditRef, report: &mut Verification) {
+    let lines: Vec<&StatementLine> =
+        statement.lines.iter().filter(|l| l.epoch_id == Some(credit.epoch_id) && l.split_id == credit.split_id).collect();
+    let weights: Option<Vec<Decimal>> = lines.iter().map(|l| l.attributed.parse::<Decimal>().ok()).collect();
+    let expected = match (credit.credit.parse::<u128>(), weights) {
+        (Ok(amount), Some(weights)) => money::divide_by_weight(amount, &weights).ok().flatten(),
+        _ => None,
+    };
+    match expected {
+        Some(parts) => {
+            for (line, part) in lines.iter().zip(parts) {
+                if line.amount != part.to_string() {
+                    report.problems.push(format!(
+                        "line {}/{}/{}: the credit divided by the lines' amounts gives {part}, not {}",
+                        line.subscription_id, line.period_index, line.line_no, line.amount
+                    ));
+                }
+            }
+        }
+        None if credit.credit == "0" => {}
+        None => report.problems.push(format!("epoch {} split {}: the credit cannot be divided over its lines", credit.epoch_id, credit.split_id)),
+    }
+}
+
+/// Each period: its lines add up to what was paid, paid is fee plus overage charge, and the chain charged that
+/// overage with the period's usage root (read from the indexed chain, not from the statement).
+async fn verify_periods(pool: &PgPool, statement: &Statement, report: &mut Verification) -> Result<(), KeeperError> {
     for period in &statement.periods {
+        let at = format!("subscription {} period {}", period.subscription_id, period.period_index);
         let lines: u128 = statement
             .lines
             .iter()
@@ -654,19 +692,35 @@ fn verify_periods(statement: &Statement, report: &mut Verification) {
             .filter_map(|l| l.amount.parse::<u128>().ok())
             .sum();
         if lines.to_string() != period.paid {
-            report.problems.push(format!(
-                "subscription {} period {}: lines add up to {lines}, paid says {}",
-                period.subscription_id, period.period_index, period.paid
-            ));
+            report.problems.push(format!("{at}: lines add up to {lines}, paid says {}", period.paid));
         }
-        let charged = period.charged_on_chain.as_deref().unwrap_or("0");
-        if charged != period.overage_charge {
-            report.problems.push(format!(
-                "subscription {} period {}: the chain charged {charged} of overage, the statement says {}",
-                period.subscription_id, period.period_index, period.overage_charge
-            ));
+        let sum = period.fee.parse::<u128>().ok().zip(period.overage_charge.parse::<u128>().ok()).map(|(f, o)| f + o);
+        if sum.map(|s| s.to_string()) != Some(period.paid.clone()) {
+            report.problems.push(format!("{at}: paid {} is not fee {} plus overage {}", period.paid, period.fee, period.overage_charge));
+        }
+        let charged: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT charged_in_period::TEXT, usage_root FROM chain.usage_charges
+             WHERE chain_id = $1 AND subscription_id = $2::NUMERIC AND period_index = $3::NUMERIC
+             ORDER BY block_number DESC, log_index DESC LIMIT 1",
+        )
+        .bind(statement.chain_id as i64)
+        .bind(period.subscription_id.to_string())
+        .bind(period.period_index.to_string())
+        .fetch_optional(pool)
+        .await?;
+        match charged {
+            None if period.overage_charge == "0" => {}
+            None => report.problems.push(format!("{at}: the chain has no overage charge; the statement says {}", period.overage_charge)),
+            Some((amount, _)) if amount != period.overage_charge => {
+                report.problems.push(format!("{at}: the chain charged {amount} of overage, the statement says {}", period.overage_charge));
+            }
+            Some((_, root)) if root != period.usage_root.as_slice() => {
+                report.problems.push(format!("{at}: the chain's usage root differs from the statement's {}", period.usage_root));
+            }
+            Some(_) => {}
         }
     }
+    Ok(())
 }
 
 /// The statement's lines as CSV (one row per line; amounts in base units).

@@ -192,18 +192,41 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
         // Through JSON and back, as `verify-statement <file>` reads it.
         let file: Statement = serde_json::from_str(&serde_json::to_string(&statement).unwrap()).unwrap();
         assert!(verify(&market.pool, &file).await.unwrap().ok());
+        if statement.lines.len() >= 2 {
+            // A unit moved between two lines keeps every total but not the division of the credit.
+            let mut moved = statement.clone();
+            moved.lines[0].amount = (moved.lines[0].amount.parse::<u128>().unwrap() + 1).to_string();
+            moved.lines[1].amount = (moved.lines[1].amount.parse::<u128>().unwrap() - 1).to_string();
+            let check = verify(&market.pool, &moved).await.unwrap();
+            assert_eq!(check.problems.len(), 2, "creator {i}: {:?}", check.problems);
+        }
     }
     let platform = creator_statement(&market.pool, chain_id, 6, market.chain.address(PLATFORM), Scope::default()).await.unwrap();
     assert_eq!(platform.total, expected[&market.chain.address(PLATFORM)].to_string());
     assert!(verify(&market.pool, &platform).await.unwrap().ok());
     // The same through HTTP and through the command line, as finance would use them.
     let creator = market.chain.address(CREATORS[1]);
-    let (status, body) = market.get(&format!("/v1/statements/creator/{creator}?epoch=1")).await;
-    assert_eq!(status, 200);
-    let over_http: Statement = serde_json::from_value(body).unwrap();
+    let (status, _) = market.get(&format!("/v1/statements/creator/{creator}?epoch=1")).await;
+    assert_eq!(status, 401, "statements need the operator token");
+    let response = market
+        .http
+        .get(format!("{}/v1/statements/creator/{creator}?epoch=1", market.url))
+        .bearer_auth(market::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let over_http: Statement = response.json().await.unwrap();
     assert_eq!(over_http, creator_statement(&market.pool, chain_id, 6, creator, Scope { epoch: Some(1), ..Scope::default() }).await.unwrap());
-    let (status, _) = market.get(&format!("/v1/statements/creator/{creator}?epoch=x")).await;
-    assert_eq!(status, 400);
+    let status = market
+        .http
+        .get(format!("{}/v1/statements/creator/{creator}?epoch=x", market.url))
+        .bearer_auth(market::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 400);
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
     let keeper_cli = |args: &[&str]| {
@@ -238,6 +261,15 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
     let check = verify(&market.pool, &tampered).await.unwrap();
     assert_eq!(check.problems.len(), 1, "{:?}", check.problems);
     assert!(check.problems[0].contains("do not prove"));
+    let mut tampered = heavy_statement.clone();
+    tampered.lines[0].amount = (tampered.lines[0].amount.parse::<u128>().unwrap() + 1).to_string();
+    tampered.lines[1].amount = (tampered.lines[1].amount.parse::<u128>().unwrap() - 1).to_string();
+    let check = verify(&market.pool, &tampered).await.unwrap();
+    assert_eq!(check.problems.len(), 2, "a unit moved between lines: {:?}", check.problems);
+    let mut tampered = heavy_statement.clone();
+    tampered.periods[0].charged_on_chain = Some("0".into());
+    tampered.periods[0].overage_charge = "0".into();
+    assert!(!verify(&market.pool, &tampered).await.unwrap().ok(), "the chain's charge is read from the chain");
     let mut tampered = heavy_statement.clone();
     tampered.total = "109800401".into();
     assert!(!verify(&market.pool, &tampered).await.unwrap().ok());
