@@ -1,7 +1,7 @@
 //! Typed rows and their bulk insertion: every typed table shares the log-position columns, and rows of one table
 //! are written with one binary `COPY` per table and batch.
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
 use crate::{IndexerError, copy::CopyBuffer};
 
@@ -103,11 +103,22 @@ pub async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Re
     Ok(())
 }
 
+/// Below this many rows a table's rows are inserted one statement each: a `COPY` costs a delayed-ACK wait
+/// (about 40 ms) between its data and its end on a TCP connection, which would dominate a block's commit when
+/// following the head.
+pub const COPY_MIN_ROWS: usize = 64;
+
 async fn insert_table(
     tx: &mut Transaction<'_, Postgres>,
     table: &'static Table,
     rows: &[&Row],
 ) -> Result<(), IndexerError> {
+    if rows.len() < COPY_MIN_ROWS {
+        for row in rows {
+            insert_one(tx, table, row).await?;
+        }
+        return Ok(());
+    }
     let mut copy = CopyBuffer::new();
     for row in rows {
         copy.row(5 + table.columns.len());
@@ -137,5 +148,48 @@ async fn insert_table(
     let mut sink = tx.copy_in_raw(&sql).await?;
     sink.send(copy.finish()).await?;
     sink.finish().await?;
+    Ok(())
+}
+
+/// One row, one `INSERT`.
+async fn insert_one(tx: &mut Transaction<'_, Postgres>, table: &'static Table, row: &Row) -> Result<(), IndexerError> {
+    let mut names = vec!["chain_id", "block_number", "log_index", "tx_hash", "block_time"];
+    let mut params = vec!["$1".to_string(), "$2".into(), "$3".into(), "$4".into(), "$5".into()];
+    for (i, (name, kind)) in table.columns.iter().enumerate() {
+        names.push(name);
+        let n = i + 6;
+        params.push(match kind {
+            Kind::Numeric => format!("${n}::text::numeric"),
+            _ => format!("${n}"),
+        });
+    }
+    let sql = format!("INSERT INTO chain.{} ({}) VALUES ({})", table.name, names.join(", "), params.join(", "));
+    let position = &row.position;
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(position.chain_id)
+        .bind(position.block_number)
+        .bind(position.log_index)
+        .bind(position.tx_hash.clone())
+        .bind(position.block_time);
+    for ((_, kind), value) in table.columns.iter().zip(&row.values) {
+        query = match value {
+            // A NULL must still carry its column's type.
+            Value::Null => match kind {
+                Kind::Bool => query.bind(Option::<bool>::None),
+                Kind::Bytes => query.bind(Option::<Vec<u8>>::None),
+                Kind::Int => query.bind(Option::<i32>::None),
+                Kind::BytesList => query.bind(Option::<Vec<Vec<u8>>>::None),
+                Kind::IntList => query.bind(Option::<Vec<i32>>::None),
+                Kind::Numeric | Kind::Text => query.bind(Option::<String>::None),
+            },
+            Value::Numeric(s) | Value::Text(s) => query.bind(s.clone()),
+            Value::Bytes(b) => query.bind(b.clone()),
+            Value::Bool(b) => query.bind(*b),
+            Value::Int(i) => query.bind(*i),
+            Value::BytesList(list) => query.bind(list.clone()),
+            Value::IntList(list) => query.bind(list.clone()),
+        };
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }

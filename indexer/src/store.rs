@@ -8,7 +8,7 @@ use crate::{
     copy::CopyBuffer,
     IndexerError,
     decode::TYPED_TABLES,
-    rows::{Row, insert_rows},
+    rows::{COPY_MIN_ROWS, Row, insert_rows},
 };
 
 /// Embedded migrations of schema `chain`.
@@ -167,7 +167,27 @@ impl Store {
         if moved != 1 {
             return Err(IndexerError::CursorMoved { chain_id: deployment.chain_id });
         }
-        if !batch.raw.is_empty() {
+        if !batch.raw.is_empty() && batch.raw.len() < COPY_MIN_ROWS {
+            for log in &batch.raw {
+                sqlx::query(
+                    "INSERT INTO chain.raw_logs
+                       (chain_id, block_number, log_index, block_hash, block_time, tx_hash, tx_index, address, topics, data)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(chain_id)
+                .bind(log.block_number)
+                .bind(log.log_index)
+                .bind(&log.block_hash)
+                .bind(log.block_time)
+                .bind(&log.tx_hash)
+                .bind(log.tx_index)
+                .bind(&log.address)
+                .bind(&log.topics)
+                .bind(&log.data)
+                .execute(&mut *tx)
+                .await?;
+            }
+        } else if !batch.raw.is_empty() {
             let mut copy = CopyBuffer::new();
             for log in &batch.raw {
                 copy.row(10);
