@@ -165,6 +165,7 @@ pub async fn set_model_split(pool: &PgPool, chain_id: u64, model_id: &str, split
     check_split_exists(pool, chain_id, split_id).await?;
     let mut tx = pool.begin().await?;
     ensure_model(&mut tx, model_id).await?;
+    refuse_repricing(&mut tx, model_id, None, effective_at).await?;
     insert_split(&mut tx, model_id, effective_at, split_id).await?;
     tx.commit().await?;
     Ok(())
@@ -187,6 +188,28 @@ async fn insert_split(tx: &mut sqlx::PgConnection, model_id: &str, effective_at:
         .await
         .map_err(|e| unique_violation(e, "effective_at", &effective_at.to_string()))?;
     Ok(())
+}
+
+/// A new version may not reach back over usage already accepted: that usage was accepted (and its subscriber
+/// told the price) under the version in force then.
+async fn refuse_repricing(tx: &mut sqlx::PgConnection, model_id: &str, meter: Option<&str>, effective_at: i64) -> Result<(), KeeperError> {
+    let latest: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(occurred_at_ms) FROM keeper.usage_events WHERE model_id = $1 AND ($2::TEXT IS NULL OR meter = $2)",
+    )
+    .bind(model_id)
+    .bind(meter)
+    .fetch_one(&mut *tx)
+    .await?;
+    match latest {
+        Some(latest_ms) if latest_ms >= effective_at.saturating_mul(1000) => Err(invalid(
+            "effective_at",
+            format!(
+                "{effective_at} is not after the latest accepted usage of `{model_id}` ({}); a new version takes effect later",
+                crate::metering::show_ms(latest_ms)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn unique_violation(error: sqlx::Error, field: &str, value: &str) -> KeeperError {
@@ -214,6 +237,7 @@ pub async fn set_price(pool: &PgPool, price: &NewPrice) -> Result<(), KeeperErro
     if !meter_known {
         return Err(invalid("meter", format!("model `{}` has no meter `{}`", price.model_id, price.meter)));
     }
+    refuse_repricing(&mut tx, &price.model_id, Some(&price.meter), price.effective_at).await?;
     sqlx::query("INSERT INTO keeper.prices (model_id, meter, effective_at, unit_price, per_units) VALUES ($1, $2, $3, $4, $5)")
         .bind(&price.model_id)
         .bind(&price.meter)

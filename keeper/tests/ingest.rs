@@ -242,3 +242,44 @@ async fn overage_beyond_the_cap_stops_entitlement() {
     let (status, report) = market.usage(&json!([market.event("o-2", 0, "image-gen", "images", "25", now)])).await;
     assert_eq!((status, statuses(&report)), (200, vec!["duplicate".to_owned()]));
 }
+
+#[tokio::test]
+async fn models_and_prices_over_http_and_no_version_reaches_back_over_accepted_usage() {
+    let market = Market::start(1, 0).await;
+    let now = market.now();
+    let (status, report) = market.usage(&json!([market.event("v-1", 0, "image-gen", "images", "4", now)])).await;
+    assert_eq!((status, report["accepted"].as_u64()), (200, Some(1)));
+
+    // A model registered over HTTP, with its meter; a split that is not on chain is refused, naming it.
+    let model = json!({ "model_id": "tts-1", "display_name": "TTS", "split_id": market.splits[2], "meters": [{ "meter": "characters" }] });
+    let (status, body) = market.post("/v1/models", model.to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = market.post("/v1/models", model.to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!((status, body["code"].as_str()), (422, Some("invalid")));
+    assert!(body["message"].as_str().unwrap().contains("already registered"));
+    let unknown = json!({ "model_id": "tts-2", "display_name": "TTS", "split_id": 999, "meters": [{ "meter": "characters" }] });
+    let (status, body) = market.post("/v1/models", unknown.to_string(), "application/json", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = market.post("/v1/models", unknown.to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 422);
+    assert!(body["message"].as_str().unwrap().starts_with("split_id: split 999 is not on chain"), "{body}");
+    let (_, models) = market.get("/v1/models").await;
+    assert_eq!(models.as_array().unwrap().len(), 4);
+
+    // Prices are decimal strings; a new version may start after the latest accepted usage, not before.
+    let price = |at: i64| json!({ "model_id": "image-gen", "meter": "images", "unit_price": "0.05", "effective_at": at }).to_string();
+    let (status, body) = market.post("/v1/prices", price(now - 60), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 422);
+    assert!(body["message"].as_str().unwrap().contains("not after the latest accepted usage"), "{body}");
+    let (status, body) = market.post("/v1/prices", price(now + 60), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        market.post("/v1/models/image-gen/splits", json!({ "split_id": market.splits[1], "effective_at": now - 1 }).to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) =
+        market.post("/v1/models/image-gen/splits", json!({ "split_id": market.splits[1], "effective_at": now + 60 }).to_string(), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 201);
+    let (_, models) = market.get("/v1/models").await;
+    let image = models.as_array().unwrap().iter().find(|m| m["model_id"] == "image-gen").unwrap().clone();
+    assert_eq!(image["splits"].as_array().unwrap().len(), 2, "the split history is kept: {image}");
+}
