@@ -117,6 +117,7 @@ pub fn router(keeper: Arc<Keeper>) -> Router {
         .route("/v1/entitlement/{subscriber}", get(get_entitlement))
         .route("/v1/models", get(list_models).post(add_model))
         .route("/v1/models/{model_id}/splits", post(set_split))
+        .route("/v1/models/{model_id}/meters", post(add_meter))
         .route("/v1/prices", post(set_price))
         .route("/v1/allowances", post(set_allowance))
         .route("/v1/statements/{party}/{address}", get(get_statement))
@@ -287,6 +288,15 @@ async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<Strin
     let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let change: SplitChange = parse_json(&body)?;
     catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at).await?;
+    keeper.refresh().await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn add_meter(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    authorize(&keeper, &headers)?;
+    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
+    let meter: catalog::NewMeter = parse_json(&body)?;
+    catalog::add_meter(&keeper.pool, &model_id, &meter).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
 }

@@ -159,6 +159,25 @@ pub async fn add_model(pool: &PgPool, chain_id: u64, model: &NewModel) -> Result
     Ok(())
 }
 
+/// Adds a meter to a registered model (meters are never removed: accepted usage refers to them).
+pub async fn add_meter(pool: &PgPool, model_id: &str, meter: &NewMeter) -> Result<(), KeeperError> {
+    check_meter(&meter.meter)?;
+    if meter.scale > MAX_METER_SCALE {
+        return Err(invalid("scale", format!("{} for meter `{}` is above {MAX_METER_SCALE}", meter.scale, meter.meter)));
+    }
+    let mut tx = pool.begin().await?;
+    ensure_model(&mut tx, model_id).await?;
+    sqlx::query("INSERT INTO keeper.meters (model_id, meter, scale) VALUES ($1, $2, $3)")
+        .bind(model_id)
+        .bind(&meter.meter)
+        .bind(meter.scale as i16)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, "meter", &meter.meter))?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Points a model at another split from `effective_at` on.
 pub async fn set_model_split(pool: &PgPool, chain_id: u64, model_id: &str, split_id: u64, effective_at: i64) -> Result<(), KeeperError> {
     check_time("effective_at", effective_at)?;

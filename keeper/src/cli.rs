@@ -106,6 +106,18 @@ pub enum ModelCommand {
         #[arg(long)]
         effective_at: i64,
     },
+    /// Add a meter to a registered model.
+    AddMeter {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+        /// Model id.
+        #[arg(long = "id")]
+        model_id: String,
+        /// The meter, `name` or `name:scale`.
+        #[arg(long)]
+        meter: String,
+    },
     /// List models with meters and split history.
     List {
         /// Settings.

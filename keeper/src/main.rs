@@ -167,6 +167,12 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
             catalog::set_model_split(&pool, settings.deployment.chain_id, &model_id, split, effective_at).await?;
             println!("model {model_id} earns for split {split} from {effective_at}");
         }
+        ModelCommand::AddMeter { settings, model_id, meter } => {
+            let (_, pool) = open(&settings).await?;
+            let meter = parse_meter(&meter)?;
+            catalog::add_meter(&pool, &model_id, &meter).await?;
+            println!("model {model_id}: meter {} (scale {})", meter.meter, meter.scale);
+        }
         ModelCommand::List { settings } => {
             let (_, pool) = open(&settings).await?;
             let snapshot = catalog::load(&pool).await?;

@@ -265,6 +265,16 @@ async fn models_and_prices_over_http_and_no_version_reaches_back_over_accepted_u
     assert!(body["message"].as_str().unwrap().starts_with("split_id: split 999 is not on chain"), "{body}");
     let (_, models) = market.get("/v1/models").await;
     assert_eq!(models.as_array().unwrap().len(), 4);
+    // A meter added later is billable at once (with a price), and a duplicate is refused.
+    let meter = json!({ "meter": "seconds_of_audio", "scale": 1 }).to_string();
+    let (status, _) = market.post("/v1/models/tts-1/meters", meter.clone(), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 201);
+    let (status, body) = market.post("/v1/models/tts-1/meters", meter, "application/json", Some(TOKEN)).await;
+    assert_eq!((status, body["message"].as_str().map(|m| m.contains("already exists"))), (422, Some(true)), "{body}");
+    let audio_price = json!({ "model_id": "tts-1", "meter": "seconds_of_audio", "unit_price": "0.001", "effective_at": 0 }).to_string();
+    assert_eq!(market.post("/v1/prices", audio_price, "application/json", Some(TOKEN)).await.0, 201);
+    let (_, report) = market.usage(&json!([market.event("v-2", 0, "tts-1", "seconds_of_audio", "12.5", now)])).await;
+    assert_eq!(report["accepted"], 1, "{report}");
 
     // Prices are decimal strings; a new version may start after the latest accepted usage, not before.
     let price = |at: i64| json!({ "model_id": "image-gen", "meter": "images", "unit_price": "0.05", "effective_at": at }).to_string();
