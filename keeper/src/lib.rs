@@ -9,6 +9,8 @@
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
+//! - [`renewals`]: which subscriptions to renew, when, in which batches.
+//! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
 //! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
 
 pub mod api;
@@ -23,7 +25,9 @@ pub mod import;
 pub mod merkle;
 pub mod metering;
 pub mod money;
+pub mod outbox;
 pub mod pricing;
+pub mod renewals;
 pub mod signer;
 pub mod statement;
 pub mod store;

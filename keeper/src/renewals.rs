@@ -1,0 +1,94 @@
+//! Renewal planning: the subscriptions due by the indexed tables, pre-checked with the contract's
+//! `dueForRenewal` view, in batches, each subscription at most once per retry slot (so a past-due one is retried on
+//! a schedule inside its grace period, not on every tick). Subscriptions whose grace has run out are sent too:
+//! `renew` is what lapses them on chain.
+
+use alloy::{
+    primitives::{Address, U256},
+    providers::DynProvider,
+    sol_types::SolCall,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use subsettle_abi::Subscriptions;
+
+use crate::{KeeperError, outbox::Action};
+
+/// How renewals are planned.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewalPolicy {
+    /// Subscriptions per `renew` transaction.
+    pub batch: usize,
+    /// Seconds between two attempts at the same subscription (a retry slot).
+    pub retry_interval: i64,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        Self { batch: 200, retry_interval: 6 * 3_600 }
+    }
+}
+
+/// The renewals to plan at chain time `now`.
+pub async fn plan_renewals(
+    pool: &PgPool,
+    provider: &DynProvider,
+    chain_id: u64,
+    subscriptions: Address,
+    policy: RenewalPolicy,
+    now: i64,
+) -> Result<Vec<Action>, KeeperError> {
+    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let prefix = format!("renew:{slot}:");
+    // Due by the indexed state, not already attempted in this slot (in any outbox state).
+    let due: Vec<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT s.subscription_id::BIGINT, s.period_index::BIGINT + 1, s.paid_through + p.grace_period <= $2
+         FROM chain.subscriptions s JOIN chain.plans p ON p.chain_id = s.chain_id AND p.plan_id = s.plan_id
+         WHERE s.chain_id = $1 AND s.status IN ('active', 'past_due') AND s.paid_through <= $2
+           AND NOT EXISTS (
+               SELECT 1 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
+               WHERE o.kind = 'renew' AND starts_with(o.action_key, $3)
+                 AND (item ->> 'id')::BIGINT = s.subscription_id::BIGINT)
+         ORDER BY s.subscription_id",
+    )
+    .bind(chain_id as i64)
+    .bind(now)
+    .bind(&prefix)
+    .fetch_all(pool)
+    .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The contract's view says which would collect now; past grace they are sent anyway, to lapse.
+    let contract = Subscriptions::new(subscriptions, provider);
+    let ids: Vec<U256> = due.iter().map(|(id, _, _)| U256::from(*id as u64)).collect();
+    let mut would_collect = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1_000) {
+        let answer = contract
+            .dueForRenewal(chunk.to_vec())
+            .call()
+            .await
+            .map_err(|e| KeeperError::Chain { action: "dueForRenewal", message: e.to_string() })?;
+        would_collect.extend(answer);
+    }
+    let chosen: Vec<(i64, i64)> = due
+        .iter()
+        .zip(&would_collect)
+        .filter(|((_, _, lapsing), collect)| **collect || *lapsing)
+        .map(|((id, period, _), _)| (*id, *period))
+        .collect();
+    Ok(chosen
+        .chunks(policy.batch.max(1))
+        .map(|batch| {
+            let key = format!("{prefix}{}", batch.iter().map(|(id, period)| format!("{id}@{period}")).collect::<Vec<_>>().join(","));
+            let ids: Vec<U256> = batch.iter().map(|(id, _)| U256::from(*id as u64)).collect();
+            Action {
+                key,
+                kind: "renew",
+                target: subscriptions,
+                calldata: Subscriptions::renewCall { ids }.abi_encode().into(),
+                items: json!(batch.iter().map(|(id, period)| json!({ "id": id, "period": period })).collect::<Vec<_>>()),
+            }
+        })
+        .collect())
+}
