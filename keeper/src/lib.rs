@@ -9,7 +9,9 @@
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
+//! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
 //! - [`renewals`]: which subscriptions to renew, when, in which batches.
+//! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
 //! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
 //! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
 
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod close;
 pub mod config;
 pub mod deploy;
+pub mod engine;
 pub mod entitlement;
 pub mod import;
 pub mod merkle;
@@ -28,6 +31,7 @@ pub mod money;
 pub mod outbox;
 pub mod pricing;
 pub mod renewals;
+pub mod settlement;
 pub mod signer;
 pub mod statement;
 pub mod store;

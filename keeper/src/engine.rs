@@ -1,0 +1,137 @@
+//! The settlement engine's loop (`subsettle-keeper run`): under a Postgres lease, each step first reconciles the
+//! outbox with the chain, then closes due periods, gathers an epoch when its cadence has come, plans renewals,
+//! charges, settlements and payouts, and sends what was planned. Time is the chain's (the latest block's
+//! timestamp), so a local chain whose clock is moved behaves like a real one.
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    providers::Provider,
+};
+use sqlx::{PgPool, pool::PoolConnection, Postgres};
+use subsettle_abi::Deployment;
+
+use crate::{
+    KeeperError, catalog,
+    close::{self, CloseOptions},
+    outbox::{self, Action, OutboxReport, Sender},
+    renewals::{RenewalPolicy, plan_renewals},
+    settlement::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
+};
+
+/// Everything a step needs.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Postgres.
+    pub pool: PgPool,
+    /// The signer and the chain.
+    pub sender: Sender,
+    /// The contracts.
+    pub deployment: Deployment,
+    /// Period close settings.
+    pub close: CloseOptions,
+    /// Renewals.
+    pub renewals: RenewalPolicy,
+    /// Charges, settlements, payouts.
+    pub settlement: SettlementPolicy,
+    /// Seconds between settlement epochs.
+    pub epoch_interval: i64,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StepReport {
+    /// Chain time of the step.
+    pub now: i64,
+    /// Periods closed.
+    pub periods_closed: u64,
+    /// The epoch gathered, if any.
+    pub epoch: Option<u64>,
+    /// The outbox.
+    pub outbox: OutboxReport,
+    /// Actions planned (or, in a dry run, that would be planned), by key.
+    pub actions: Vec<String>,
+}
+
+/// The lock id of the sender lease (any constant shared by every keeper of a database).
+const LEASE_KEY: i64 = 0x5375_6273_6574_746c; // "Subsettl"
+
+/// Holds the sender lease: a session advisory lock on a connection of its own, released when it is dropped or
+/// the process dies (Postgres ends the session), so a second keeper takes over without double sends.
+#[derive(Debug)]
+pub struct Lease {
+    _connection: PoolConnection<Postgres>,
+}
+
+impl Lease {
+    /// Tries once to take the lease.
+    pub async fn try_acquire(pool: &PgPool) -> Result<Option<Self>, KeeperError> {
+        let mut connection = pool.acquire().await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEASE_KEY).fetch_one(&mut *connection).await?;
+        Ok(taken.then_some(Self { _connection: connection }))
+    }
+
+    /// Who holds the lease, as Postgres sees it (backend pid and client address), if anyone.
+    pub async fn holder(pool: &PgPool) -> Result<Option<String>, KeeperError> {
+        let holder: Option<(i32, Option<String>)> = sqlx::query_as(
+            "SELECT l.pid, a.client_addr::TEXT FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) = $1",
+        )
+        .bind(LEASE_KEY)
+        .fetch_optional(pool)
+        .await?;
+        Ok(holder.map(|(pid, addr)| format!("backend {pid} from {}", addr.unwrap_or_else(|| "a local socket".into()))))
+    }
+}
+
+impl Engine {
+    /// The chain's time: the latest block's timestamp.
+    pub async fn chain_time(&self) -> Result<i64, KeeperError> {
+        let block = self
+            .sender
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
+            .ok_or_else(|| KeeperError::Chain { action: "eth_getBlockByNumber", message: "no latest block".into() })?;
+        Ok(block.header.timestamp as i64)
+    }
+
+    async fn plan_all(&self, now: i64) -> Result<Vec<Action>, KeeperError> {
+        let d = &self.deployment;
+        let mut actions = plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, self.renewals, now).await?;
+        actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, self.settlement, now).await?);
+        actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow).await?);
+        actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, self.settlement, now).await?);
+        Ok(actions)
+    }
+
+    async fn epoch_due(&self, now: i64) -> Result<bool, KeeperError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
+            .bind(self.deployment.chain_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.is_none_or(|last| now - last >= self.epoch_interval))
+    }
+
+    /// One step. With `dry_run`, nothing is written or sent: the report lists what would be planned.
+    pub async fn step(&self, dry_run: bool) -> Result<StepReport, KeeperError> {
+        let now = self.chain_time().await?;
+        let mut report = StepReport { now, ..StepReport::default() };
+        if dry_run {
+            report.actions = self.plan_all(now).await?.into_iter().map(|a| a.key).collect();
+            return Ok(report);
+        }
+        // Whatever was signed before a restart is settled first: nothing new is sent until then.
+        self.sender.reconcile(&self.pool, &mut report.outbox).await?;
+        let snapshot = catalog::load(&self.pool).await?;
+        report.periods_closed = close::close_due_periods(&self.pool, &snapshot, &self.close, now).await?.periods;
+        if self.epoch_due(now).await? {
+            report.epoch = close::close_epoch(&self.pool, self.deployment.chain_id, now).await?.map(|e| e.epoch_id);
+        }
+        let actions = self.plan_all(now).await?;
+        report.outbox.planned = outbox::plan(&self.pool, &actions).await?;
+        report.actions = actions.into_iter().map(|a| a.key).collect();
+        self.sender.send_planned(&self.pool, &mut report.outbox).await?;
+        Ok(report)
+    }
+}

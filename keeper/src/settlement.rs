@@ -1,0 +1,165 @@
+//! Planning the money actions after period close: cumulative overage charges with their usage roots, settlement
+//! epochs once every charge they attribute is confirmed on chain, and pushed payouts to recipients above a
+//! threshold who are not on hold. Each is an [`Action`] with a deterministic key; charges and payouts are tried
+//! once per retry slot.
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    sol_types::SolCall,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
+
+use crate::{KeeperError, outbox::Action, store::numeric_u128};
+
+/// How charges, settlements and payouts are planned.
+#[derive(Debug, Clone, Copy)]
+pub struct SettlementPolicy {
+    /// Items per `chargeUsage` or `claimMany` transaction.
+    pub batch: usize,
+    /// Seconds between two attempts at the same charge or payout.
+    pub retry_interval: i64,
+    /// The contract's charge window: a period's overage can be charged until its end plus this.
+    pub charge_window: i64,
+    /// Recipients with at least this claimable balance (base units) get a pushed payout.
+    pub payout_threshold: u128,
+}
+
+/// Cumulative overage charges of closed periods that the chain has not collected yet, inside the charge window.
+pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, policy: SettlementPolicy, now: i64) -> Result<Vec<Action>, KeeperError> {
+    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let prefix = format!("charge:{slot}:");
+    let rows: Vec<(i64, i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT c.subscription_id, c.period_index, c.overage_charge::TEXT, c.usage_root
+         FROM keeper.period_closes c
+         LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
+              AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
+         WHERE c.chain_id = $1 AND c.overage_charge > 0 AND COALESCE(ch.charged, 0) < c.overage_charge
+           AND c.period_end + $2 > $3
+           AND NOT EXISTS (
+               SELECT 1 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
+               WHERE o.kind = 'charge' AND (starts_with(o.action_key, $4) OR o.state IN ('planned', 'sent'))
+                 AND (item ->> 'id')::BIGINT = c.subscription_id AND (item ->> 'period')::BIGINT = c.period_index)
+         ORDER BY c.subscription_id, c.period_index",
+    )
+    .bind(chain_id as i64)
+    .bind(policy.charge_window)
+    .bind(now)
+    .bind(&prefix)
+    .fetch_all(pool)
+    .await?;
+    rows.chunks(policy.batch.max(1))
+        .map(|batch| {
+            let mut charges = Vec::with_capacity(batch.len());
+            let mut items = Vec::with_capacity(batch.len());
+            for (id, period, cumulative, root) in batch {
+                let amount = numeric_u128(cumulative, "overage_charge")?;
+                charges.push(Charge {
+                    subscriptionId: U256::from(*id as u64),
+                    periodIndex: U256::from(*period as u64),
+                    cumulativeOverage: U256::from(amount),
+                    usageRoot: B256::from_slice(root),
+                });
+                items.push(json!({ "id": id, "period": period, "cumulative": cumulative }));
+            }
+            let key = format!(
+                "{prefix}{}",
+                batch.iter().map(|(id, period, cumulative, _)| format!("{id}:{period}:{cumulative}")).collect::<Vec<_>>().join(",")
+            );
+            Ok(Action {
+                key,
+                kind: "charge",
+                target: subscriptions,
+                calldata: Subscriptions::chargeUsageCall { charges }.abi_encode().into(),
+                items: json!(items),
+            })
+        })
+        .collect()
+}
+
+/// Epochs not settled yet whose every overage charge the chain has collected; one `settle` each.
+pub async fn plan_settlements(pool: &PgPool, chain_id: u64, escrow: Address) -> Result<Vec<Action>, KeeperError> {
+    let epochs: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT e.epoch_id, e.epoch_start, e.closed_at, e.usage_root FROM keeper.epochs e
+         WHERE e.chain_id = $1
+           AND NOT EXISTS (SELECT 1 FROM chain.settlements s WHERE s.chain_id = e.chain_id AND s.settlement_id = e.epoch_id::NUMERIC)
+           AND NOT EXISTS (SELECT 1 FROM keeper.outbox o WHERE o.action_key = 'settle:' || e.epoch_id)
+           AND NOT EXISTS (
+               SELECT 1 FROM keeper.epoch_closes ec JOIN keeper.period_closes c USING (close_id)
+               LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
+                    AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
+               WHERE ec.epoch_id = e.epoch_id AND COALESCE(ch.charged, 0) < c.overage_charge)
+         ORDER BY e.epoch_id",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    let mut actions = Vec::with_capacity(epochs.len());
+    for (epoch, start, end, root) in epochs {
+        let splits: Vec<(String, String)> =
+            sqlx::query_as("SELECT split_id::TEXT, amount::TEXT FROM keeper.epoch_splits WHERE epoch_id = $1 ORDER BY split_id")
+                .bind(epoch)
+                .fetch_all(pool)
+                .await?;
+        let split_ids = splits.iter().map(|(s, _)| s.parse::<U256>()).collect::<Result<Vec<_>, _>>();
+        let amounts = splits.iter().map(|(_, a)| a.parse::<U256>()).collect::<Result<Vec<_>, _>>();
+        let (Ok(split_ids), Ok(amounts)) = (split_ids, amounts) else {
+            return Err(KeeperError::ChainData(format!("epoch {epoch}: a split id or amount is not an integer")));
+        };
+        let call = SplitEscrow::settleCall {
+            settlementId: U256::from(epoch as u64),
+            epochStart: U256::from(start.max(0) as u64),
+            epochEnd: U256::from(end.max(0) as u64),
+            splitIds: split_ids,
+            amounts,
+            usageRoot: B256::from_slice(&root),
+        };
+        actions.push(Action {
+            key: format!("settle:{epoch}"),
+            kind: "settle",
+            target: escrow,
+            calldata: call.abi_encode().into(),
+            items: json!(splits.iter().map(|(s, a)| json!({ "split": s, "amount": a })).collect::<Vec<_>>()),
+        });
+    }
+    Ok(actions)
+}
+
+/// Recipients whose claimable balance is at least the threshold and who are not on hold; `claimMany` batches.
+pub async fn plan_payouts(pool: &PgPool, chain_id: u64, escrow: Address, policy: SettlementPolicy, now: i64) -> Result<Vec<Action>, KeeperError> {
+    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let prefix = format!("claim:{slot}:");
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+        "WITH last_hold AS (
+             SELECT DISTINCT ON (recipient) recipient, kind, held_until FROM chain.holds WHERE chain_id = $1
+             ORDER BY recipient, block_number DESC, log_index DESC
+         )
+         SELECT b.recipient FROM chain.recipient_balances b
+         LEFT JOIN last_hold h ON h.recipient = b.recipient
+         WHERE b.chain_id = $1 AND b.claimable >= $2::NUMERIC AND b.claimable > 0
+           AND NOT COALESCE(h.kind = 'placed' AND h.held_until > $3, FALSE)
+           AND NOT EXISTS (
+               SELECT 1 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
+               WHERE o.kind = 'claim' AND (starts_with(o.action_key, $4) OR o.state IN ('planned', 'sent'))
+                 AND item ->> 'recipient' = '0x' || encode(b.recipient, 'hex'))
+         ORDER BY b.recipient",
+    )
+    .bind(chain_id as i64)
+    .bind(policy.payout_threshold.to_string())
+    .bind(now)
+    .bind(&prefix)
+    .fetch_all(pool)
+    .await?;
+    let recipients: Vec<Address> = rows.iter().map(|r| Address::from_slice(r)).collect();
+    Ok(recipients
+        .chunks(policy.batch.max(1))
+        .map(|batch| Action {
+            key: format!("{prefix}{}", batch.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(",")),
+            kind: "claim",
+            target: escrow,
+            calldata: SplitEscrow::claimManyCall { recipients: batch.to_vec() }.abi_encode().into(),
+            items: json!(batch.iter().map(|a| json!({ "recipient": format!("{a:#x}") })).collect::<Vec<_>>()),
+        })
+        .collect())
+}
