@@ -32,6 +32,14 @@ pub enum Command {
     Usage(UsageCommand),
     /// Close every period that is due now, then (with --epoch) gather the closes into a settlement epoch.
     Close(CloseArgs),
+    /// Run the settlement engine: renewals, usage charges, settlement epochs and payouts, under a Postgres lease.
+    Run(RunArgs),
+    /// Show the outbox, the last epochs, due work and the lease holder.
+    Status {
+        /// Settings.
+        #[command(flatten)]
+        settings: crate::config::Overrides,
+    },
     /// Print a creator's or a subscriber's statement.
     Statement(StatementArgs),
     /// Check a JSON statement: every line's proof, the totals, and the roots and amounts on chain.
@@ -264,4 +272,48 @@ mod tests {
         assert!(parse_duration_secs("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration_secs("99999999999999999999d").is_err());
     }
+}
+
+/// `subsettle-keeper run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// JSON-RPC endpoint of the chain.
+    #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: String,
+    /// File holding the keeper's private key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
+    #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
+    pub private_key_file: Option<PathBuf>,
+    /// Time between steps.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_secs)]
+    pub interval: u64,
+    /// Time between settlement epochs.
+    #[arg(long, default_value = "1d", value_parser = parse_duration_secs)]
+    pub epoch_interval: u64,
+    /// Time between two attempts at a past-due renewal, a failed charge or a payout.
+    #[arg(long, default_value = "6h", value_parser = parse_duration_secs)]
+    pub retry_interval: u64,
+    /// Items per renew, charge or claim transaction.
+    #[arg(long, default_value = "200")]
+    pub batch: usize,
+    /// Push payouts to recipients with at least this claimable balance (base units).
+    #[arg(long, default_value = "10000000")]
+    pub payout_threshold: u128,
+    /// Highest maxFeePerGas ever signed, in gwei.
+    #[arg(long, default_value = "200")]
+    pub max_fee_gwei: u64,
+    /// Priority fee, in gwei.
+    #[arg(long, default_value = "1")]
+    pub priority_fee_gwei: u64,
+    /// Replace a transaction not mined after this long with higher fees.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_secs)]
+    pub bump_after: u64,
+    /// Print what one step would send, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run one step and exit.
+    #[arg(long)]
+    pub once: bool,
 }

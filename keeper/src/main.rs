@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     api::{self, ApiSettings, Keeper},
     catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, StatementArgs, UsageCommand},
+    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
     close::{self, CloseOptions},
     config::{Overrides, Settings},
@@ -36,6 +36,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Usage(UsageCommand::Import { settings, file, format }) => run_import(settings, file, format).await,
         Command::Close(args) => run_close(args).await,
         Command::Statement(args) => run_statement(args).await,
+        Command::Run(args) => run_engine(args).await,
+        Command::Status { settings } => run_status(settings).await,
         Command::VerifyStatement { settings, file } => run_verify(settings, file).await,
     }
 }
@@ -264,5 +266,125 @@ async fn run_verify(overrides: Overrides, file: std::path::PathBuf) -> anyhow::R
     if !report.ok() {
         anyhow::bail!("{} problem(s) in {}", report.problems.len(), file.display());
     }
+    Ok(())
+}
+
+async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    use subsettle_keeper::{
+        engine::{Engine, Lease},
+        outbox::{FeePolicy, Sender},
+        renewals::RenewalPolicy,
+        settlement::SettlementPolicy,
+    };
+    let (settings, pool) = open(&args.settings).await?;
+    require_default_split(&settings)?;
+    let key = OperatorKey::load(args.private_key_file.as_deref())?;
+    let url = args.rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{}` is not a URL", args.rpc_url))?;
+    let provider = ProviderBuilder::new().connect_http(url).erased();
+    let chain_id = provider.get_chain_id().await.context("eth_chainId")?;
+    anyhow::ensure!(
+        chain_id == settings.deployment.chain_id,
+        "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
+        settings.deployment.chain_id
+    );
+    let charge_window = subsettle_abi::Subscriptions::new(settings.deployment.subscriptions, &provider)
+        .chargeWindow()
+        .call()
+        .await
+        .context("reading chargeWindow()")?;
+    let gwei = 1_000_000_000u128;
+    let sender = Sender {
+        provider,
+        key,
+        chain_id,
+        fees: FeePolicy {
+            max_fee_cap: u128::from(args.max_fee_gwei) * gwei,
+            priority_fee: u128::from(args.priority_fee_gwei) * gwei,
+            bump_after: Duration::from_secs(args.bump_after),
+            bump_percent: 20,
+        },
+    };
+    let retry = i64::try_from(args.retry_interval).unwrap_or(i64::MAX);
+    let engine = Engine {
+        pool: pool.clone(),
+        sender,
+        deployment: settings.deployment.clone(),
+        close: close_options(&settings),
+        renewals: RenewalPolicy { batch: args.batch, retry_interval: retry },
+        settlement: SettlementPolicy {
+            batch: args.batch,
+            retry_interval: retry,
+            charge_window: i64::try_from(charge_window.to::<u64>()).unwrap_or(i64::MAX),
+            payout_threshold: args.payout_threshold,
+        },
+        epoch_interval: i64::try_from(args.epoch_interval).unwrap_or(i64::MAX),
+    };
+    if args.dry_run {
+        let report = engine.step(true).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // One sender at a time: wait for the lease, then keep it for the life of the process.
+    let _lease = loop {
+        if let Some(lease) = Lease::try_acquire(&pool).await? {
+            break lease;
+        }
+        tracing::info!(holder = ?Lease::holder(&pool).await?, "another keeper holds the sender lease; waiting");
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    };
+    tracing::info!("holding the sender lease");
+    loop {
+        // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
+        match engine.step(false).await {
+            Ok(report) => tracing::info!(?report, "step"),
+            Err(error) => tracing::error!(%error, "step failed; retrying next interval"),
+        }
+        if args.once {
+            return Ok(());
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_secs(args.interval)) => {}
+        }
+    }
+}
+
+async fn run_status(overrides: Overrides) -> anyhow::Result<()> {
+    let (settings, pool) = open(&overrides).await?;
+    let outbox: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT kind, state, COUNT(*) FROM keeper.outbox GROUP BY kind, state ORDER BY kind, state").fetch_all(&pool).await?;
+    let open_rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT action_key, state, nonce, failure FROM keeper.outbox
+         WHERE state IN ('planned', 'sent') OR (state = 'failed' AND finished_at > now() - INTERVAL '1 day')
+         ORDER BY planned_at DESC LIMIT 20",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let epochs: Vec<(i64, i64, String, bool)> = sqlx::query_as(
+        "SELECT e.epoch_id, e.closed_at, e.total::TEXT,
+                EXISTS (SELECT 1 FROM chain.settlements s WHERE s.chain_id = e.chain_id AND s.settlement_id = e.epoch_id::NUMERIC)
+         FROM keeper.epochs e WHERE e.chain_id = $1 ORDER BY e.epoch_id DESC LIMIT 5",
+    )
+    .bind(settings.deployment.chain_id as i64)
+    .fetch_all(&pool)
+    .await?;
+    let unclosed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.usage_events WHERE close_id IS NULL").fetch_one(&pool).await?;
+    let status = serde_json::json!({
+        "lease_holder": subsettle_keeper::engine::Lease::holder(&pool).await?,
+        "outbox": outbox.iter().map(|(k, s, n)| serde_json::json!({"kind": k, "state": s, "count": n})).collect::<Vec<_>>(),
+        "open_or_recently_failed": open_rows.iter().map(|(k, s, n, f)| serde_json::json!({"action": k, "state": s, "nonce": n, "failure": f})).collect::<Vec<_>>(),
+        "last_epochs": epochs.iter().map(|(id, at, total, settled)| serde_json::json!({"epoch": id, "closed_at": at, "total": total, "settled_on_chain": settled})).collect::<Vec<_>>(),
+        "usage_events_not_yet_closed": unclosed,
+    });
+    println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(())
 }

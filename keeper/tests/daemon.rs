@@ -134,3 +134,46 @@ async fn usage_import_streams_files_exactly_once() {
     let region: Value = sqlx::query_scalar("SELECT properties FROM keeper.usage_events WHERE event_id = 'c-2'").fetch_one(&market.pool).await.unwrap();
     assert_eq!(region, json!({"region": "eu"}));
 }
+
+#[tokio::test]
+async fn run_once_sends_due_renewals_under_the_lease_and_status_shows_them() {
+    let market = Market::start(2, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let key = dir.path().join("keeper.key");
+    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    market.advance(30 * 86_400 + 60).await;
+    let split = market.splits[0].to_string();
+    let run = |extra: &[&str]| {
+        keeper(&market, &deployment)
+            .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split])
+            .arg("--private-key-file")
+            .arg(&key)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["actions"].as_array().unwrap().len(), 1, "{report}");
+    let once = run(&["--once"]);
+    assert!(once.status.success(), "{}", String::from_utf8_lossy(&once.stderr));
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert!(!stderr.contains(&alloy::hex::encode(market.chain.signer(0).to_bytes())), "the key is never logged");
+
+    let status = keeper(&market, &deployment).arg("status").output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["outbox"][0]["kind"], "renew", "{status}");
+    assert_eq!(status["outbox"][0]["state"], "sent");
+    assert_eq!(status["lease_holder"], Value::Null, "the lease ends with the process");
+
+    // The next run confirms the renewal and sends nothing new once it is indexed.
+    market.sync().await;
+    let again = run(&["--once"]);
+    assert!(again.status.success());
+    let status: Value = serde_json::from_slice(&keeper(&market, &deployment).arg("status").output().unwrap().stdout).unwrap();
+    assert_eq!(status["outbox"][0]["state"], "confirmed", "{status}");
+    assert_eq!(status["outbox"].as_array().unwrap().len(), 1);
+}
