@@ -177,3 +177,72 @@ async fn run_once_sends_due_renewals_under_the_lease_and_status_shows_them() {
     assert_eq!(status["outbox"][0]["state"], "confirmed", "{status}");
     assert_eq!(status["outbox"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn kill_9_at_random_moments_ends_in_the_same_chain_state() {
+    // A month with overage for one subscriber; the engine must renew both, charge 4 USDC, settle and pay out,
+    // each exactly once, however often it is killed.
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let key = dir.path().join("keeper.key");
+    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let now = market.now();
+    let (status, _) = market.usage(&json!([market.event("k-1", 0, "image-gen", "images", "600", now)])).await;
+    assert_eq!(status, 200);
+    market.advance(30 * 86_400 + market::CUTOFF as u64 + 60).await;
+
+    let split = market.splits[0].to_string();
+    let settled = || async {
+        let claims: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.claims").fetch_one(&market.pool).await.unwrap();
+        claims > 0
+    };
+    let mut rng = common::Rng::new(0x5eed);
+    let mut kills = 0;
+    for round in 0..60 {
+        let mut child = keeper(&market, &deployment)
+            .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s", "--payout-threshold", "1000000"])
+            .arg("--private-key-file")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.between(30, 700))).await;
+        let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+        let _ = child.wait();
+        kills += 1;
+        market.sync().await;
+        if settled().await {
+            // One more uninterrupted step to confirm what is left, then stop.
+            let last = keeper(&market, &deployment)
+                .args(["run", "--once", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--payout-threshold", "1000000"])
+                .arg("--private-key-file")
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(last.status.success());
+            market.sync().await;
+            break;
+        }
+        assert!(round < 59, "the engine made no progress in 60 restarts");
+    }
+    assert!(kills >= 2, "the engine was killed {kills} times");
+    let pool = market.pool.clone();
+    let one = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, String>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(one("SELECT COUNT(*)::TEXT FROM chain.renewals").await, "2");
+    assert_eq!(one("SELECT COALESCE(SUM(amount), 0)::TEXT FROM chain.usage_charges").await, "4000000");
+    assert_eq!(one("SELECT COUNT(*)::TEXT FROM chain.settlements").await, "1");
+    assert_eq!(one("SELECT total::TEXT FROM chain.settlements").await, "162000000");
+    assert_eq!(one("SELECT COALESCE(SUM(amount), 0)::TEXT FROM chain.claims WHERE succeeded").await, "162000000");
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT nonce FROM keeper.outbox WHERE nonce IS NOT NULL GROUP BY nonce HAVING COUNT(*) > 1) d",
+    )
+    .fetch_one(&market.pool)
+    .await
+    .unwrap();
+    assert_eq!(duplicates, 0);
+}
