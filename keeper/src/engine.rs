@@ -74,7 +74,8 @@ impl Lease {
     pub async fn holder(pool: &PgPool) -> Result<Option<String>, KeeperError> {
         let holder: Option<(i32, Option<String>)> = sqlx::query_as(
             "SELECT l.pid, a.client_addr::TEXT FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) = $1",
+             WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::BIGINT << 32) | l.objid::BIGINT) = $1
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .bind(LEASE_KEY)
         .fetch_optional(pool)

@@ -9,6 +9,7 @@
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
+//! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
 //! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
 //! - [`renewals`]: which subscriptions to renew, when, in which batches.
 //! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod entitlement;
 pub mod import;
 pub mod merkle;
+pub mod metrics;
 pub mod metering;
 pub mod money;
 pub mod outbox;

@@ -339,10 +339,20 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!("holding the sender lease");
+    let metrics = Arc::new(subsettle_keeper::metrics::EngineMetrics {
+        pool: pool.clone(),
+        chain_id,
+        last_step: Arc::default(),
+        stale_after_secs: i64::try_from(args.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX),
+    });
+    let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::metrics::serve(metrics.clone(), args.metrics_addr)));
     loop {
         // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
         match engine.step(false).await {
-            Ok(report) => tracing::info!(?report, "step"),
+            Ok(report) => {
+                metrics.stepped();
+                tracing::info!(?report, "step");
+            }
             Err(error) => tracing::error!(%error, "step failed; retrying next interval"),
         }
         if args.once {
@@ -351,6 +361,9 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutting down");
+                if let Some(server) = server {
+                    server.abort();
+                }
                 return Ok(());
             }
             () = tokio::time::sleep(Duration::from_secs(args.interval)) => {}
