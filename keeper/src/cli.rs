@@ -34,6 +34,8 @@ pub enum Command {
     Close(CloseArgs),
     /// Run the settlement engine: renewals, usage charges, settlement epochs and payouts, under a Postgres lease.
     Run(RunArgs),
+    /// The operator's owner actions on the contracts (sent through the outbox; prints the tx and its events).
+    Admin(AdminArgs),
     /// Show the outbox, the last epochs, due work and the lease holder.
     Status {
         /// Settings.
@@ -319,4 +321,125 @@ pub struct RunArgs {
     /// Run one step and exit.
     #[arg(long)]
     pub once: bool,
+}
+
+/// `subsettle-keeper admin ...`: the chain and key to act with, and the action.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// JSON-RPC endpoint of the chain.
+    #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: String,
+    /// File holding the owner's private key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
+    #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
+    pub private_key_file: Option<PathBuf>,
+    /// The action.
+    #[command(subcommand)]
+    pub action: AdminCommand,
+}
+
+/// The owner actions.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a plan.
+    CreatePlan {
+        /// Price per period in token units (e.g. 79 or 9.99).
+        #[arg(long)]
+        price: rust_decimal::Decimal,
+        /// Period length (e.g. 30d).
+        #[arg(long, value_parser = parse_duration_secs)]
+        period: u64,
+        /// Grace period after a failed renewal (e.g. 3d).
+        #[arg(long, value_parser = parse_duration_secs)]
+        grace: u64,
+    },
+    /// Open or close a plan to new subscribers.
+    SetPlanActive {
+        /// Plan id.
+        #[arg(long)]
+        plan: u64,
+        /// true or false.
+        #[arg(long, action = clap::ArgAction::Set)]
+        active: bool,
+    },
+    /// Create a split: `--recipient 0xabc..:7000` for each recipient (bps sum to 10000).
+    CreateSplit {
+        /// `address:bps`, repeated.
+        #[arg(long = "recipient", required = true, value_parser = parse_share)]
+        recipients: Vec<(Address, u16)>,
+        /// Which recipient (0-based) receives rounding remainders.
+        #[arg(long, default_value = "0")]
+        remainder_index: u64,
+    },
+    /// Propose a new version of a split (it takes effect after the deployment's delay).
+    ProposeSplitChange {
+        /// Split id.
+        #[arg(long)]
+        split: u64,
+        /// `address:bps`, repeated.
+        #[arg(long = "recipient", required = true, value_parser = parse_share)]
+        recipients: Vec<(Address, u16)>,
+        /// Which recipient (0-based) receives rounding remainders.
+        #[arg(long, default_value = "0")]
+        remainder_index: u64,
+    },
+    /// Withdraw a pending split change.
+    CancelSplitChange {
+        /// Split id.
+        #[arg(long)]
+        split: u64,
+    },
+    /// Hold a recipient's claims for a dispute, until a Unix time.
+    Hold {
+        /// Recipient.
+        #[arg(long)]
+        recipient: Address,
+        /// Until (Unix seconds).
+        #[arg(long)]
+        until: u64,
+        /// The dispute's reference (hashed on chain).
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a hold.
+    Release {
+        /// Recipient.
+        #[arg(long)]
+        recipient: Address,
+    },
+    /// Refund a subscriber from unallocated revenue.
+    Refund {
+        /// Subscriber.
+        #[arg(long)]
+        subscriber: Address,
+        /// Amount in token units.
+        #[arg(long)]
+        amount: rust_decimal::Decimal,
+        /// As prepaid credit instead of to the wallet.
+        #[arg(long)]
+        to_credit: bool,
+        /// The refund's reference (hashed into the on-chain refund id, so it applies once).
+        #[arg(long)]
+        reference: String,
+    },
+    /// Stop pulls and usage charges.
+    Pause,
+    /// Resume them.
+    Unpause,
+    /// Rotate the keeper address on both contracts.
+    SetKeeper {
+        /// The new keeper.
+        #[arg(long)]
+        keeper: Address,
+    },
+}
+
+/// Parses `address:bps`.
+pub fn parse_share(text: &str) -> Result<(Address, u16), String> {
+    let (address, bps) = text.split_once(':').ok_or_else(|| format!("`{text}`: write address:bps, e.g. 0xabc...:7000"))?;
+    let address: Address = address.parse().map_err(|_| format!("`{address}` is not a 0x address"))?;
+    let bps: u16 = bps.parse().ok().filter(|b| *b <= 10_000).ok_or_else(|| format!("`{bps}` is not a bps value from 0 to 10000"))?;
+    Ok((address, bps))
 }

@@ -10,12 +10,14 @@
 //!   serve a subscriber.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
 //! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
+//! - [`admin`]: the operator's owner actions, validated and sent through the outbox.
 //! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
 //! - [`renewals`]: which subscriptions to renew, when, in which batches.
 //! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
 //! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
 //! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
 
+pub mod admin;
 pub mod api;
 pub mod catalog;
 pub mod cli;

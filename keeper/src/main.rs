@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     api::{self, ApiSettings, Keeper},
     catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
+    cli::{AdminArgs, AdminCommand, CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
     close::{self, CloseOptions},
     config::{Overrides, Settings},
@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Close(args) => run_close(args).await,
         Command::Statement(args) => run_statement(args).await,
         Command::Run(args) => run_engine(args).await,
+        Command::Admin(args) => run_admin(args).await,
         Command::Status { settings } => run_status(settings).await,
         Command::VerifyStatement { settings, file } => run_verify(settings, file).await,
     }
@@ -270,41 +271,28 @@ async fn run_verify(overrides: Overrides, file: std::path::PathBuf) -> anyhow::R
 }
 
 async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
-    use alloy::providers::{Provider, ProviderBuilder};
     use subsettle_keeper::{
         engine::{Engine, Lease},
-        outbox::{FeePolicy, Sender},
+        outbox::FeePolicy,
         renewals::RenewalPolicy,
         settlement::SettlementPolicy,
     };
     let (settings, pool) = open(&args.settings).await?;
     require_default_split(&settings)?;
-    let key = OperatorKey::load(args.private_key_file.as_deref())?;
-    let url = args.rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{}` is not a URL", args.rpc_url))?;
-    let provider = ProviderBuilder::new().connect_http(url).erased();
-    let chain_id = provider.get_chain_id().await.context("eth_chainId")?;
-    anyhow::ensure!(
-        chain_id == settings.deployment.chain_id,
-        "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
-        settings.deployment.chain_id
-    );
-    let charge_window = subsettle_abi::Subscriptions::new(settings.deployment.subscriptions, &provider)
+    let gwei = 1_000_000_000u128;
+    let fees = FeePolicy {
+        max_fee_cap: u128::from(args.max_fee_gwei) * gwei,
+        priority_fee: u128::from(args.priority_fee_gwei) * gwei,
+        bump_after: Duration::from_secs(args.bump_after),
+        bump_percent: 20,
+    };
+    let sender = connect_sender(&settings, &args.rpc_url, args.private_key_file.as_deref(), fees).await?;
+    let chain_id = sender.chain_id;
+    let charge_window = subsettle_abi::Subscriptions::new(settings.deployment.subscriptions, &sender.provider)
         .chargeWindow()
         .call()
         .await
         .context("reading chargeWindow()")?;
-    let gwei = 1_000_000_000u128;
-    let sender = Sender {
-        provider,
-        key,
-        chain_id,
-        fees: FeePolicy {
-            max_fee_cap: u128::from(args.max_fee_gwei) * gwei,
-            priority_fee: u128::from(args.priority_fee_gwei) * gwei,
-            bump_after: Duration::from_secs(args.bump_after),
-            bump_percent: 20,
-        },
-    };
     let retry = i64::try_from(args.retry_interval).unwrap_or(i64::MAX);
     let engine = Engine {
         pool: pool.clone(),
@@ -399,5 +387,71 @@ async fn run_status(overrides: Overrides) -> anyhow::Result<()> {
         "usage_events_not_yet_closed": unclosed,
     });
     println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
+
+/// The signer on the deployment's chain, refusing a node of another chain.
+async fn connect_sender(
+    settings: &Settings,
+    rpc_url: &str,
+    key_file: Option<&std::path::Path>,
+    fees: subsettle_keeper::outbox::FeePolicy,
+) -> anyhow::Result<subsettle_keeper::outbox::Sender> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let key = OperatorKey::load(key_file)?;
+    let url = rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{rpc_url}` is not a URL"))?;
+    let provider = ProviderBuilder::new().connect_http(url).erased();
+    let chain_id = provider.get_chain_id().await.context("eth_chainId")?;
+    anyhow::ensure!(
+        chain_id == settings.deployment.chain_id,
+        "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
+        settings.deployment.chain_id
+    );
+    Ok(subsettle_keeper::outbox::Sender { provider, key, chain_id, fees })
+}
+
+/// Token units to base units, refusing more decimals than the token has.
+fn base_units(field: &str, value: Decimal, decimals: u32) -> anyhow::Result<u128> {
+    anyhow::ensure!(!value.is_sign_negative(), "{field}: {value} is negative");
+    anyhow::ensure!(value.normalize().scale() <= decimals, "{field}: {value} has more than {decimals} decimals");
+    Ok(subsettle_keeper::money::to_base_units(value, decimals)?)
+}
+
+async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
+    use subsettle_keeper::admin::{AdminAction, execute};
+    let (settings, pool) = open(&args.settings).await?;
+    let decimals = settings.decimals;
+    let action = match args.action {
+        AdminCommand::CreatePlan { price, period, grace } => AdminAction::CreatePlan { price: base_units("price", price, decimals)?, period, grace },
+        AdminCommand::SetPlanActive { plan, active } => AdminAction::SetPlanActive { plan, active },
+        AdminCommand::CreateSplit { recipients, remainder_index } => AdminAction::CreateSplit {
+            recipients: recipients.iter().map(|(a, _)| *a).collect(),
+            bps: recipients.iter().map(|(_, b)| *b).collect(),
+            remainder_index,
+        },
+        AdminCommand::ProposeSplitChange { split, recipients, remainder_index } => AdminAction::ProposeSplitChange {
+            split,
+            recipients: recipients.iter().map(|(a, _)| *a).collect(),
+            bps: recipients.iter().map(|(_, b)| *b).collect(),
+            remainder_index,
+        },
+        AdminCommand::CancelSplitChange { split } => AdminAction::CancelSplitChange { split },
+        AdminCommand::Hold { recipient, until, reason } => AdminAction::Hold { recipient, until, reason },
+        AdminCommand::Release { recipient } => AdminAction::Release { recipient },
+        AdminCommand::Refund { subscriber, amount, to_credit, reference } => {
+            AdminAction::Refund { subscriber, amount: base_units("amount", amount, decimals)?, to_credit, reference }
+        }
+        AdminCommand::Pause => AdminAction::Pause,
+        AdminCommand::Unpause => AdminAction::Unpause,
+        AdminCommand::SetKeeper { keeper } => AdminAction::SetKeeper { keeper },
+    };
+    action.validate()?;
+    let sender = connect_sender(&settings, &args.rpc_url, args.private_key_file.as_deref(), Default::default()).await?;
+    let request_id = format!("{}", Clock::System.now_ms());
+    let outcomes = execute(&pool, &sender, &settings.deployment, &action, &request_id, Duration::from_secs(120)).await?;
+    println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    if outcomes.iter().any(|o| o.state != "confirmed") {
+        anyhow::bail!("the action did not go through; see the failure above");
+    }
     Ok(())
 }

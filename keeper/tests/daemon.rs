@@ -300,3 +300,56 @@ async fn run_serves_metrics_and_health_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn admin_commands_validate_send_through_the_outbox_and_print_events() {
+    let market = Market::start(1, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let key = dir.path().join("owner.key");
+    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let admin = |args: &[&str]| {
+        let out = keeper(&market, &deployment)
+            .args(["admin", "--rpc-url", &market.chain.endpoint()])
+            .arg("--private-key-file")
+            .arg(&key)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, stdout, stderr) = admin(&["create-plan", "--price", "9.99", "--period", "30d", "--grace", "3d"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("PlanCreated") && stdout.contains("9990000"), "{stdout}");
+    let (ok, _, stderr) = admin(&["create-plan", "--price", "9.9999999", "--period", "30d", "--grace", "3d"]);
+    assert!(!ok && stderr.contains("price") && stderr.contains("more than 6 decimals"), "{stderr}");
+    let (ok, _, stderr) = admin(&["create-plan", "--price", "5", "--period", "30d", "--grace", "30d"]);
+    assert!(!ok && stderr.contains("grace"), "{stderr}");
+
+    let creator = market.chain.address(5).to_string();
+    let platform = market.chain.address(8).to_string();
+    let (ok, _, stderr) = admin(&["create-split", "--recipient", &format!("{creator}:7000"), "--recipient", &format!("{platform}:2000")]);
+    assert!(!ok && stderr.contains("bps: they sum to 9000"), "{stderr}");
+    let (ok, stdout, stderr) = admin(&["create-split", "--recipient", &format!("{creator}:8000"), "--recipient", &format!("{platform}:2000")]);
+    assert!(ok && stdout.contains("SplitVersionAdded"), "{stdout}{stderr}");
+
+    // A call the contract refuses is reported with its error name; nothing is sent.
+    let (ok, stdout, _) = admin(&["set-plan-active", "--plan", "99", "--active", "false"]);
+    assert!(!ok && stdout.contains("UnknownPlan"), "{stdout}");
+
+    let until = (market.now() + 86_400).to_string();
+    let (ok, stdout, stderr) = admin(&["hold", "--recipient", &creator, "--until", &until, "--reason", "dispute-42"]);
+    assert!(ok && stdout.contains("HoldPlaced"), "{stdout}{stderr}");
+    let (ok, stdout, _) = admin(&["release", "--recipient", &creator]);
+    assert!(ok && stdout.contains("HoldReleased"), "{stdout}");
+    let (ok, stdout, _) = admin(&["pause"]);
+    assert!(ok && stdout.contains("ChargingPausedSet"), "{stdout}");
+    let (ok, _, _) = admin(&["unpause"]);
+    assert!(ok);
+
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT action_key, state FROM keeper.outbox ORDER BY planned_at").fetch_all(&market.pool).await.unwrap();
+    assert_eq!(states.len(), 7, "{states:?}");
+    assert!(states.iter().all(|(key, _)| key.starts_with("admin:")));
+    assert_eq!(states.iter().filter(|(_, state)| state == "failed").count(), 1);
+}
