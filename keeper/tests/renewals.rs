@@ -109,3 +109,41 @@ async fn due_subscriptions_are_renewed_exactly_once_across_a_crash() {
     assert!(failure.0.contains("UnknownSplit"), "{}", failure.0);
     assert_eq!(failure.1, None);
 }
+
+#[tokio::test]
+async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_replacement_is_matched() {
+    let market = Market::start(1, 0).await;
+    subsettle_keeper::store::migrate(&market.pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sender = sender(&market, dir.path());
+    sender.fees.bump_after = std::time::Duration::ZERO;
+    market.advance(30 * 86_400 + 60).await;
+    let provider = market.chain.provider(0);
+    let policy = RenewalPolicy::default();
+    let actions =
+        plan_renewals(&market.pool, &provider, market.deployment.chain_id, market.deployment.subscriptions, policy, market.now()).await.unwrap();
+    plan(&market.pool, &actions).await.unwrap();
+
+    // The node stops mining: the transaction waits in the pool.
+    let _: serde_json::Value = alloy::providers::Provider::raw_request(&provider, "evm_setAutomine".into(), (false,)).await.unwrap();
+    let mut report = OutboxReport::default();
+    sender.send_planned(&market.pool, &mut report).await.unwrap();
+    sender.reconcile(&market.pool, &mut report).await.unwrap();
+    assert_eq!(report.bumped, 1, "{report:?}");
+    let (hashes, max_fee): (Vec<Vec<u8>>, String) =
+        sqlx::query_as("SELECT tx_hashes, max_fee_per_gas::TEXT FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(hashes.len(), 2, "the original and its replacement");
+
+    let _: serde_json::Value = alloy::providers::Provider::raw_request(&provider, "evm_mine".into(), ()).await.unwrap();
+    let _: serde_json::Value = alloy::providers::Provider::raw_request(&provider, "evm_setAutomine".into(), (true,)).await.unwrap();
+    let mut report = OutboxReport::default();
+    sender.reconcile(&market.pool, &mut report).await.unwrap();
+    assert_eq!(report.confirmed, 1, "{report:?}");
+    let mined: Vec<u8> = sqlx::query_scalar("SELECT tx_hashes[2] FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();
+    let receipt = alloy::providers::Provider::get_transaction_receipt(&provider, alloy::primitives::B256::from_slice(&mined)).await.unwrap();
+    assert!(receipt.is_some(), "the replacement is the one mined");
+    assert!(max_fee.parse::<u128>().unwrap() > 0);
+    market.sync().await;
+    let renewals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.renewals").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(renewals, 1);
+}
