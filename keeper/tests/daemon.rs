@@ -353,3 +353,76 @@ async fn admin_commands_validate_send_through_the_outbox_and_print_events() {
     assert!(states.iter().all(|(key, _)| key.starts_with("admin:")));
     assert_eq!(states.iter().filter(|(_, state)| state == "failed").count(), 1);
 }
+
+#[tokio::test]
+async fn two_keepers_only_one_sends_and_the_other_takes_over_when_it_dies() {
+    let market = Market::start(2, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let key = dir.path().join("keeper.key");
+    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let split = market.splits[0].to_string();
+    let spawn = |log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        keeper(&market, &deployment)
+            .env("RUST_LOG", "info")
+            .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg("--private-key-file")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let read = |log: &str| std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+    let wait_for = |what: &'static str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut first = spawn("first.log");
+    wait_for("the first keeper to take the lease", &|| read("first.log").contains("holding the sender lease"));
+    let mut second = spawn("second.log");
+    wait_for("the second keeper to wait", &|| read("second.log").contains("another keeper holds the sender lease"));
+
+    // Work appears: only the lease holder sends it.
+    market.advance(30 * 86_400 + 60).await;
+    let pool = market.pool.clone();
+    let sent_by_outbox = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'planned'").fetch_one(&pool).await.unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent_by_outbox().await == 0 {
+        assert!(Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!read("second.log").contains("signed"), "the waiting keeper sent nothing");
+
+    // The holder dies; the other takes over and carries on.
+    let _ = Command::new("kill").args(["-KILL", &first.id().to_string()]).status();
+    let _ = first.wait();
+    wait_for("the second keeper to take over", &|| read("second.log").contains("holding the sender lease"));
+    market.sync().await;
+    market.advance(30 * 86_400).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let renewals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE kind = 'renew' AND state = 'confirmed'")
+            .fetch_one(&market.pool)
+            .await
+            .unwrap();
+        if renewals >= 2 && read("second.log").contains("signed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second keeper did not renew: {}", read("second.log"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
+    let _ = second.wait();
+    market.sync().await;
+    let per_subscription: Vec<i64> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM chain.renewals GROUP BY subscription_id ORDER BY subscription_id").fetch_all(&market.pool).await.unwrap();
+    assert_eq!(per_subscription, [2, 2], "two periods renewed, each once");
+}
