@@ -1,7 +1,7 @@
-//! Renewal planning: the subscriptions due by the indexed tables, pre-checked with the contract's
-//! `dueForRenewal` view, in batches, each subscription at most once per retry slot (so a past-due one is retried on
-//! a schedule inside its grace period, not on every tick). Subscriptions whose grace has run out are sent too:
-//! `renew` is what lapses them on chain.
+//! Renewal planning: the subscriptions due by the indexed tables, in batches, each at most once per retry slot.
+//! The first attempt is always sent (a failed pull marks the subscription past due on chain); after that a past-due
+//! one is retried only when the contract's `dueForRenewal` view says it would collect, on the retry schedule
+//! inside its grace period, and once more when its grace has run out: `renew` is what lapses it on chain.
 
 use alloy::{
     primitives::{Address, U256},
@@ -41,8 +41,9 @@ pub async fn plan_renewals(
     let slot = now.div_euclid(policy.retry_interval.max(1));
     let prefix = format!("renew:{slot}:");
     // Due by the indexed state, not already attempted in this slot (in any outbox state).
-    let due: Vec<(i64, i64, bool)> = sqlx::query_as(
-        "SELECT s.subscription_id::BIGINT, s.period_index::BIGINT + 1, s.paid_through + p.grace_period <= $2
+    let due: Vec<(i64, i64, bool, bool)> = sqlx::query_as(
+        "SELECT s.subscription_id::BIGINT, s.period_index::BIGINT + 1, s.paid_through + p.grace_period <= $2,
+                s.status = 'active'
          FROM chain.subscriptions s JOIN chain.plans p ON p.chain_id = s.chain_id AND p.plan_id = s.plan_id
          WHERE s.chain_id = $1 AND s.status IN ('active', 'past_due') AND s.paid_through <= $2
            AND NOT EXISTS (
@@ -61,7 +62,7 @@ pub async fn plan_renewals(
     }
     // The contract's view says which would collect now; past grace they are sent anyway, to lapse.
     let contract = Subscriptions::new(subscriptions, provider);
-    let ids: Vec<U256> = due.iter().map(|(id, _, _)| U256::from(*id as u64)).collect();
+    let ids: Vec<U256> = due.iter().map(|(id, _, _, _)| U256::from(*id as u64)).collect();
     let mut would_collect = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1_000) {
         let answer = contract
@@ -71,11 +72,14 @@ pub async fn plan_renewals(
             .map_err(|e| KeeperError::Chain { action: "dueForRenewal", message: e.to_string() })?;
         would_collect.extend(answer);
     }
+    // Sent: those that would collect; those past grace (to lapse them); and, once, those not attempted yet even if
+    // they would fail, so that the chain records them past due (`RenewalFailed`) for the subscriber to see. After
+    // that a past-due one is retried only when it would collect.
     let chosen: Vec<(i64, i64)> = due
         .iter()
         .zip(&would_collect)
-        .filter(|((_, _, lapsing), collect)| **collect || *lapsing)
-        .map(|((id, period, _), _)| (*id, *period))
+        .filter(|((_, _, lapsing, first_attempt), collect)| **collect || *lapsing || *first_attempt)
+        .map(|((id, period, _, _), _)| (*id, *period))
         .collect();
     Ok(chosen
         .chunks(policy.batch.max(1))

@@ -9,33 +9,7 @@ mod market;
 
 use market::{CUTOFF, Market};
 use serde_json::json;
-use subsettle_keeper::{
-    engine::{Engine, Lease},
-    outbox::{FeePolicy, Sender},
-    renewals::RenewalPolicy,
-    settlement::SettlementPolicy,
-    signer::OperatorKey,
-};
-
-fn engine(market: &Market, dir: &std::path::Path) -> Engine {
-    let path = dir.join("operator.key");
-    std::fs::write(&path, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
-    let sender = Sender {
-        provider: market.chain.provider(0),
-        key: OperatorKey::load(Some(&path)).unwrap(),
-        chain_id: market.deployment.chain_id,
-        fees: FeePolicy::default(),
-    };
-    Engine {
-        pool: market.pool.clone(),
-        sender,
-        deployment: market.deployment.clone(),
-        close: market.close_options(),
-        renewals: RenewalPolicy { batch: 100, retry_interval: 3_600 },
-        settlement: SettlementPolicy { batch: 100, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000 },
-        epoch_interval: 86_400,
-    }
-}
+use subsettle_keeper::engine::Lease;
 
 async fn count(market: &Market, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&market.pool).await.unwrap()
@@ -45,7 +19,7 @@ async fn count(market: &Market, sql: &str) -> i64 {
 async fn a_period_is_charged_settled_paid_out_and_renewed_exactly_once() {
     let market = Market::start(2, 50_000_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&market, dir.path());
+    let engine = market.engine(dir.path());
     let now = market.now();
     // 600 images at 0.04 = 24 USDC: 4 USDC over the 20 USDC value allowance.
     let (status, _) = market.usage(&json!([market.event("x-1", 0, "image-gen", "images", "600", now)])).await;
@@ -110,4 +84,99 @@ async fn only_one_keeper_holds_the_sender_lease() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(taken.is_some(), "the lease is taken over once the first keeper is gone");
+}
+
+#[tokio::test]
+async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_equal_to_the_statements() {
+    use alloy::primitives::U256;
+    use subsettle_abi::{Subscriptions, TestUSDC};
+    use subsettle_keeper::statement::{Scope, creator_statement, subscriber_statement, verify};
+
+    let market = Market::start(4, 5_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    // Subscriber 1 raises its cap to 50 USDC; subscriber 0 keeps 5 USDC.
+    let provider = market.chain.provider(2);
+    confirm!(Subscriptions::new(market.deployment.subscriptions, &provider).setOverageCap(U256::from(market.subscribers[1].1), U256::from(50_000_000u64)));
+    let now = market.now();
+    // Subscriber 0: 1,500 images = 60 USDC, 40 over the allowance, capped at 5. Subscriber 1: 600 images, 4 over.
+    let (status, _) = market
+        .usage(&json!([
+            market.event("m-0", 0, "image-gen", "images", "1500", now),
+            market.event("m-1", 1, "image-gen", "images", "600", now),
+        ]))
+        .await;
+    assert_eq!(status, 200);
+    // Subscribers 2 and 3 empty their wallets before the renewal.
+    let sink = market.chain.address(9);
+    for i in [2usize, 3] {
+        let provider = market.chain.provider(i + 1);
+        let token = TestUSDC::new(market.deployment.token, &provider);
+        let balance = token.balanceOf(market.subscribers[i].0).call().await.unwrap();
+        confirm!(token.transfer(sink, balance));
+    }
+
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let step = engine.step(false).await.unwrap();
+    assert_eq!((step.periods_closed, step.epoch), (4, Some(1)), "{step:?}");
+    market.sync().await;
+    let status_of = |i: usize| {
+        let pool = market.pool.clone();
+        let id = market.subscribers[i].1;
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM chain.subscriptions WHERE subscription_id = $1::NUMERIC")
+                .bind(id.to_string())
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!((status_of(2).await, status_of(3).await), ("past_due".to_owned(), "past_due".to_owned()));
+
+    // Subscriber 2 tops up inside its grace; the next retry slot renews it. Subscriber 3 never does.
+    let operator = market.operator();
+    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(market.subscribers[2].0, U256::from(200_000_000u64)));
+    for _ in 0..3 {
+        engine.step(false).await.unwrap(); // settles the epoch once the charges are indexed, then pays out
+        market.advance(3_700).await;
+    }
+    assert_eq!(status_of(2).await, "active");
+    market.advance(3 * 86_400).await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    assert_eq!(status_of(3).await, "lapsed");
+    assert_eq!(status_of(0).await, "active");
+
+    // Overage charged up to the cap and never beyond it.
+    let charged: Vec<(String, String)> =
+        sqlx::query_as("SELECT subscription_id::TEXT, SUM(amount)::TEXT FROM chain.usage_charges GROUP BY 1 ORDER BY 1")
+            .fetch_all(&market.pool)
+            .await
+            .unwrap();
+    assert_eq!(charged, vec![(market.subscribers[0].1.to_string(), "5000000".into()), (market.subscribers[1].1.to_string(), "4000000".into())]);
+    // Every subscriber's and every recipient's statement equals the chain, to the unit.
+    let chain_id = market.deployment.chain_id;
+    for (wallet, _) in &market.subscribers {
+        let statement = subscriber_statement(&market.pool, chain_id, 6, *wallet, Scope::default()).await.unwrap();
+        let check = verify(&market.pool, &statement).await.unwrap();
+        assert!(check.ok(), "{wallet}: {:?}", check.problems);
+    }
+    for account in [5usize, 6, 7, 8, 9] {
+        let address = market.chain.address(account);
+        let statement = creator_statement(&market.pool, chain_id, 6, address, Scope::default()).await.unwrap();
+        let check = verify(&market.pool, &statement).await.unwrap();
+        assert!(check.ok() && check.unsettled_epochs.is_empty(), "{address}: {:?}", check.problems);
+        let claimable: Option<String> =
+            sqlx::query_scalar("SELECT claimable::TEXT FROM chain.recipient_balances WHERE recipient = $1").bind(address.to_vec()).fetch_optional(&market.pool).await.unwrap();
+        let claimed: Option<String> = sqlx::query_scalar("SELECT SUM(amount)::TEXT FROM chain.claims WHERE recipient = $1 AND succeeded")
+            .bind(address.to_vec())
+            .fetch_one(&market.pool)
+            .await
+            .unwrap();
+        let credited = statement.total.parse::<u128>().unwrap();
+        let on_chain = claimable.map_or(0, |c| c.parse::<u128>().unwrap()) + claimed.map_or(0, |c| c.parse::<u128>().unwrap());
+        assert_eq!(on_chain, credited, "{address}: claimable plus claimed equals the statement");
+    }
 }

@@ -194,6 +194,33 @@ impl Market {
         CloseOptions { chain_id: self.deployment.chain_id, late_cutoff: CUTOFF, decimals: 6, default_split: Some(self.splits[0]), batch: 100 }
     }
 
+    /// A settlement engine for this market, signing with the deployer (who is the keeper), its key in `dir`.
+    pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::engine::Engine {
+        use subsettle_keeper::{
+            outbox::{FeePolicy, Sender},
+            renewals::RenewalPolicy,
+            settlement::SettlementPolicy,
+            signer::OperatorKey,
+        };
+        let path = dir.join("operator.key");
+        std::fs::write(&path, alloy::hex::encode_prefixed(self.chain.signer(0).to_bytes())).unwrap();
+        let sender = Sender {
+            provider: self.chain.provider(0),
+            key: OperatorKey::load(Some(&path)).unwrap(),
+            chain_id: self.deployment.chain_id,
+            fees: FeePolicy::default(),
+        };
+        subsettle_keeper::engine::Engine {
+            pool: self.pool.clone(),
+            sender,
+            deployment: self.deployment.clone(),
+            close: self.close_options(),
+            renewals: RenewalPolicy { batch: 100, retry_interval: 3_600 },
+            settlement: SettlementPolicy { batch: 100, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000 },
+            epoch_interval: 86_400,
+        }
+    }
+
     /// An event for subscriber `i` (0-based) at `at` (Unix seconds).
     pub fn event(&self, id: &str, i: usize, model: &str, meter: &str, quantity: &str, at: i64) -> Value {
         serde_json::json!({
