@@ -313,7 +313,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration_secs)]
     pub bump_after: u64,
     /// Address of `/metrics` and `/healthz`.
-    #[arg(long, env = "SUBSETTLE_KEEPER_METRICS", default_value = "127.0.0.1:9101")]
+    #[arg(long, env = "SUBSETTLE_KEEPER_METRICS", default_value = "127.0.0.1:9102")]
     pub metrics_addr: std::net::SocketAddr,
     /// Print what one step would send, and exit.
     #[arg(long)]
