@@ -36,6 +36,17 @@ pub struct Action {
     pub items: Value,
 }
 
+/// The key of a batch action: `prefix` and its items joined, or, for a long batch (Postgres indexes at most
+/// about 8 kB per key), `prefix`, the item count and the keccak256 of the joined items: deterministic either way.
+pub fn batch_key(prefix: &str, items: &[String]) -> String {
+    let joined = items.join(",");
+    if joined.len() <= 512 {
+        format!("{prefix}{joined}")
+    } else {
+        format!("{prefix}{}-items-{}", items.len(), alloy::primitives::keccak256(joined.as_bytes()))
+    }
+}
+
 /// Fee policy for the transactions the keeper signs.
 #[derive(Debug, Clone, Copy)]
 pub struct FeePolicy {

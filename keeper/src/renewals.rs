@@ -12,7 +12,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use subsettle_abi::Subscriptions;
 
-use crate::{KeeperError, outbox::Action};
+use crate::{
+    KeeperError,
+    outbox::{Action, batch_key},
+};
 
 /// How renewals are planned.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +87,7 @@ pub async fn plan_renewals(
     Ok(chosen
         .chunks(policy.batch.max(1))
         .map(|batch| {
-            let key = format!("{prefix}{}", batch.iter().map(|(id, period)| format!("{id}@{period}")).collect::<Vec<_>>().join(","));
+            let key = batch_key(&prefix, &batch.iter().map(|(id, period)| format!("{id}@{period}")).collect::<Vec<_>>());
             let ids: Vec<U256> = batch.iter().map(|(id, _)| U256::from(*id as u64)).collect();
             Action {
                 key,

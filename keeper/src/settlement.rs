@@ -11,7 +11,11 @@ use serde_json::json;
 use sqlx::PgPool;
 use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
 
-use crate::{KeeperError, outbox::Action, store::numeric_u128};
+use crate::{
+    KeeperError,
+    outbox::{Action, batch_key},
+    store::numeric_u128,
+};
 
 /// How charges, settlements and payouts are planned.
 #[derive(Debug, Clone, Copy)]
@@ -63,10 +67,7 @@ pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, 
                 });
                 items.push(json!({ "id": id, "period": period, "cumulative": cumulative }));
             }
-            let key = format!(
-                "{prefix}{}",
-                batch.iter().map(|(id, period, cumulative, _)| format!("{id}:{period}:{cumulative}")).collect::<Vec<_>>().join(",")
-            );
+            let key = batch_key(&prefix, &batch.iter().map(|(id, period, cumulative, _)| format!("{id}:{period}:{cumulative}")).collect::<Vec<_>>());
             Ok(Action {
                 key,
                 kind: "charge",
@@ -155,7 +156,7 @@ pub async fn plan_payouts(pool: &PgPool, chain_id: u64, escrow: Address, policy:
     Ok(recipients
         .chunks(policy.batch.max(1))
         .map(|batch| Action {
-            key: format!("{prefix}{}", batch.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(",")),
+            key: batch_key(&prefix, &batch.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>()),
             kind: "claim",
             target: escrow,
             calldata: SplitEscrow::claimManyCall { recipients: batch.to_vec() }.abi_encode().into(),
