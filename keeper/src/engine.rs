@@ -37,6 +37,20 @@ pub struct Engine {
     pub epoch_interval: i64,
 }
 
+/// Upper bounds of gas per item, above the measured averages (docs/keeper-bench.md: renew 16,700, charge 20,101,
+/// claim 32,086 with fresh token balances), so that a batch cut by them fits.
+pub const RENEW_GAS_PER_ITEM: u64 = 40_000;
+/// See [`RENEW_GAS_PER_ITEM`].
+pub const CHARGE_GAS_PER_ITEM: u64 = 50_000;
+/// See [`RENEW_GAS_PER_ITEM`].
+pub const CLAIM_GAS_PER_ITEM: u64 = 60_000;
+
+/// Items per transaction: the configured batch, or fewer so that the transaction takes at most half of a block.
+pub fn batch_for(block_gas_limit: u64, gas_per_item: u64, configured: usize) -> usize {
+    let fits = (block_gas_limit / 2).saturating_sub(100_000) / gas_per_item.max(1);
+    configured.min(usize::try_from(fits).unwrap_or(usize::MAX)).max(1)
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StepReport {
@@ -97,12 +111,28 @@ impl Engine {
         Ok(block.header.timestamp as i64)
     }
 
+    async fn block_gas_limit(&self) -> Result<u64, KeeperError> {
+        let block = self
+            .sender
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
+            .ok_or_else(|| KeeperError::Chain { action: "eth_getBlockByNumber", message: "no latest block".into() })?;
+        Ok(block.header.gas_limit)
+    }
+
     async fn plan_all(&self, now: i64) -> Result<Vec<Action>, KeeperError> {
         let d = &self.deployment;
-        let mut actions = plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, self.renewals, now).await?;
-        actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, self.settlement, now).await?);
+        // Batches are cut to fit half a block at a conservative gas per item, whatever `--batch` says.
+        let gas_limit = self.block_gas_limit().await?;
+        let renewals = RenewalPolicy { batch: batch_for(gas_limit, RENEW_GAS_PER_ITEM, self.renewals.batch), ..self.renewals };
+        let charges = SettlementPolicy { batch: batch_for(gas_limit, CHARGE_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
+        let payouts = SettlementPolicy { batch: batch_for(gas_limit, CLAIM_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
+        let mut actions = plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, renewals, now).await?;
+        actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, charges, now).await?);
         actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow).await?);
-        actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, self.settlement, now).await?);
+        actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
         Ok(actions)
     }
 
@@ -134,5 +164,19 @@ impl Engine {
         report.actions = actions.into_iter().map(|a| a.key).collect();
         self.sender.send_planned(&self.pool, &mut report.outbox).await?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_fit_half_a_block() {
+        // 30M gas blocks: 14.9M / 40k = 372 renewals at most.
+        assert_eq!(batch_for(30_000_000, RENEW_GAS_PER_ITEM, 500), 372);
+        assert_eq!(batch_for(30_000_000, RENEW_GAS_PER_ITEM, 200), 200);
+        assert_eq!(batch_for(1_000_000, CLAIM_GAS_PER_ITEM, 200), 6);
+        assert_eq!(batch_for(100_000, CLAIM_GAS_PER_ITEM, 200), 1, "never zero");
     }
 }
