@@ -1,4 +1,5 @@
-//! The settlement engine's loop (`subsettle-keeper run`): under a Postgres lease, each step first reconciles the
+//! The settlement engine's loop (`subsettle-keeper run`): under a Postgres lease, each step (every interval, or
+//! sooner when a renewal or a period close falls due) first reconciles the
 //! outbox with the chain, then closes due periods, gathers an epoch when its cadence has come, plans renewals,
 //! charges, settlements and payouts, and sends what was planned. Time is the chain's (the latest block's
 //! timestamp), so a local chain whose clock is moved behaves like a real one.
@@ -98,7 +99,35 @@ impl Lease {
     }
 }
 
+/// How long to sleep after a step: the interval, or less when work falls due sooner (`next_due`, chain time).
+pub fn pause_until(now: i64, next_due: Option<i64>, interval_secs: u64) -> u64 {
+    match next_due {
+        Some(due) if due > now => interval_secs.min(u64::try_from(due - now).unwrap_or(u64::MAX)).max(1),
+        Some(_) => 1,
+        None => interval_secs,
+    }
+}
+
 impl Engine {
+    /// The chain time at which the next renewal falls due or the next paid period can close, if any.
+    pub async fn next_due(&self) -> Result<Option<i64>, KeeperError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT LEAST(
+                 (SELECT MIN(s.paid_through)::BIGINT FROM chain.subscriptions s
+                  WHERE s.chain_id = $1 AND s.status IN ('active', 'past_due')),
+                 (SELECT MIN(s.paid_through)::BIGINT + $2 FROM chain.subscriptions s
+                  WHERE s.chain_id = $1 AND NOT EXISTS (
+                      SELECT 1 FROM keeper.period_closes c
+                      WHERE c.chain_id = s.chain_id AND c.subscription_id = s.subscription_id::BIGINT
+                        AND c.period_index = s.period_index::BIGINT)))",
+        )
+        .bind(self.deployment.chain_id as i64)
+        .bind(self.close.late_cutoff)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
     /// The chain's time: the latest block's timestamp.
     pub async fn chain_time(&self) -> Result<i64, KeeperError> {
         let block = self
@@ -170,6 +199,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_wakes_early_when_work_falls_due() {
+        assert_eq!(pause_until(1_000, Some(1_010), 30), 10);
+        assert_eq!(pause_until(1_000, Some(5_000), 30), 30);
+        assert_eq!(pause_until(1_000, Some(900), 30), 1, "overdue work: soon, but not a busy loop");
+        assert_eq!(pause_until(1_000, None, 30), 30);
+    }
 
     #[test]
     fn batches_fit_half_a_block() {

@@ -336,10 +336,15 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
     let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::metrics::serve(metrics.clone(), args.metrics_addr)));
     loop {
         // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
+        let mut pause = args.interval;
         match engine.step(false).await {
             Ok(report) => {
                 metrics.stepped();
                 tracing::info!(?report, "step");
+                // Wake early when a renewal or a period close falls due before the next interval.
+                if let Ok(next) = engine.next_due().await {
+                    pause = subsettle_keeper::engine::pause_until(report.now, next, args.interval);
+                }
             }
             Err(error) => tracing::error!(%error, "step failed; retrying next interval"),
         }
@@ -354,7 +359,7 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            () = tokio::time::sleep(Duration::from_secs(args.interval)) => {}
+            () = tokio::time::sleep(Duration::from_secs(pause)) => {}
         }
     }
 }

@@ -27,6 +27,9 @@ async fn a_period_is_charged_settled_paid_out_and_renewed_exactly_once() {
 
     let report = engine.step(false).await.unwrap();
     assert!(report.actions.is_empty(), "nothing is due in the first period: {report:?}");
+    // The next work is the renewals at the end of the first period (30 days after subscribing).
+    let next = engine.next_due().await.unwrap().expect("work falls due");
+    assert!((next - report.now - 30 * 86_400).abs() < 120, "next due {next}, now {}", report.now);
 
     market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
     let dry = engine.step(true).await.unwrap();
