@@ -276,18 +276,26 @@ mod tests {
     }
 }
 
-/// `subsettle-keeper run`
+/// What the commands that sign transactions (`run`, `admin`) connect with.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct ChainArgs {
     /// Settings.
     #[command(flatten)]
     pub settings: crate::config::Overrides,
     /// JSON-RPC endpoint of the chain.
     #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
     pub rpc_url: String,
-    /// File holding the keeper's private key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
+    /// File holding the signing key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
     #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
+}
+
+/// `subsettle-keeper run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Settings, the chain and the keeper's key.
+    #[command(flatten)]
+    pub chain: ChainArgs,
     /// Time between steps.
     #[arg(long, default_value = "30s", value_parser = parse_duration_secs)]
     pub interval: u64,
@@ -326,15 +334,9 @@ pub struct RunArgs {
 /// `subsettle-keeper admin ...`: the chain and key to act with, and the action.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// Settings.
+    /// Settings, the chain and the owner's key.
     #[command(flatten)]
-    pub settings: crate::config::Overrides,
-    /// JSON-RPC endpoint of the chain.
-    #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    pub rpc_url: String,
-    /// File holding the owner's private key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
-    #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
-    pub private_key_file: Option<PathBuf>,
+    pub chain: ChainArgs,
     /// The action.
     #[command(subcommand)]
     pub action: AdminCommand,

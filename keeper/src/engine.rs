@@ -4,10 +4,6 @@
 //! charges, settlements and payouts, and sends what was planned. Time is the chain's (the latest block's
 //! timestamp), so a local chain whose clock is moved behaves like a real one.
 
-use alloy::{
-    eips::BlockNumberOrTag,
-    providers::Provider,
-};
 use sqlx::{PgPool, pool::PoolConnection, Postgres};
 use subsettle_abi::Deployment;
 
@@ -130,31 +126,12 @@ impl Engine {
 
     /// The chain's time: the latest block's timestamp.
     pub async fn chain_time(&self) -> Result<i64, KeeperError> {
-        let block = self
-            .sender
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
-            .await
-            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
-            .ok_or_else(|| KeeperError::Chain { action: "eth_getBlockByNumber", message: "no latest block".into() })?;
-        Ok(block.header.timestamp as i64)
+        Ok(self.sender.latest_header().await?.timestamp as i64)
     }
 
-    async fn block_gas_limit(&self) -> Result<u64, KeeperError> {
-        let block = self
-            .sender
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
-            .await
-            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
-            .ok_or_else(|| KeeperError::Chain { action: "eth_getBlockByNumber", message: "no latest block".into() })?;
-        Ok(block.header.gas_limit)
-    }
-
-    async fn plan_all(&self, now: i64) -> Result<Vec<Action>, KeeperError> {
+    async fn plan_all(&self, now: i64, gas_limit: u64) -> Result<Vec<Action>, KeeperError> {
         let d = &self.deployment;
         // Batches are cut to fit half a block at a conservative gas per item, whatever `--batch` says.
-        let gas_limit = self.block_gas_limit().await?;
         let renewals = RenewalPolicy { batch: batch_for(gas_limit, RENEW_GAS_PER_ITEM, self.renewals.batch), ..self.renewals };
         let charges = SettlementPolicy { batch: batch_for(gas_limit, CHARGE_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
         let payouts = SettlementPolicy { batch: batch_for(gas_limit, CLAIM_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
@@ -175,10 +152,11 @@ impl Engine {
 
     /// One step. With `dry_run`, nothing is written or sent: the report lists what would be planned.
     pub async fn step(&self, dry_run: bool) -> Result<StepReport, KeeperError> {
-        let now = self.chain_time().await?;
+        let head = self.sender.latest_header().await?;
+        let (now, gas_limit) = (head.timestamp as i64, head.gas_limit);
         let mut report = StepReport { now, ..StepReport::default() };
         if dry_run {
-            report.actions = self.plan_all(now).await?.into_iter().map(|a| a.key).collect();
+            report.actions = self.plan_all(now, gas_limit).await?.into_iter().map(|a| a.key).collect();
             return Ok(report);
         }
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
@@ -188,7 +166,7 @@ impl Engine {
         if self.epoch_due(now).await? {
             report.epoch = close::close_epoch(&self.pool, self.deployment.chain_id, now).await?.map(|e| e.epoch_id);
         }
-        let actions = self.plan_all(now).await?;
+        let actions = self.plan_all(now, gas_limit).await?;
         report.outbox.planned = outbox::plan(&self.pool, &actions).await?;
         report.actions = actions.into_iter().map(|a| a.key).collect();
         self.sender.send_planned(&self.pool, &mut report.outbox).await?;

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     api::{self, ApiSettings, Keeper},
     catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{AdminArgs, AdminCommand, CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
+    cli::{AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
     close::{self, CloseOptions},
     config::{Overrides, Settings},
@@ -277,7 +277,7 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         renewals::RenewalPolicy,
         settlement::SettlementPolicy,
     };
-    let (settings, pool) = open(&args.settings).await?;
+    let (settings, pool) = open(&args.chain.settings).await?;
     require_default_split(&settings)?;
     let gwei = 1_000_000_000u128;
     let fees = FeePolicy {
@@ -286,7 +286,7 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         bump_after: Duration::from_secs(args.bump_after),
         bump_percent: 20,
     };
-    let sender = connect_sender(&settings, &args.rpc_url, args.private_key_file.as_deref(), fees).await?;
+    let sender = connect_sender(&settings, &args.chain, fees).await?;
     let chain_id = sender.chain_id;
     let charge_window = subsettle_abi::Subscriptions::new(settings.deployment.subscriptions, &sender.provider)
         .chargeWindow()
@@ -342,8 +342,9 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
                 metrics.stepped();
                 tracing::info!(?report, "step");
                 // Wake early when a renewal or a period close falls due before the next interval.
-                if let Ok(next) = engine.next_due().await {
-                    pause = subsettle_keeper::engine::pause_until(report.now, next, args.interval);
+                match engine.next_due().await {
+                    Ok(next) => pause = subsettle_keeper::engine::pause_until(report.now, next, args.interval),
+                    Err(error) => tracing::warn!(%error, "could not read when work falls due; waiting the full interval"),
                 }
             }
             Err(error) => tracing::error!(%error, "step failed; retrying next interval"),
@@ -398,12 +399,12 @@ async fn run_status(overrides: Overrides) -> anyhow::Result<()> {
 /// The signer on the deployment's chain, refusing a node of another chain.
 async fn connect_sender(
     settings: &Settings,
-    rpc_url: &str,
-    key_file: Option<&std::path::Path>,
+    chain: &ChainArgs,
     fees: subsettle_keeper::outbox::FeePolicy,
 ) -> anyhow::Result<subsettle_keeper::outbox::Sender> {
     use alloy::providers::{Provider, ProviderBuilder};
-    let key = OperatorKey::load(key_file)?;
+    let key = OperatorKey::load(chain.private_key_file.as_deref())?;
+    let rpc_url = chain.rpc_url.as_str();
     let url = rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{rpc_url}` is not a URL"))?;
     let provider = ProviderBuilder::new().connect_http(url).erased();
     let chain_id = provider.get_chain_id().await.context("eth_chainId")?;
@@ -424,7 +425,7 @@ fn base_units(field: &str, value: Decimal, decimals: u32) -> anyhow::Result<u128
 
 async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
     use subsettle_keeper::admin::{AdminAction, execute};
-    let (settings, pool) = open(&args.settings).await?;
+    let (settings, pool) = open(&args.chain.settings).await?;
     let decimals = settings.decimals;
     let action = match args.action {
         AdminCommand::CreatePlan { price, period, grace } => AdminAction::CreatePlan { price: base_units("price", price, decimals)?, period, grace },
@@ -451,7 +452,7 @@ async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::SetKeeper { keeper } => AdminAction::SetKeeper { keeper },
     };
     action.validate()?;
-    let sender = connect_sender(&settings, &args.rpc_url, args.private_key_file.as_deref(), Default::default()).await?;
+    let sender = connect_sender(&settings, &args.chain, Default::default()).await?;
     let request_id = format!("{}", Clock::System.now_ms());
     let outcomes = execute(&pool, &sender, &settings.deployment, &action, &request_id, Duration::from_secs(120)).await?;
     println!("{}", serde_json::to_string_pretty(&outcomes)?);

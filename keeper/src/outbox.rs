@@ -152,14 +152,19 @@ impl Sender {
         Ok(used.map_or(0, |n| n as u64 + 1).max(chain))
     }
 
-    async fn fees(&self) -> Result<(u128, u128), KeeperError> {
+    /// The latest block's header: chain time, gas limit and base fee all come from it.
+    pub async fn latest_header(&self) -> Result<alloy::rpc::types::Header, KeeperError> {
         let block = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Latest)
             .await
             .map_err(rpc("eth_getBlockByNumber"))?
             .ok_or_else(|| KeeperError::Chain { action: "eth_getBlockByNumber", message: "no latest block".into() })?;
-        let base = u128::from(block.header.base_fee_per_gas.unwrap_or(1_000_000_000));
+        Ok(block.header)
+    }
+
+    async fn fees(&self) -> Result<(u128, u128), KeeperError> {
+        let base = u128::from(self.latest_header().await?.base_fee_per_gas.unwrap_or(1_000_000_000));
         let max_fee = (base * 2 + self.fees.priority_fee).min(self.fees.max_fee_cap);
         Ok((max_fee, self.fees.priority_fee.min(max_fee)))
     }

@@ -208,23 +208,25 @@ enum LineFilter {
 }
 
 async fn load_lines(pool: &PgPool, chain_id: u64, filter: LineFilter) -> Result<Vec<RawLine>, KeeperError> {
-    let (condition, subscriber, epoch) = match filter {
-        LineFilter::Subscriber(address) => ("c.subscriber = $2", address.to_vec(), 0i64),
-        LineFilter::Epoch(epoch) => ("e.epoch_id = $3", Vec::new(), epoch as i64),
+    let condition = match filter {
+        LineFilter::Subscriber(_) => "c.subscriber = $2",
+        LineFilter::Epoch(_) => "e.epoch_id = $2",
     };
-    let rows: Vec<LineRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let query = sqlx::query_as::<_, LineRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT c.close_id, c.subscription_id, c.period_index, c.usage_root, l.line_no, l.model_id, l.meter,
                 l.price_effective_at, l.unit_price, l.per_units, l.split_id::TEXT AS split_id, l.adjustment_of, l.quantity,
                 l.included_quantity, l.value, l.included_value, l.overage_amount::TEXT AS overage_amount,
                 l.attributed::TEXT AS attributed, l.leaf, e.epoch_id
          FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
          LEFT JOIN keeper.epoch_closes e USING (close_id)
-         WHERE c.chain_id = $1 AND {condition} AND length($2) >= 0 AND $3 >= 0
+         WHERE c.chain_id = $1 AND {condition}
          ORDER BY e.epoch_id NULLS LAST, c.subscription_id, c.period_index, l.line_no"
     )))
-    .bind(chain_id as i64)
-    .bind(subscriber)
-    .bind(epoch)
+    .bind(chain_id as i64);
+    let rows: Vec<LineRecord> = match filter {
+        LineFilter::Subscriber(address) => query.bind(address.to_vec()),
+        LineFilter::Epoch(epoch) => query.bind(epoch as i64),
+    }
     .fetch_all(pool)
     .await?;
     rows.into_iter()

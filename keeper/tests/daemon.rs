@@ -20,6 +20,20 @@ fn keeper(market: &Market, deployment: &std::path::Path) -> Command {
     command
 }
 
+/// Sends SIGTERM and waits up to `secs` for the process to exit.
+async fn stop_with_sigterm(child: &mut std::process::Child, what: &str, secs: u64) -> std::process::ExitStatus {
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn serve_takes_usage_answers_entitlement_and_stops_on_sigterm() {
     let market = Market::start(1, 0).await;
@@ -71,16 +85,7 @@ async fn serve_takes_usage_answers_entitlement_and_stops_on_sigterm() {
         client.get(format!("http://{addr}/v1/entitlement/{}", market.subscribers[0].0)).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer["entitled"], true, "{answer}");
 
-    let stopped = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(stopped.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop_with_sigterm(&mut child, "serve", 10).await;
     assert!(status.success(), "{status}");
 }
 
@@ -140,8 +145,7 @@ async fn run_once_sends_due_renewals_under_the_lease_and_status_shows_them() {
     let market = Market::start(2, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
-    let key = dir.path().join("keeper.key");
-    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let key = market.key_file(dir.path());
     market.advance(30 * 86_400 + 60).await;
     let split = market.splits[0].to_string();
     let run = |extra: &[&str]| {
@@ -193,8 +197,7 @@ async fn kill_9_at_random_moments_ends_in_the_same_chain_state() {
     let market = Market::start(2, 50_000_000).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
-    let key = dir.path().join("keeper.key");
-    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let key = market.key_file(dir.path());
     let now = market.now();
     let (status, _) = market.usage(&json!([market.event("k-1", 0, "image-gen", "images", "600", now)])).await;
     assert_eq!(status, 200);
@@ -261,8 +264,7 @@ async fn run_serves_metrics_and_health_and_stops_on_sigterm() {
     let market = Market::start(1, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
-    let key = dir.path().join("keeper.key");
-    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let key = market.key_file(dir.path());
     market.advance(30 * 86_400 + 60).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
@@ -289,15 +291,7 @@ async fn run_serves_metrics_and_health_and_stops_on_sigterm() {
     let text = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("subsettle_keeper_actions{kind=\"renew\""), "{text}");
     assert!(text.contains("subsettle_keeper_last_step_age_seconds"), "{text}");
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop_with_sigterm(&mut child, "run", 15).await;
     assert!(status.success(), "{status}");
 }
 
@@ -306,8 +300,7 @@ async fn admin_commands_validate_send_through_the_outbox_and_print_events() {
     let market = Market::start(1, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
-    let key = dir.path().join("owner.key");
-    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let key = market.key_file(dir.path());
     let admin = |args: &[&str]| {
         let out = keeper(&market, &deployment)
             .args(["admin", "--rpc-url", &market.chain.endpoint()])
@@ -359,8 +352,7 @@ async fn two_keepers_only_one_sends_and_the_other_takes_over_when_it_dies() {
     let market = Market::start(2, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = common::save_deployment(&market.deployment, dir.path());
-    let key = dir.path().join("keeper.key");
-    std::fs::write(&key, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
+    let key = market.key_file(dir.path());
     let split = market.splits[0].to_string();
     let spawn = |log: &str| {
         let log = std::fs::File::create(dir.path().join(log)).unwrap();

@@ -12,21 +12,10 @@ use alloy::{primitives::U256, sol_types::SolCall};
 use market::Market;
 use subsettle_abi::SplitEscrow;
 use subsettle_keeper::{
-    outbox::{Action, FeePolicy, OutboxReport, Sender, plan},
+    outbox::{Action, OutboxReport, plan},
     renewals::{RenewalPolicy, plan_renewals},
-    signer::OperatorKey,
 };
 
-fn sender(market: &Market, dir: &std::path::Path) -> Sender {
-    let path = dir.join("operator.key");
-    std::fs::write(&path, alloy::hex::encode_prefixed(market.chain.signer(0).to_bytes())).unwrap();
-    Sender {
-        provider: market.chain.provider(0),
-        key: OperatorKey::load(Some(&path)).unwrap(),
-        chain_id: market.deployment.chain_id,
-        fees: FeePolicy::default(),
-    }
-}
 
 async fn outbox_states(market: &Market) -> Vec<(String, String, Option<String>)> {
     sqlx::query_as("SELECT kind, state, failure FROM keeper.outbox ORDER BY planned_at, action_key")
@@ -55,14 +44,14 @@ async fn due_subscriptions_are_renewed_exactly_once_across_a_crash() {
     assert!(plan_now(market.now()).await.unwrap().is_empty(), "planned subscriptions are not planned again in the slot");
 
     // The first action is signed and persisted, then the process "dies" before broadcasting it.
-    let first = sender(&market, dir.path());
+    let first = market.sender(dir.path());
     let mut report = OutboxReport::default();
     let raw = first.sign_next(&market.pool, &mut report).await.unwrap().expect("a planned action");
     assert!(!raw.is_empty());
     drop(first);
 
     // A new process: reconcile re-broadcasts what was signed, then signs and sends the rest.
-    let second = sender(&market, dir.path());
+    let second = market.sender(dir.path());
     let mut report = OutboxReport::default();
     second.reconcile(&market.pool, &mut report).await.unwrap();
     second.send_planned(&market.pool, &mut report).await.unwrap();
@@ -115,7 +104,7 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_replacement_is
     let market = Market::start(1, 0).await;
     subsettle_keeper::store::migrate(&market.pool).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut sender = sender(&market, dir.path());
+    let mut sender = market.sender(dir.path());
     sender.fees.bump_after = std::time::Duration::ZERO;
     market.advance(30 * 86_400 + 60).await;
     let provider = market.chain.provider(0);

@@ -194,22 +194,27 @@ impl Market {
         CloseOptions { chain_id: self.deployment.chain_id, late_cutoff: CUTOFF, decimals: 6, default_split: Some(self.splits[0]), batch: 100 }
     }
 
-    /// A settlement engine for this market, signing with the deployer (who is the keeper), its key in `dir`.
-    pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::engine::Engine {
-        use subsettle_keeper::{
-            outbox::{FeePolicy, Sender},
-            renewals::RenewalPolicy,
-            settlement::SettlementPolicy,
-            signer::OperatorKey,
-        };
+    /// The deployer's (owner and keeper) private key, written to a file in `dir` as the binaries read it.
+    pub fn key_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("operator.key");
         std::fs::write(&path, alloy::hex::encode_prefixed(self.chain.signer(0).to_bytes())).unwrap();
-        let sender = Sender {
+        path
+    }
+
+    /// A transaction sender signing with the deployer's key.
+    pub fn sender(&self, dir: &std::path::Path) -> subsettle_keeper::outbox::Sender {
+        subsettle_keeper::outbox::Sender {
             provider: self.chain.provider(0),
-            key: OperatorKey::load(Some(&path)).unwrap(),
+            key: subsettle_keeper::signer::OperatorKey::load(Some(&self.key_file(dir))).unwrap(),
             chain_id: self.deployment.chain_id,
-            fees: FeePolicy::default(),
-        };
+            fees: subsettle_keeper::outbox::FeePolicy::default(),
+        }
+    }
+
+    /// A settlement engine for this market, signing with the deployer (who is the keeper), its key in `dir`.
+    pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::engine::Engine {
+        use subsettle_keeper::{renewals::RenewalPolicy, settlement::SettlementPolicy};
+        let sender = self.sender(dir);
         subsettle_keeper::engine::Engine {
             pool: self.pool.clone(),
             sender,
