@@ -254,8 +254,18 @@ async fn get_entitlement(State(keeper): State<Arc<Keeper>>, Path(subscriber): Pa
     let address: Address = subscriber
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("subscriber: `{subscriber}` is not a 0x address")))?;
-    let answer = keeper.entitlements.read().expect("entitlement lock").check(address, keeper.clock.now_secs());
-    Ok(Json(answer).into_response())
+    let now = keeper.clock.now_secs();
+    let answer = keeper.entitlements.read().expect("entitlement lock").check(address, now);
+    Ok(Json(EntitlementAnswer { answer, as_of: now }).into_response())
+}
+
+/// An entitlement with the keeper's time it was judged at, so a caller can tell a stale answer.
+#[derive(serde::Serialize)]
+struct EntitlementAnswer {
+    #[serde(flatten)]
+    answer: crate::entitlement::Entitlement,
+    /// Unix seconds.
+    as_of: i64,
 }
 
 async fn list_models(State(keeper): State<Arc<Keeper>>) -> Response {

@@ -20,7 +20,7 @@ pub enum Command {
     /// Deploy the contracts (and, on a local chain, the USDC-like test token) and write the deployment file.
     Deploy(DeployArgs),
     /// Serve the HTTP API (usage ingest, entitlement, models, prices) and close periods as they end.
-    Serve(crate::config::Overrides),
+    Serve(ServeArgs),
     /// Register models and change their splits.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -52,6 +52,9 @@ pub enum Command {
         /// The statement (JSON, as `statement --format json` writes it).
         file: PathBuf,
     },
+    /// Compare the chain's views, the indexer's tables and the keeper's books; list every difference with its ids.
+    /// Read-only, no key needed. Exit code 0 when all agree, 1 on any difference, 2 when it could not run.
+    Reconcile(ReconcileArgs),
 }
 
 /// `subsettle-keeper statement`
@@ -77,6 +80,20 @@ pub struct StatementArgs {
     pub to: Option<i64>,
     /// Output format.
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
+}
+
+/// `subsettle-keeper reconcile`
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// JSON-RPC endpoint of the chain (read at the block the indexer has reached).
+    #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: String,
+    /// Output format.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     pub format: String,
 }
 
@@ -288,6 +305,19 @@ pub struct ChainArgs {
     /// File holding the signing key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
     #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
+}
+
+/// `subsettle-keeper serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: crate::config::Overrides,
+    /// Follow the clock of the chain at this JSON-RPC URL instead of the system clock: time is the system clock plus
+    /// how far the latest block is ahead of it. For a local chain whose time is moved (the demo); on a live L2
+    /// the two agree and this is not needed.
+    #[arg(long, env = "SUBSETTLE_CHAIN_CLOCK_RPC")]
+    pub chain_clock: Option<String>,
 }
 
 /// `subsettle-keeper run`

@@ -16,6 +16,7 @@
 //! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
 //! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
 //! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
+//! - [`reconcile`]: the chain's views, the indexer's tables and the keeper's books compared, every difference listed.
 
 pub mod admin;
 pub mod api;
@@ -34,6 +35,7 @@ pub mod metering;
 pub mod money;
 pub mod outbox;
 pub mod pricing;
+pub mod reconcile;
 pub mod renewals;
 pub mod settlement;
 pub mod signer;

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     api::{self, ApiSettings, Keeper},
     catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
+    cli::{AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, ServeArgs, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
     close::{self, CloseOptions},
     config::{Overrides, Settings},
@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Deploy(args) => run_deploy(args).await,
-        Command::Serve(overrides) => run_serve(overrides).await,
+        Command::Serve(args) => run_serve(args).await,
         Command::Model(command) => run_model(command).await,
         Command::Price(command) => run_price(command).await,
         Command::Usage(UsageCommand::Import { settings, file, format }) => run_import(settings, file, format).await,
@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(args) => run_admin(args).await,
         Command::Status { settings } => run_status(settings).await,
         Command::VerifyStatement { settings, file } => run_verify(settings, file).await,
+        Command::Reconcile(args) => run_reconcile(args).await,
     }
 }
 
@@ -95,16 +96,28 @@ fn close_options(settings: &Settings) -> CloseOptions {
     }
 }
 
-async fn run_serve(overrides: Overrides) -> anyhow::Result<()> {
-    let (settings, pool) = open(&overrides).await?;
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (settings, pool) = open(&args.settings).await?;
     require_default_split(&settings)?;
     if settings.api_token.is_none() {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
-    let keeper = Keeper::load(pool, api_settings(&settings), Clock::System).await?;
+    let chain_clock = match &args.chain_clock {
+        Some(url) => {
+            use alloy::providers::Provider;
+            let parsed = url.parse().map_err(|_| anyhow::anyhow!("--chain-clock: `{url}` is not a URL"))?;
+            Some(alloy::providers::ProviderBuilder::new().connect_http(parsed).erased())
+        }
+        None => None,
+    };
+    let clock = if chain_clock.is_some() { Clock::chain() } else { Clock::System };
+    let keeper = Keeper::load(pool, api_settings(&settings), clock).await?;
+    if let Some(provider) = &chain_clock {
+        follow_chain_clock(&keeper.clock, provider).await.context("--chain-clock: reading the latest block")?;
+    }
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(api::serve(keeper.clone(), settings.http_addr, stopped.clone()));
-    let background = tokio::spawn(background(keeper, settings.clone(), stopped));
+    let background = tokio::spawn(background(keeper, settings.clone(), chain_clock, stopped));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
@@ -113,8 +126,16 @@ async fn run_serve(overrides: Overrides) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Moves a chain clock to the chain's latest block.
+async fn follow_chain_clock(clock: &Clock, provider: &alloy::providers::DynProvider) -> anyhow::Result<()> {
+    use alloy::providers::Provider;
+    let block = provider.get_block_by_number(alloy::eips::BlockNumberOrTag::Latest).await?.context("the node has no latest block")?;
+    clock.observe_block(block.header.timestamp);
+    Ok(())
+}
+
 /// The refresh and period-close loop; each step finishes before shutdown is honoured.
-async fn background(keeper: Arc<Keeper>, settings: Settings, mut stopped: watch::Receiver<bool>) {
+async fn background(keeper: Arc<Keeper>, settings: Settings, chain_clock: Option<alloy::providers::DynProvider>, mut stopped: watch::Receiver<bool>) {
     let mut refresh = tokio::time::interval(Duration::from_millis(settings.refresh_interval_ms));
     let mut close = tokio::time::interval(Duration::from_secs(settings.close_interval));
     let options = close_options(&settings);
@@ -122,6 +143,11 @@ async fn background(keeper: Arc<Keeper>, settings: Settings, mut stopped: watch:
         tokio::select! {
             _ = stopped.changed() => return,
             _ = refresh.tick() => {
+                if let Some(provider) = &chain_clock
+                    && let Err(error) = follow_chain_clock(&keeper.clock, provider).await
+                {
+                    tracing::warn!(%error, "--chain-clock: could not read the latest block; keeping the previous time");
+                }
                 if let Err(error) = keeper.refresh().await {
                     tracing::warn!(%error, "refresh failed; serving the previous view");
                 }
@@ -458,6 +484,35 @@ async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&outcomes)?);
     if outcomes.iter().any(|o| o.state != "confirmed") {
         anyhow::bail!("the action did not go through; see the failure above");
+    }
+    Ok(())
+}
+
+/// Prints the reconciliation and exits 1 on any difference, 2 when it could not run. Reads only: the database
+/// session is read-only and no key is loaded.
+async fn run_reconcile(args: subsettle_keeper::cli::ReconcileArgs) -> anyhow::Result<()> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let report = async {
+        let settings = Settings::resolve(&args.settings)?;
+        let pool = store::connect_read_only(&settings.database_url, 4).await.context("connecting to Postgres")?;
+        let url = args.rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{}` is not a URL", args.rpc_url))?;
+        let provider = ProviderBuilder::new().connect_http(url).erased();
+        anyhow::Ok(subsettle_keeper::reconcile::reconcile(&pool, &provider, &settings.deployment, settings.decimals).await?)
+    }
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("reconcile could not run: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => print!("{}", subsettle_keeper::reconcile::to_table(&report)),
+    }
+    if !report.ok() {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -1,0 +1,127 @@
+//! The keeper's side: what it decided (period closes, epochs), whether its outbox saw that confirmed by the
+//! reconciled block, and every party's statement with its verification.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use alloy::primitives::{Address, B256};
+use sqlx::PgPool;
+
+use crate::{
+    KeeperError,
+    statement::{self, Party, Scope, Statement, Verification},
+};
+
+/// A period close's overage charge.
+#[derive(Debug, Clone)]
+pub(super) struct KeeperCharge {
+    /// `overage_charge`: the capped cumulative overage the keeper decided to charge.
+    pub(super) charge: String,
+    /// Whether a `charge` action covering the period was confirmed at or before the reconciled block.
+    pub(super) confirmed: bool,
+    /// The newest charge action's state, for pending work.
+    pub(super) last_state: Option<String>,
+}
+
+/// A settlement epoch.
+#[derive(Debug, Clone)]
+pub(super) struct KeeperEpoch {
+    /// Total settled over the splits.
+    pub(super) total: String,
+    /// The epoch's usage root.
+    pub(super) root: B256,
+    /// Whether `settle:<id>` was confirmed at or before the reconciled block.
+    pub(super) confirmed: bool,
+    /// The outbox state of `settle:<id>`, when planned.
+    pub(super) state: Option<String>,
+}
+
+/// The keeper's books as the checks need them.
+#[derive(Debug)]
+pub(super) struct Books {
+    /// Overage charge per closed (subscription, period).
+    pub(super) charges: BTreeMap<(u64, u64), KeeperCharge>,
+    /// Epochs by id (= settlement id).
+    pub(super) epochs: BTreeMap<u64, KeeperEpoch>,
+    /// Subscribers with a closed period.
+    pub(super) subscribers: BTreeSet<Address>,
+}
+
+impl Books {
+    pub(super) async fn load(pool: &PgPool, chain_id: u64, block: u64) -> Result<Self, KeeperError> {
+        type CloseRow = (i64, i64, Vec<u8>, String, bool, Option<String>);
+        let closes: Vec<CloseRow> = sqlx::query_as(
+            "WITH items AS (
+                 SELECT o.state, o.block_number, o.planned_at, (item ->> 'id')::BIGINT AS id, (item ->> 'period')::BIGINT AS period
+                 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item WHERE o.kind = 'charge'
+             )
+             SELECT c.subscription_id, c.period_index, c.subscriber, c.overage_charge::TEXT,
+                    EXISTS (SELECT 1 FROM items i WHERE i.id = c.subscription_id AND i.period = c.period_index
+                              AND i.state = 'confirmed' AND i.block_number <= $2),
+                    (SELECT i.state || COALESCE(' in block ' || i.block_number, '') FROM items i
+                     WHERE i.id = c.subscription_id AND i.period = c.period_index ORDER BY i.planned_at DESC LIMIT 1)
+             FROM keeper.period_closes c WHERE c.chain_id = $1",
+        )
+        .bind(chain_id as i64)
+        .bind(block as i64)
+        .fetch_all(pool)
+        .await?;
+        type EpochRow = (i64, String, Vec<u8>, Option<String>, Option<i64>);
+        let epochs: Vec<EpochRow> = sqlx::query_as(
+            "SELECT e.epoch_id, e.total::TEXT, e.usage_root, o.state, o.block_number
+             FROM keeper.epochs e LEFT JOIN keeper.outbox o ON o.action_key = 'settle:' || e.epoch_id WHERE e.chain_id = $1",
+        )
+        .bind(chain_id as i64)
+        .fetch_all(pool)
+        .await?;
+        let mut books = Self { charges: BTreeMap::new(), epochs: BTreeMap::new(), subscribers: BTreeSet::new() };
+        for (id, period, subscriber, charge, confirmed, last_state) in closes {
+            let subscriber = Address::try_from(subscriber.as_slice()).map_err(|_| KeeperError::ChainData(format!("close {id}/{period}: subscriber is not 20 bytes")))?;
+            books.subscribers.insert(subscriber);
+            books.charges.insert((id as u64, period as u64), KeeperCharge { charge, confirmed, last_state });
+        }
+        for (id, total, root, state, mined) in epochs {
+            let confirmed = state.as_deref() == Some("confirmed") && mined.is_some_and(|b| b <= block as i64);
+            let root = B256::try_from(root.as_slice()).map_err(|_| KeeperError::ChainData(format!("epoch {id}: usage root is not 32 bytes")))?;
+            books.epochs.insert(id as u64, KeeperEpoch { total, root, confirmed, state });
+        }
+        Ok(books)
+    }
+}
+
+/// A party's statement and what [`statement::verify`] found, or why it could not be built.
+#[derive(Debug)]
+pub(super) struct PartyStatement {
+    pub(super) party: Party,
+    pub(super) address: Address,
+    pub(super) outcome: Result<(Statement, Verification), String>,
+}
+
+/// Builds and verifies the statement of every subscriber and every recipient (all of time). A statement that
+/// cannot be built is an outcome to report; only a failing database stops the run.
+pub(super) async fn statements(
+    pool: &PgPool,
+    chain_id: u64,
+    decimals: u32,
+    subscribers: &[Address],
+    recipients: &[Address],
+) -> Result<Vec<PartyStatement>, KeeperError> {
+    let parties = subscribers.iter().map(|a| (Party::Subscriber, *a)).chain(recipients.iter().map(|a| (Party::Creator, *a)));
+    let mut out = Vec::new();
+    for (party, address) in parties {
+        let built = match party {
+            Party::Subscriber => statement::subscriber_statement(pool, chain_id, decimals, address, Scope::default()).await,
+            Party::Creator => statement::creator_statement(pool, chain_id, decimals, address, Scope::default()).await,
+        };
+        let outcome = match built {
+            Ok(statement) => match statement::verify(pool, &statement).await {
+                Ok(check) => Ok((statement, check)),
+                Err(e @ KeeperError::Database(_)) => return Err(e),
+                Err(e) => Err(format!("could not be verified: {e}")),
+            },
+            Err(e @ KeeperError::Database(_)) => return Err(e),
+            Err(e) => Err(format!("could not be built: {e}")),
+        };
+        out.push(PartyStatement { party, address, outcome });
+    }
+    Ok(out)
+}
