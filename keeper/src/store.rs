@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 
 use alloy::primitives::U256;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::KeeperError;
 
@@ -13,6 +16,14 @@ pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool,
     let pool = PgPoolOptions::new().max_connections(max_connections).connect(database_url).await?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Connects without migrating, in sessions where every transaction is read-only: for commands that must not
+/// write (`reconcile`). Postgres refuses any write made through this pool.
+pub async fn connect_read_only(database_url: &str, max_connections: u32) -> Result<PgPool, KeeperError> {
+    let options: PgConnectOptions = database_url.parse()?;
+    let options = options.options([("default_transaction_read_only", "on")]);
+    Ok(PgPoolOptions::new().max_connections(max_connections).connect_with(options).await?)
 }
 
 /// Applies the migrations of schema `keeper`.

@@ -1,0 +1,206 @@
+//! Reconciliation against a real chain, indexer and keeper: a month that the engine charged, settled and paid
+//! out reconciles with no difference and the expected escrow figures; then one source at a time is tampered with
+//! and the difference is found with the right ids, and goes away when the tamper is undone. The binary exits 0 on
+//! a clean state and 1, naming the recipient, after a tamper.
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+#[path = "common/market.rs"]
+mod market;
+
+use alloy::primitives::{Address, U256};
+use market::{CUTOFF, Market};
+use serde_json::{Value, json};
+use subsettle_abi::Subscriptions;
+use subsettle_keeper::reconcile::{Check, Difference, Report, reconcile, to_table};
+
+/// A month for two subscribers: subscriber 0 uses 600 images (4 USDC over the allowance), subscriber 1 prepays
+/// 100 USDC of credit that pays its renewal. The engine closes, renews, charges, settles and pays out until it
+/// has nothing left to do, and everything is indexed.
+async fn settled_month() -> (Market, tempfile::TempDir) {
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let provider = market.chain.provider(2);
+    confirm!(Subscriptions::new(market.deployment.subscriptions, &provider).deposit(U256::from(100_000_000u64)));
+    let now = market.now();
+    let (status, _) = market.usage(&json!([market.event("r-1", 0, "image-gen", "images", "600", now)])).await;
+    assert_eq!(status, 200);
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    for _ in 0..8 {
+        let step = engine.step(false).await.unwrap();
+        market.sync().await;
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
+        if step.actions.is_empty() && open == 0 {
+            let claims: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.claims WHERE succeeded").fetch_one(&market.pool).await.unwrap();
+            assert!(claims > 0, "the month was paid out");
+            return (market, dir);
+        }
+    }
+    panic!("the engine did not finish the month in 8 steps");
+}
+
+/// Reconciles through a read-only connection: any write would fail.
+async fn reconciled(market: &Market) -> Report {
+    let pool = subsettle_keeper::store::connect_read_only(market.db.url(), 2).await.unwrap();
+    reconcile(&pool, &market.operator(), &market.deployment, 6).await.unwrap()
+}
+
+/// Runs one tamper (or its undo) that must touch exactly one row.
+async fn execute<T>(market: &Market, sql: &str, bind: T)
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+{
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(bind).execute(&market.pool).await.unwrap();
+    assert_eq!(done.rows_affected(), 1, "{sql}");
+}
+
+fn found(report: &Report, check: Check, matches: impl Fn(&Difference) -> bool) -> &Difference {
+    report.differences.iter().find(|d| d.check == check && matches(d)).unwrap_or_else(|| panic!("no {check:?} difference in\n{}", to_table(report)))
+}
+
+fn assert_clean(report: &Report) {
+    assert!(report.ok(), "{}", to_table(report));
+}
+
+#[tokio::test]
+async fn a_settled_month_reconciles_with_no_difference_and_the_expected_escrow_figures() {
+    let (market, _dir) = settled_month().await;
+    let report = reconciled(&market).await;
+    assert_clean(&report);
+    assert!(report.pending.is_empty(), "{}", to_table(&report));
+    // In: 2 x 79 subscribed, 2 x 79 renewed (one from credit), 4 overage = 320. Settled and paid out: 162.
+    let usdc = |n: u64| U256::from(n * 1_000_000);
+    let escrow = &report.escrow;
+    assert_eq!((escrow.total_revenue, escrow.unallocated, escrow.total_claimable), (usdc(320), usdc(158), U256::ZERO));
+    assert_eq!((escrow.token_balance, escrow.surplus, escrow.credit_owed_to_escrow, escrow.solvent), (usdc(158), U256::ZERO, U256::ZERO, true));
+    assert_eq!((report.indexed.unallocated.as_str(), report.indexed.settled), ("158000000", usdc(162)));
+    let checked = |check: Check| report.sections.iter().find(|s| s.check == check).unwrap().checked;
+    // Three splits of three recipients (five distinct) plus the two totals; two subscribers; one charged period.
+    assert_eq!(checked(Check::Claimable), 7);
+    assert_eq!(checked(Check::Credit), 2);
+    assert!(checked(Check::Charged) >= 1 && checked(Check::Statement) == 7, "{}", to_table(&report));
+    assert!(to_table(&report).contains("all sources agree"));
+}
+
+#[tokio::test]
+async fn work_the_keeper_sent_but_has_not_seen_confirmed_is_pending_not_a_difference() {
+    let market = Market::start(1, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    let (status, _) = market.usage(&json!([market.event("p-1", 0, "image-gen", "images", "600", now)])).await;
+    assert_eq!(status, 200);
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    // One step closes the period, gathers epoch 1 and sends the renewal and the charge; the chain has them
+    // (indexed), the keeper's outbox has not matched their receipts yet and the epoch waits for the charge.
+    let step = engine.step(false).await.unwrap();
+    assert_eq!(step.epoch, Some(1), "{step:?}");
+    market.sync().await;
+    let report = reconciled(&market).await;
+    assert_clean(&report);
+    let subscription = market.subscribers[0].1;
+    let charge = report.pending.iter().find(|p| p.check == Check::Charged && p.ids.subscription_id == Some(subscription) && p.ids.period == Some(0));
+    assert!(charge.is_some_and(|p| p.detail.contains("4000000") && p.detail.contains("sent")), "{}", to_table(&report));
+    assert!(report.pending.iter().any(|p| p.check == Check::Settlement && p.ids.settlement_id == Some(1)), "{}", to_table(&report));
+    assert!(to_table(&report).contains("pending (not confirmed by block"));
+}
+
+#[tokio::test]
+async fn a_tampered_usage_charge_is_a_charged_difference_naming_its_subscription_and_period() {
+    let (market, _dir) = settled_month().await;
+    let subscription = market.subscribers[0].1;
+    let id = subscription.to_string();
+    let tamper = "UPDATE chain.usage_charges SET charged_in_period = charged_in_period + 1, amount = amount + 1
+                  WHERE subscription_id = $1::NUMERIC";
+    execute(&market, tamper, id.clone()).await;
+    let report = reconciled(&market).await;
+    let difference = found(&report, Check::Charged, |d| d.ids.subscription_id == Some(subscription) && d.ids.period == Some(0));
+    assert_eq!(
+        (difference.chain.as_deref(), difference.indexer.as_deref(), difference.keeper.as_deref()),
+        (Some("4000000"), Some("4000001"), Some("4000000"))
+    );
+    // The extra unit also shows in the revenue the index implies.
+    let unallocated = found(&report, Check::Unallocated, |d| d.ids.figure == Some("unallocated()"));
+    assert_eq!((unallocated.chain.as_deref(), unallocated.indexer.as_deref()), (Some("158000000"), Some("158000001")));
+
+    let undo = "UPDATE chain.usage_charges SET charged_in_period = charged_in_period - 1, amount = amount - 1
+                WHERE subscription_id = $1::NUMERIC";
+    execute(&market, undo, id).await;
+    assert_clean(&reconciled(&market).await);
+}
+
+#[tokio::test]
+async fn a_tampered_credit_is_a_claimable_difference_naming_its_recipient() {
+    let (market, _dir) = settled_month().await;
+    let recipient: Vec<u8> =
+        sqlx::query_scalar("SELECT recipient FROM chain.credits ORDER BY amount DESC LIMIT 1").fetch_one(&market.pool).await.unwrap();
+    let address = Address::from_slice(&recipient);
+    execute(&market, "UPDATE chain.credits SET amount = amount + 1 WHERE recipient = $1", recipient.clone()).await;
+    let report = reconciled(&market).await;
+    let difference = found(&report, Check::Claimable, |d| d.ids.recipient == Some(address));
+    assert_eq!((difference.chain.as_deref(), difference.indexer.as_deref(), difference.keeper.as_deref()), (Some("0"), Some("1"), Some("0")));
+    let total = found(&report, Check::Claimable, |d| d.ids.figure == Some("totalClaimable()"));
+    assert_eq!((total.chain.as_deref(), total.indexer.as_deref()), (Some("0"), Some("1")));
+    // The recipient's statement no longer matches what the index says the chain credited.
+    found(&report, Check::Statement, |d| d.ids.recipient == Some(address));
+
+    execute(&market, "UPDATE chain.credits SET amount = amount - 1 WHERE recipient = $1", recipient).await;
+    assert_clean(&reconciled(&market).await);
+}
+
+#[tokio::test]
+async fn a_tampered_usage_line_is_a_statement_difference_naming_its_subscriber() {
+    let (market, _dir) = settled_month().await;
+    let (wallet, subscription) = market.subscribers[0];
+    let line = "(close_id, line_no) = (SELECT l.close_id, MIN(l.line_no) FROM keeper.usage_lines l
+                  JOIN keeper.period_closes c USING (close_id) WHERE c.subscriber = $1 AND c.period_index = 0 GROUP BY l.close_id)";
+    execute(&market, &format!("UPDATE keeper.usage_lines SET attributed = attributed + 1 WHERE {line}"), wallet.to_vec()).await;
+    let report = reconciled(&market).await;
+    let line_of_the_period = format!("line {subscription}/0/");
+    found(&report, Check::Statement, |d| d.ids.subscriber == Some(wallet) && d.keeper.as_deref().is_some_and(|p| p.contains(&line_of_the_period)));
+    // The chain and the index still agree with each other on what was charged.
+    assert!(!report.differences.iter().any(|d| d.check == Check::Charged), "{}", to_table(&report));
+
+    execute(&market, &format!("UPDATE keeper.usage_lines SET attributed = attributed - 1 WHERE {line}"), wallet.to_vec()).await;
+    assert_clean(&reconciled(&market).await);
+}
+
+#[tokio::test]
+async fn the_binary_exits_0_when_all_agree_and_1_naming_the_recipient_after_a_tamper() {
+    let (market, dir) = settled_month().await;
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let run = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"))
+            .args(["reconcile", "--rpc-url", &market.chain.endpoint(), "--format", format])
+            .env("DATABASE_URL", market.db.url())
+            .env("SUBSETTLE_DEPLOYMENT", &deployment)
+            .env("RUST_LOG", "warn")
+            .env_remove("SUBSETTLE_PRIVATE_KEY")
+            .env_remove("SUBSETTLE_PRIVATE_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let clean = run("table");
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(clean.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&clean.stderr));
+    assert!(stdout.contains("all sources agree") && stdout.contains("claimable     7 checked, 0 differ"), "{stdout}");
+
+    let recipient: Vec<u8> =
+        sqlx::query_scalar("SELECT recipient FROM chain.credits ORDER BY amount DESC LIMIT 1").fetch_one(&market.pool).await.unwrap();
+    let address = Address::from_slice(&recipient);
+    execute(&market, "UPDATE chain.credits SET amount = amount + 1 WHERE recipient = $1", recipient).await;
+    let tampered = run("table");
+    let stdout = String::from_utf8_lossy(&tampered.stdout);
+    assert_eq!(tampered.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&tampered.stderr));
+    assert!(stdout.contains(&format!("recipient {address}: chain 0, indexer 1, keeper 0")), "{stdout}");
+
+    let json = run("json");
+    assert_eq!(json.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let claimable: Vec<&Value> = report["differences"].as_array().unwrap().iter().filter(|d| d["check"] == "claimable").collect();
+    let named = claimable.iter().any(|d| d["ids"]["recipient"].as_str().is_some_and(|r| r.eq_ignore_ascii_case(&address.to_string())));
+    assert!(named, "{report}");
+    assert_eq!(report["escrow"]["unallocated"], "158000000");
+}
