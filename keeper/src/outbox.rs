@@ -92,6 +92,8 @@ pub struct OutboxReport {
     pub failed: u64,
     /// Transactions re-signed with higher fees.
     pub bumped: u64,
+    /// Rows whose nonce a transaction this keeper did not sign used up: planned again, for a new nonce.
+    pub resigned: u64,
 }
 
 fn rpc(action: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> KeeperError {
@@ -257,8 +259,25 @@ impl Sender {
         Ok(())
     }
 
+    /// Puts a sent action whose nonce was used by someone else back to `planned` (its hashes stay, for the record).
+    async fn plan_again(&self, pool: &PgPool, key: &str, nonce: i64) -> Result<(), KeeperError> {
+        let why = format!("nonce {nonce} was used by a transaction this keeper did not sign; planned again for a new nonce");
+        sqlx::query(
+            "UPDATE keeper.outbox SET state = 'planned', nonce = NULL, raw_tx = NULL, sent_at = NULL, failure = $2
+             WHERE action_key = $1 AND state = 'sent'",
+        )
+        .bind(key)
+        .bind(&why)
+        .execute(pool)
+        .await?;
+        tracing::warn!(action = %key, nonce, "{why}");
+        Ok(())
+    }
+
     /// Matches every sent action to its receipt: confirmed, failed (reverted, with the error name), or still
-    /// pending, then re-broadcast, or re-signed with higher fees after `bump_after`.
+    /// pending, then re-broadcast, or re-signed with higher fees after `bump_after`. An action whose nonce was used
+    /// by a transaction this keeper never signed (the same key used elsewhere) can no longer be mined: it is
+    /// planned again, to be signed with a new nonce; the contracts make a repeated effect a no-op.
     pub async fn reconcile(&self, pool: &PgPool, report: &mut OutboxReport) -> Result<(), KeeperError> {
         type SentRow = (String, Vec<u8>, Vec<u8>, i64, i64, String, String, Vec<Vec<u8>>, Vec<u8>, f64);
         let rows: Vec<SentRow> = sqlx::query_as(
@@ -269,6 +288,12 @@ impl Sender {
         .bind(self.address().as_slice())
         .fetch_all(pool)
         .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Read before the receipts: a nonce below this count with none of our receipts was used by another
+        // transaction (had ours been mined first, its receipt would be found below).
+        let used_nonces = self.provider.get_transaction_count(self.address()).await.map_err(rpc("eth_getTransactionCount"))?;
         for (key, target, calldata, nonce, gas_limit, max_fee, priority, hashes, raw, age) in rows {
             let mut mined = None;
             for hash in hashes.iter().rev() {
@@ -306,6 +331,11 @@ impl Sender {
                 .bind(receipt.gas_used as i64)
                 .execute(pool)
                 .await?;
+                continue;
+            }
+            if (nonce as u64) < used_nonces {
+                self.plan_again(pool, &key, nonce).await?;
+                report.resigned += 1;
                 continue;
             }
             if age < self.fees.bump_after.as_secs_f64() {

@@ -136,3 +136,45 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_replacement_is
     let renewals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.renewals").fetch_one(&market.pool).await.unwrap();
     assert_eq!(renewals, 1);
 }
+
+#[tokio::test]
+async fn an_action_whose_nonce_another_transaction_used_is_signed_again_and_applied_once() {
+    use alloy::{network::TransactionBuilder, providers::Provider, rpc::types::TransactionRequest};
+    let market = Market::start(2, 0).await;
+    subsettle_keeper::store::migrate(&market.pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sender = market.sender(dir.path());
+    market.advance(30 * 86_400 + 60).await;
+    let provider = market.chain.provider(0);
+    let actions =
+        plan_renewals(&market.pool, &provider, market.deployment.chain_id, market.deployment.subscriptions, RenewalPolicy::default(), market.now())
+            .await
+            .unwrap();
+    plan(&market.pool, &actions).await.unwrap();
+
+    // Signed and stored, but the process dies before broadcasting; meanwhile the same key is used elsewhere.
+    let mut report = OutboxReport::default();
+    sender.sign_next(&market.pool, &mut report).await.unwrap().expect("a planned action");
+    let taken: i64 = sqlx::query_scalar("SELECT nonce FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();
+    let foreign = TransactionRequest::default().with_to(market.chain.address(0)).with_nonce(taken as u64);
+    let hash = *provider.send_transaction(foreign).await.unwrap().tx_hash();
+    common::receipt(&provider, hash).await;
+
+    // The signed transaction can never be mined now: reconcile plans it again instead of waiting forever.
+    let mut report = OutboxReport::default();
+    sender.reconcile(&market.pool, &mut report).await.unwrap();
+    assert_eq!(report.resigned, 1, "{report:?}");
+    let (state, nonce, failure): (String, Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT state, nonce, failure FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();
+    assert_eq!((state.as_str(), nonce), ("planned", None));
+    assert!(failure.unwrap().contains(&format!("nonce {taken} was used")));
+
+    sender.send_planned(&market.pool, &mut report).await.unwrap();
+    sender.reconcile(&market.pool, &mut report).await.unwrap();
+    assert_eq!((report.sent, report.confirmed, report.failed), (1, 1, 0), "{report:?}");
+    let (state, nonce): (String, i64) = sqlx::query_as("SELECT state, nonce FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();
+    assert_eq!((state.as_str(), nonce), ("confirmed", taken + 1), "signed again with the next free nonce");
+    market.sync().await;
+    let renewals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.renewals").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(renewals, 2, "each subscription renewed once");
+}
