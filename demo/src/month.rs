@@ -283,8 +283,10 @@ impl Month {
         let threshold = self.policy.payout_threshold.to_string();
         let threshold = &threshold;
         wait_for(progress, "every epoch is settled and every balance above the payout threshold is paid", self.policy.timeout, || async move {
-            let (unsettled, open, unpaid): (i64, i64, i64) = sqlx::query_as(
-                "SELECT (SELECT COUNT(*) FROM keeper.epochs e WHERE NOT EXISTS
+            let (ungathered, unsettled, open, unpaid): (i64, i64, i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM keeper.period_closes c WHERE NOT EXISTS
+                           (SELECT 1 FROM keeper.epoch_closes e WHERE e.close_id = c.close_id)),
+                        (SELECT COUNT(*) FROM keeper.epochs e WHERE NOT EXISTS
                            (SELECT 1 FROM chain.settlements s WHERE s.settlement_id = e.epoch_id)),
                         (SELECT COUNT(*) FROM keeper.outbox WHERE state IN ('planned', 'sent')),
                         (SELECT COUNT(*) FROM chain.recipient_balances WHERE claimable >= $1::NUMERIC)",
@@ -292,9 +294,9 @@ impl Month {
             .bind(threshold)
             .fetch_one(&self.pool)
             .await?;
-            let epochs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.epochs").fetch_one(&self.pool).await?;
-            Ok((epochs == 0 || unsettled + open + unpaid > 0)
-                .then(|| format!("{unsettled} epochs to settle, {open} transactions in flight, {unpaid} payouts due")))
+            Ok((ungathered + unsettled + open + unpaid > 0).then(|| {
+                format!("{ungathered} closes not in an epoch, {unsettled} epochs to settle, {open} transactions in flight, {unpaid} payouts due")
+            }))
         })
         .await
     }

@@ -1,9 +1,9 @@
 //! Period close: once a paid period has ended and the late-event cutoff has passed, its usage is priced, the
 //! collected amount attributed, the lines committed to a Merkle root and the result written once. Events that
 //! arrive later for a closed period are billed by the next close of the subscription as adjustment lines.
-//! Settlement epochs then gather the closes not yet settled into one amount per split.
+//! Settlement epochs ([`crate::epoch`]) then gather the closes into one amount per split.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use alloy::{
     primitives::{B256, U256},
@@ -352,92 +352,4 @@ impl LineColumns {
         .await?;
         Ok(())
     }
-}
-
-/// A settlement epoch as written.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Epoch {
-    /// Epoch number (the on-chain settlement id).
-    pub epoch_id: u64,
-    /// Start of the epoch window: the previous epoch's end, or the earliest period start of the first epoch.
-    pub start: i64,
-    /// End of the window (the time the epoch was gathered): the split versions in force then apply.
-    pub end: i64,
-    /// Merkle root over the lines of all its closes.
-    pub usage_root: B256,
-    /// Amount per split, base units.
-    pub splits: BTreeMap<u64, u128>,
-    /// Sum of the amounts.
-    pub total: u128,
-    /// Closes gathered.
-    pub closes: usize,
-}
-
-/// Gathers every close not yet in an epoch into a new epoch; `None` when there is none.
-pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64) -> Result<Option<Epoch>, KeeperError> {
-    let mut tx = pool.begin().await?;
-    // One epoch closer at a time: the epoch number and the set of closes are decided under this lock.
-    sqlx::query("LOCK TABLE keeper.epochs IN EXCLUSIVE MODE").execute(&mut *tx).await?;
-    let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT c.close_id, l.split_id::TEXT, l.attributed::TEXT, l.leaf
-         FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
-         WHERE c.chain_id = $1 AND NOT EXISTS (SELECT 1 FROM keeper.epoch_closes e WHERE e.close_id = c.close_id)",
-    )
-    .bind(chain_id as i64)
-    .fetch_all(&mut *tx)
-    .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut splits: BTreeMap<u64, u128> = BTreeMap::new();
-    let mut close_ids = Vec::new();
-    let mut leaves = Vec::with_capacity(rows.len());
-    for (close_id, split, attributed, leaf) in rows {
-        let amount = crate::store::numeric_u128(&attributed, "attributed")?;
-        if amount > 0 {
-            *splits.entry(crate::store::numeric_u64(&split, "split_id")?).or_default() += amount;
-        }
-        close_ids.push(close_id);
-        leaves.push(B256::from_slice(&leaf));
-    }
-    close_ids.sort_unstable();
-    close_ids.dedup();
-    let total: u128 = splits.values().sum();
-    let usage_root = MerkleTree::new(&leaves).root();
-    let (epoch_id, previous_end): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COALESCE(MAX(epoch_id), 0) + 1, MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
-            .bind(chain_id as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-    let first_start: i64 = sqlx::query_scalar("SELECT MIN(period_start) FROM keeper.period_closes WHERE close_id = ANY($1)")
-        .bind(&close_ids)
-        .fetch_one(&mut *tx)
-        .await?;
-    let start = previous_end.unwrap_or(first_start).min(now);
-    sqlx::query(
-        "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5, $6::NUMERIC)",
-    )
-        .bind(epoch_id)
-        .bind(chain_id as i64)
-        .bind(start)
-        .bind(now)
-        .bind(usage_root.as_slice())
-        .bind(total.to_string())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO keeper.epoch_closes (epoch_id, close_id) SELECT $1, UNNEST($2::BIGINT[])")
-        .bind(epoch_id)
-        .bind(&close_ids)
-        .execute(&mut *tx)
-        .await?;
-    let split_ids: Vec<String> = splits.keys().map(u64::to_string).collect();
-    let amounts: Vec<String> = splits.values().map(u128::to_string).collect();
-    sqlx::query("INSERT INTO keeper.epoch_splits (epoch_id, split_id, amount) SELECT $1, * FROM UNNEST($2::NUMERIC[], $3::NUMERIC[])")
-        .bind(epoch_id)
-        .bind(&split_ids)
-        .bind(&amounts)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len() }))
 }

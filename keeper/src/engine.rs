@@ -10,6 +10,7 @@ use subsettle_abi::Deployment;
 use crate::{
     KeeperError, catalog,
     close::{self, CloseOptions},
+    epoch::{self, EpochScope},
     outbox::{self, Action, OutboxReport, Sender},
     renewals::{RenewalPolicy, plan_renewals},
     settlement::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
@@ -164,7 +165,8 @@ impl Engine {
         let snapshot = catalog::load(&self.pool).await?;
         report.periods_closed = close::close_due_periods(&self.pool, &snapshot, &self.close, now).await?.periods;
         if self.epoch_due(now).await? {
-            report.epoch = close::close_epoch(&self.pool, self.deployment.chain_id, now).await?.map(|e| e.epoch_id);
+            let scope = EpochScope::Collected { charge_window: self.settlement.charge_window };
+            report.epoch = epoch::close_epoch(&self.pool, self.deployment.chain_id, now, scope).await?.map(|e| e.epoch_id);
         }
         let actions = self.plan_all(now, gas_limit).await?;
         report.outbox.planned = outbox::plan(&self.pool, &actions).await?;

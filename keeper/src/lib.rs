@@ -8,7 +8,8 @@
 //! - [`catalog`], [`pricing`], [`money`]: models, meters, the price book, and the one rounding rule.
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
-//! - [`close`], [`merkle`]: period close, attribution to splits, usage roots, settlement epochs.
+//! - [`close`], [`merkle`]: period close, attribution to splits, usage roots.
+//! - [`epoch`]: settlement epochs gathered from the closes, one amount per split.
 //! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
 //! - [`admin`]: the operator's owner actions, validated and sent through the outbox.
 //! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod entitlement;
+pub mod epoch;
 pub mod import;
 pub mod merkle;
 pub mod metrics;

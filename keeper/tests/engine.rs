@@ -36,17 +36,20 @@ async fn a_period_is_charged_settled_paid_out_and_renewed_exactly_once() {
     assert_eq!(count(&market, "SELECT COUNT(*) FROM keeper.outbox").await, 0, "a dry run writes nothing");
     assert!(dry.actions.iter().any(|k| k.starts_with("renew:")), "{dry:?}");
 
-    // Step 1: close both periods, gather the epoch, renew both subscriptions, charge the overage.
+    // Step 1: close both periods, renew both subscriptions, charge the overage. The epoch waits for the charge.
     let first = engine.step(false).await.unwrap();
-    assert_eq!((first.periods_closed, first.epoch), (2, Some(1)), "{first:?}");
+    assert_eq!((first.periods_closed, first.epoch), (2, None), "{first:?}");
     let kinds: Vec<&str> = first.actions.iter().map(|k| k.split(':').next().unwrap()).collect();
     assert_eq!(kinds, ["renew", "charge"], "the settlement waits for the charge: {first:?}");
     assert_eq!(first.outbox.sent, 2);
+    // Confirmed but not indexed yet: still on its way, so still no epoch.
+    let waiting = engine.step(false).await.unwrap();
+    assert_eq!((waiting.outbox.confirmed, waiting.epoch), (2, None), "{waiting:?}");
 
-    // Step 2: the charge is indexed, so the epoch settles.
+    // Step 2: the charge is indexed, so the epoch gathers both closes and settles.
     market.sync().await;
     let second = engine.step(false).await.unwrap();
-    assert_eq!(second.outbox.confirmed, 2, "{second:?}");
+    assert_eq!(second.epoch, Some(1), "{second:?}");
     assert_eq!(second.actions, ["settle:1"]);
 
     // Step 3: credits are indexed; recipients above 1 USDC are paid.
@@ -121,7 +124,7 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
 
     market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
     let step = engine.step(false).await.unwrap();
-    assert_eq!((step.periods_closed, step.epoch), (4, Some(1)), "{step:?}");
+    assert_eq!((step.periods_closed, step.epoch), (4, None), "the epoch waits for the two charges: {step:?}");
     market.sync().await;
     let status_of = |i: usize| {
         let pool = market.pool.clone();
@@ -182,4 +185,70 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
         let on_chain = claimable.map_or(0, |c| c.parse::<u128>().unwrap()) + claimed.map_or(0, |c| c.parse::<u128>().unwrap());
         assert_eq!(on_chain, credited, "{address}: claimable plus claimed equals the statement");
     }
+}
+
+#[tokio::test]
+async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epoch_once_collected() {
+    use alloy::primitives::U256;
+    use subsettle_abi::TestUSDC;
+
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    // Both use 600 images: 4 USDC over the allowance each.
+    let events = json!([market.event("f-0", 0, "image-gen", "images", "600", now), market.event("f-1", 1, "image-gen", "images", "600", now)]);
+    assert_eq!(market.usage(&events).await.0, 200);
+    // Subscriber 1 empties its wallet: its renewal and its overage charge will fail.
+    let provider = market.chain.provider(2);
+    let token = TestUSDC::new(market.deployment.token, &provider);
+    let balance = token.balanceOf(market.subscribers[1].0).call().await.unwrap();
+    confirm!(token.transfer(market.chain.address(9), balance));
+
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let first = engine.step(false).await.unwrap();
+    assert_eq!((first.periods_closed, first.epoch), (2, None), "{first:?}");
+    market.sync().await;
+    let failures: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.usage_charge_failures").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(failures, 1, "subscriber 1's charge failed on chain");
+
+    // The epoch gathers subscriber 0's close only, and settles it: one empty wallet does not hold back the rest.
+    let second = engine.step(false).await.unwrap();
+    assert_eq!(second.epoch, Some(1), "{second:?}");
+    assert_eq!(second.actions, ["settle:1"]);
+    market.sync().await;
+    let settled = |id: i64| {
+        let pool = market.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT total::TEXT FROM chain.settlements WHERE settlement_id = $1::NUMERIC")
+                .bind(id.to_string())
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(settled(1).await.as_deref(), Some("83000000"), "79 USDC fee + 4 USDC overage of subscriber 0");
+    let waiting: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.subscription_id FROM keeper.period_closes c WHERE NOT EXISTS (SELECT 1 FROM keeper.epoch_closes e WHERE e.close_id = c.close_id)",
+    )
+    .fetch_all(&market.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, [market.subscribers[1].1 as i64], "subscriber 1's close waits for its money");
+
+    // Subscriber 1 tops up; the next retry slot collects the charge (and renews), and the next epoch settles it.
+    let operator = market.operator();
+    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(market.subscribers[1].0, U256::from(200_000_000u64)));
+    market.advance(3_700).await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    market.advance(86_400).await;
+    let mut epoch = None;
+    for _ in 0..4 {
+        let step = engine.step(false).await.unwrap();
+        epoch = epoch.or(step.epoch);
+        market.sync().await;
+    }
+    assert_eq!(epoch, Some(2));
+    assert_eq!(settled(2).await.as_deref(), Some("83000000"), "subscriber 1's fee and overage, once collected");
 }

@@ -1,0 +1,183 @@
+//! Settlement epochs: closes not yet settled, gathered into one amount per split and one Merkle root over all
+//! their lines; the epoch id is the on-chain settlement id. Which closes an epoch may gather is an
+//! [`EpochScope`]: the settlement engine gathers only revenue the chain has collected.
+
+use std::collections::BTreeMap;
+
+use alloy::primitives::B256;
+use sqlx::PgPool;
+
+use crate::{KeeperError, merkle::MerkleTree};
+
+/// A settlement epoch as written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Epoch {
+    /// Epoch number (the on-chain settlement id).
+    pub epoch_id: u64,
+    /// Start of the epoch window: the previous epoch's end, or the earliest period start of the first epoch.
+    pub start: i64,
+    /// End of the window (the time the epoch was gathered): the split versions in force then apply.
+    pub end: i64,
+    /// Merkle root over the lines of all its closes.
+    pub usage_root: B256,
+    /// Amount per split, base units.
+    pub splits: BTreeMap<u64, u128>,
+    /// Sum of the amounts.
+    pub total: u128,
+    /// Closes gathered.
+    pub closes: usize,
+}
+
+/// Which closes an epoch gathers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochScope {
+    /// Every close not yet in an epoch (`close --epoch`: the operator posts the charges and the settlement).
+    AllClosed,
+    /// Only closes whose revenue the chain has collected, as the indexer shows it (the settlement engine), so that
+    /// a charge that fails (an empty wallet, a blacklisted subscriber) holds back its own close and not everyone
+    /// else's settlement. While a charge is still on its way the epoch waits; a close whose charge attempt ended
+    /// without collecting, or whose charge window has passed, is left out and joins a later epoch if the chain
+    /// collects it after all.
+    Collected {
+        /// The contract's charge window, seconds after a period's end.
+        charge_window: i64,
+    },
+}
+
+/// Why a close is or is not gathered into an epoch under [`EpochScope::Collected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    /// No overage, or the chain has collected it: gather.
+    Collected,
+    /// A charge is planned, sent, or not yet tried: wait for it.
+    Pending,
+    /// The last attempt ended without collecting (and none is in flight), or the window has passed: leave out.
+    Uncollected,
+}
+
+/// The closes an epoch may gather now under `scope`, or `None` when it should wait for a charge in flight.
+async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64, scope: EpochScope) -> Result<Option<Vec<i64>>, KeeperError> {
+    let charge_window = match scope {
+        EpochScope::AllClosed => i64::MAX / 2,
+        EpochScope::Collected { charge_window } => charge_window,
+    };
+    // A charge whose receipt the outbox has seen but the indexer has not reached yet is still pending: its
+    // collection is not visible in `chain` before the cursor passes its block.
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "WITH open AS (
+             SELECT c.close_id, c.subscription_id, c.period_index, c.period_end, c.overage_charge, COALESCE(ch.charged, 0) AS charged
+             FROM keeper.period_closes c
+             LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
+                  AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
+             WHERE c.chain_id = $1 AND NOT EXISTS (SELECT 1 FROM keeper.epoch_closes e WHERE e.close_id = c.close_id)
+         ), attempts AS (
+             SELECT (item ->> 'id')::BIGINT AS subscription_id, (item ->> 'period')::BIGINT AS period_index,
+                    BOOL_OR(o.state IN ('planned', 'sent')
+                            OR (o.state = 'confirmed' AND o.block_number > COALESCE(
+                                (SELECT MAX(d.cursor_number) FROM chain.deployments d WHERE d.chain_id = $1), -1))) AS in_flight
+             FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
+             WHERE o.kind = 'charge'
+             GROUP BY 1, 2
+         )
+         SELECT o.close_id,
+                CASE WHEN o.charged >= o.overage_charge THEN 'collected'
+                     WHEN $2 AND o.period_end + $3 <= $4 THEN 'uncollected'
+                     WHEN $2 AND a.in_flight IS NOT NULL AND NOT a.in_flight THEN 'uncollected'
+                     WHEN $2 THEN 'pending'
+                     ELSE 'collected' END
+         FROM open o LEFT JOIN attempts a USING (subscription_id, period_index)
+         ORDER BY o.close_id",
+    )
+    .bind(chain_id as i64)
+    .bind(matches!(scope, EpochScope::Collected { .. }))
+    .bind(charge_window)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let classified: Vec<(i64, Collection)> = rows
+        .into_iter()
+        .map(|(id, class)| {
+            let class = match class.as_str() {
+                "collected" => Collection::Collected,
+                "pending" => Collection::Pending,
+                _ => Collection::Uncollected,
+            };
+            (id, class)
+        })
+        .collect();
+    if classified.iter().any(|(_, class)| *class == Collection::Pending) {
+        return Ok(None);
+    }
+    Ok(Some(classified.into_iter().filter(|(_, class)| *class == Collection::Collected).map(|(id, _)| id).collect()))
+}
+
+/// Gathers the closes not yet in an epoch that `scope` allows into a new epoch; `None` when there is none (or,
+/// under [`EpochScope::Collected`], while a charge is still on its way).
+pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochScope) -> Result<Option<Epoch>, KeeperError> {
+    let mut tx = pool.begin().await?;
+    // One epoch closer at a time: the epoch number and the set of closes are decided under this lock.
+    sqlx::query("LOCK TABLE keeper.epochs IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+    let Some(gatherable) = gatherable_closes(&mut tx, chain_id, now, scope).await? else { return Ok(None) };
+    let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT c.close_id, l.split_id::TEXT, l.attributed::TEXT, l.leaf
+         FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
+         WHERE c.close_id = ANY($1)",
+    )
+    .bind(&gatherable)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut splits: BTreeMap<u64, u128> = BTreeMap::new();
+    let mut close_ids = Vec::new();
+    let mut leaves = Vec::with_capacity(rows.len());
+    for (close_id, split, attributed, leaf) in rows {
+        let amount = crate::store::numeric_u128(&attributed, "attributed")?;
+        if amount > 0 {
+            *splits.entry(crate::store::numeric_u64(&split, "split_id")?).or_default() += amount;
+        }
+        close_ids.push(close_id);
+        leaves.push(B256::from_slice(&leaf));
+    }
+    close_ids.sort_unstable();
+    close_ids.dedup();
+    let total: u128 = splits.values().sum();
+    let usage_root = MerkleTree::new(&leaves).root();
+    let (epoch_id, previous_end): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COALESCE(MAX(epoch_id), 0) + 1, MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
+            .bind(chain_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+    let first_start: i64 = sqlx::query_scalar("SELECT MIN(period_start) FROM keeper.period_closes WHERE close_id = ANY($1)")
+        .bind(&close_ids)
+        .fetch_one(&mut *tx)
+        .await?;
+    let start = previous_end.unwrap_or(first_start).min(now);
+    sqlx::query(
+        "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5, $6::NUMERIC)",
+    )
+        .bind(epoch_id)
+        .bind(chain_id as i64)
+        .bind(start)
+        .bind(now)
+        .bind(usage_root.as_slice())
+        .bind(total.to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO keeper.epoch_closes (epoch_id, close_id) SELECT $1, UNNEST($2::BIGINT[])")
+        .bind(epoch_id)
+        .bind(&close_ids)
+        .execute(&mut *tx)
+        .await?;
+    let split_ids: Vec<String> = splits.keys().map(u64::to_string).collect();
+    let amounts: Vec<String> = splits.values().map(u128::to_string).collect();
+    sqlx::query("INSERT INTO keeper.epoch_splits (epoch_id, split_id, amount) SELECT $1, * FROM UNNEST($2::NUMERIC[], $3::NUMERIC[])")
+        .bind(epoch_id)
+        .bind(&split_ids)
+        .bind(&amounts)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len() }))
+}
