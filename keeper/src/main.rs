@@ -353,19 +353,16 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!("holding the sender lease");
-    let metrics = Arc::new(subsettle_keeper::metrics::EngineMetrics {
-        pool: pool.clone(),
-        chain_id,
-        last_step: Arc::default(),
-        stale_after_secs: i64::try_from(args.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX),
-    });
+    let stale_after = i64::try_from(args.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX);
+    let metrics = Arc::new(subsettle_keeper::metrics::EngineMetrics::new(pool.clone(), chain_id, stale_after));
     let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::metrics::serve(metrics.clone(), args.metrics_addr)));
     loop {
         // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
         let mut pause = args.interval;
+        let started = std::time::Instant::now();
         match engine.step(false).await {
             Ok(report) => {
-                metrics.stepped();
+                metrics.stepped(started.elapsed(), report.now);
                 tracing::info!(?report, "step");
                 // Wake early when a renewal or a period close falls due before the next interval.
                 match engine.next_due().await {

@@ -25,13 +25,59 @@ pub struct EngineMetrics {
     pub last_step: Arc<AtomicI64>,
     /// Steps longer ago than this make `/healthz` answer 503.
     pub stale_after_secs: i64,
+    /// Chain time of the last successful step (Unix seconds; 0: none yet), for lags measured in chain time.
+    pub chain_now: Arc<AtomicI64>,
+    /// Durations of the steps of this process.
+    pub step_seconds: Arc<Histogram>,
+}
+
+/// Upper bounds (seconds) of the step-duration buckets.
+const STEP_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
+/// Upper bounds (seconds) of the time from planning an action to its confirmation.
+const CONFIRM_BUCKETS: [i64; 7] = [1, 5, 15, 60, 300, 900, 3600];
+
+/// A Prometheus histogram kept in memory: cumulative bucket counts, a sum and a count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [std::sync::atomic::AtomicU64; STEP_BUCKETS.len()],
+    count: std::sync::atomic::AtomicU64,
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter().zip(STEP_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        for (bucket, bound) in self.buckets.iter().zip(STEP_BUCKETS) {
+            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {}\n", bucket.load(Ordering::Relaxed)));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!("{name}_sum {}\n{name}_count {count}\n", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6));
+    }
 }
 
 impl EngineMetrics {
-    /// Records a successful step now.
-    pub fn stepped(&self) {
+    /// Metrics of an engine on `chain_id` whose health goes stale after `stale_after_secs` without a step.
+    pub fn new(pool: PgPool, chain_id: u64, stale_after_secs: i64) -> Self {
+        Self { pool, chain_id, last_step: Arc::default(), stale_after_secs, chain_now: Arc::default(), step_seconds: Arc::default() }
+    }
+
+    /// Records a successful step now, which took `took` and ran at chain time `chain_now`.
+    pub fn stepped(&self, took: std::time::Duration, chain_now: i64) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         self.last_step.store(now, Ordering::SeqCst);
+        self.chain_now.store(chain_now, Ordering::SeqCst);
+        self.step_seconds.observe(took.as_secs_f64());
     }
 
     fn step_age(&self) -> i64 {
@@ -51,8 +97,16 @@ impl EngineMetrics {
         for (kind, state, count) in actions {
             out.push_str(&format!("subsettle_keeper_actions{{kind=\"{kind}\",state=\"{state}\"}} {count}\n"));
         }
-        let gas: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(gas_used), 0)::BIGINT FROM keeper.outbox").fetch_one(&self.pool).await?;
-        out.push_str(&format!("# HELP subsettle_keeper_gas_used_total Gas used by the keeper's mined transactions.\n# TYPE subsettle_keeper_gas_used_total counter\nsubsettle_keeper_gas_used_total {gas}\n"));
+        let gas: Vec<(String, i64)> =
+            sqlx::query_as("SELECT kind, COALESCE(SUM(gas_used), 0)::BIGINT FROM keeper.outbox GROUP BY kind ORDER BY kind").fetch_all(&self.pool).await?;
+        out.push_str("# HELP subsettle_keeper_gas_used_total Gas used by the keeper's mined transactions, by kind.\n# TYPE subsettle_keeper_gas_used_total counter\n");
+        for (kind, gas) in gas {
+            out.push_str(&format!("subsettle_keeper_gas_used_total{{kind=\"{kind}\"}} {gas}\n"));
+        }
+        self.render_confirm_times(&mut out).await?;
+        self.render_lags(&mut out).await?;
+        out.push_str("# HELP subsettle_keeper_step_seconds Duration of the engine's steps in this process.\n# TYPE subsettle_keeper_step_seconds histogram\n");
+        self.step_seconds.render("subsettle_keeper_step_seconds", &mut out);
         let moved: Vec<(String, String)> = sqlx::query_as(
             "SELECT 'renewals', COALESCE(SUM(amount), 0)::TEXT FROM chain.renewals WHERE chain_id = $1
              UNION ALL SELECT 'usage_charges', COALESCE(SUM(amount), 0)::TEXT FROM chain.usage_charges WHERE chain_id = $1
@@ -79,6 +133,70 @@ impl EngineMetrics {
         out.push_str(&format!("# HELP subsettle_keeper_last_step_age_seconds Seconds since the last successful step (-1: none yet).\n# TYPE subsettle_keeper_last_step_age_seconds gauge\nsubsettle_keeper_last_step_age_seconds {age}\n"));
         Ok(out)
     }
+
+    /// Time from planning an action to its confirmation, by kind, as a histogram over the outbox.
+    async fn render_confirm_times(&self, out: &mut String) -> Result<(), KeeperError> {
+        const CONFIRMED: &str = "SELECT kind, EXTRACT(EPOCH FROM finished_at - planned_at)::FLOAT8 AS secs FROM keeper.outbox WHERE state = 'confirmed'";
+        let buckets: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH t AS ({CONFIRMED}) SELECT t.kind, b.le, COUNT(*) FILTER (WHERE t.secs <= b.le)
+             FROM t CROSS JOIN UNNEST($1::BIGINT[]) AS b(le) GROUP BY t.kind, b.le ORDER BY t.kind, b.le"
+        )))
+        .bind(CONFIRM_BUCKETS.to_vec())
+        .fetch_all(&self.pool)
+        .await?;
+        let totals: Vec<(String, i64, f64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("WITH t AS ({CONFIRMED}) SELECT kind, COUNT(*), COALESCE(SUM(secs), 0) FROM t GROUP BY kind ORDER BY kind")))
+                .fetch_all(&self.pool)
+                .await?;
+        out.push_str("# HELP subsettle_keeper_action_confirm_seconds Time from planning an action to its confirmation, by kind.\n# TYPE subsettle_keeper_action_confirm_seconds histogram\n");
+        for (kind, count, sum) in totals {
+            for (_, bound, n) in buckets.iter().filter(|(k, _, _)| *k == kind) {
+                out.push_str(&format!("subsettle_keeper_action_confirm_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {n}\n"));
+            }
+            out.push_str(&format!("subsettle_keeper_action_confirm_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}\n"));
+            out.push_str(&format!("subsettle_keeper_action_confirm_seconds_sum{{kind=\"{kind}\"}} {sum}\n"));
+            out.push_str(&format!("subsettle_keeper_action_confirm_seconds_count{{kind=\"{kind}\"}} {count}\n"));
+        }
+        Ok(())
+    }
+
+    /// Lags in chain time at the last step: the oldest open action, and the oldest close whose revenue is not
+    /// settled on chain yet (period close to settlement).
+    async fn render_lags(&self, out: &mut String) -> Result<(), KeeperError> {
+        let open: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT kind, EXTRACT(EPOCH FROM now() - MIN(planned_at))::FLOAT8 FROM keeper.outbox
+             WHERE state IN ('planned', 'sent') GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        out.push_str("# HELP subsettle_keeper_oldest_open_action_seconds Age of the oldest planned or sent action, by kind.\n# TYPE subsettle_keeper_oldest_open_action_seconds gauge\n");
+        for (kind, age) in open {
+            out.push_str(&format!("subsettle_keeper_oldest_open_action_seconds{{kind=\"{kind}\"}} {age:.0}\n"));
+        }
+        let chain_now = self.chain_now.load(Ordering::SeqCst);
+        let unsettled: (Option<i64>, String) = sqlx::query_as(
+            "SELECT MIN(c.closed_at), COALESCE(SUM(c.collected), 0)::TEXT FROM keeper.period_closes c
+             WHERE c.chain_id = $1 AND NOT EXISTS (
+                 SELECT 1 FROM keeper.epoch_closes ec JOIN chain.settlements s
+                   ON s.chain_id = c.chain_id AND s.settlement_id = ec.epoch_id::NUMERIC
+                 WHERE ec.close_id = c.close_id)",
+        )
+        .bind(self.chain_id as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        let lag = match (unsettled.0, chain_now) {
+            (Some(closed), now) if now > 0 => (now - closed).max(0),
+            _ => 0,
+        };
+        out.push_str(&format!(
+            "# HELP subsettle_keeper_settlement_lag_seconds Chain time since the oldest close whose revenue is not settled on chain.\n# TYPE subsettle_keeper_settlement_lag_seconds gauge\nsubsettle_keeper_settlement_lag_seconds {lag}\n"
+        ));
+        out.push_str(&format!(
+            "# HELP subsettle_keeper_unsettled_base_units Revenue of closed periods not settled on chain yet.\n# TYPE subsettle_keeper_unsettled_base_units gauge\nsubsettle_keeper_unsettled_base_units {}\n",
+            unsettled.1
+        ));
+        Ok(())
+    }
 }
 
 async fn metrics(State(m): State<Arc<EngineMetrics>>) -> impl IntoResponse {
@@ -104,4 +222,23 @@ pub async fn serve(metrics_state: Arc<EngineMetrics>, addr: SocketAddr) -> Resul
         .map_err(|e| KeeperError::Invalid { field: "metrics_addr".into(), reason: format!("{addr}: {e}") })?;
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(metrics_state);
     axum::serve(listener, app).await.map_err(|e| KeeperError::Invalid { field: "metrics".into(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_histogram_counts_cumulatively() {
+        let histogram = Histogram::default();
+        for seconds in [0.01, 0.3, 0.3, 20.0] {
+            histogram.observe(seconds);
+        }
+        let mut text = String::new();
+        histogram.render("h", &mut text);
+        assert!(text.contains("h_bucket{le=\"0.05\"} 1\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.5\"} 3\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"15\"} 3\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"+Inf\"} 4\nh_sum 20.61\nh_count 4\n"), "{text}");
+    }
 }

@@ -291,6 +291,10 @@ async fn run_serves_metrics_and_health_and_stops_on_sigterm() {
     let text = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("subsettle_keeper_actions{kind=\"renew\""), "{text}");
     assert!(text.contains("subsettle_keeper_last_step_age_seconds"), "{text}");
+    for name in ["subsettle_keeper_step_seconds_count", "subsettle_keeper_settlement_lag_seconds", "subsettle_keeper_unsettled_base_units"] {
+        assert!(text.contains(name), "{name} missing: {text}");
+    }
+    assert!(!text.contains("subsettle_keeper_step_seconds_count 0"), "the step was recorded: {text}");
     let status = stop_with_sigterm(&mut child, "run", 15).await;
     assert!(status.success(), "{status}");
 }
