@@ -26,6 +26,80 @@ pub struct Epoch {
     pub total: u128,
     /// Closes gathered.
     pub closes: usize,
+    /// Gatherable closes were left for the next epoch because this one's `settle` would not fit a block.
+    pub more: bool,
+}
+
+/// How much a `settle` transaction may credit: the gas it may use, and an upper bound of the gas per split and
+/// per recipient credit. An epoch whose splits would need more is cut at a close boundary; the rest of the closes
+/// make the next epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleRoom {
+    /// Gas a settlement may use.
+    pub gas: u64,
+    /// Gas per split settled, besides its credits.
+    pub per_split: u64,
+    /// Gas per recipient credited.
+    pub per_credit: u64,
+}
+
+impl SettleRoom {
+    /// No limit (`close --epoch`, where the operator sends the settlement).
+    pub const UNLIMITED: Self = Self { gas: u64::MAX, per_split: 0, per_credit: 0 };
+
+    fn cost(&self, splits: &BTreeMap<u64, u64>) -> u64 {
+        splits.values().map(|recipients| self.per_split + recipients * self.per_credit).sum()
+    }
+}
+
+/// The closes (in order) whose splits fit `room`; always at least the first, which cannot be divided. `closes` are
+/// (close id, the splits its lines credit); `recipients` is the recipient count per split. Returns the chosen
+/// close ids and whether any was left out.
+pub fn fit_closes(closes: &[(i64, Vec<u64>)], recipients: &BTreeMap<u64, u64>, room: SettleRoom) -> (Vec<i64>, bool) {
+    let mut splits: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut chosen = Vec::new();
+    for (close_id, close_splits) in closes {
+        let mut with = splits.clone();
+        for split in close_splits {
+            with.insert(*split, recipients.get(split).copied().unwrap_or(1));
+        }
+        if !chosen.is_empty() && room.cost(&with) > room.gas {
+            return (chosen, true);
+        }
+        splits = with;
+        chosen.push(*close_id);
+    }
+    (chosen, false)
+}
+
+/// Cuts `gatherable` to the closes whose settlement fits `room`.
+async fn fit_room(tx: &mut sqlx::PgConnection, gatherable: Vec<i64>, room: SettleRoom) -> Result<(Vec<i64>, bool), KeeperError> {
+    if room == SettleRoom::UNLIMITED || gatherable.is_empty() {
+        return Ok((gatherable, false));
+    }
+    let lines: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT close_id, split_id::TEXT FROM keeper.usage_lines WHERE close_id = ANY($1) AND attributed > 0 ORDER BY 1, 2",
+    )
+    .bind(&gatherable)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut closes: Vec<(i64, Vec<u64>)> = gatherable.iter().map(|id| (*id, Vec::new())).collect();
+    for (close_id, split) in lines {
+        let split = crate::store::numeric_u64(&split, "split_id")?;
+        if let Ok(i) = closes.binary_search_by_key(&close_id, |(id, _)| *id) {
+            closes[i].1.push(split);
+        }
+    }
+    // The largest recipient list of any live version: the one in force at the epoch's end is at most that long.
+    let counts: Vec<(String, i32)> =
+        sqlx::query_as("SELECT split_id::TEXT, MAX(cardinality(recipients)) FROM chain.split_versions_live GROUP BY split_id")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut recipients = BTreeMap::new();
+    for (split, count) in counts {
+        recipients.insert(crate::store::numeric_u64(&split, "split_id")?, u64::try_from(count).unwrap_or(1));
+    }
+    Ok(fit_closes(&closes, &recipients, room))
 }
 
 /// Which closes an epoch gathers.
@@ -111,13 +185,14 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
     Ok(Some(classified.into_iter().filter(|(_, class)| *class == Collection::Collected).map(|(id, _)| id).collect()))
 }
 
-/// Gathers the closes not yet in an epoch that `scope` allows into a new epoch; `None` when there is none (or,
-/// under [`EpochScope::Collected`], while a charge is still on its way).
-pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochScope) -> Result<Option<Epoch>, KeeperError> {
+/// Gathers the closes not yet in an epoch that `scope` allows, as many as `room` lets one `settle` credit, into a
+/// new epoch; `None` when there is none (or, under [`EpochScope::Collected`], while a charge is still on its way).
+pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochScope, room: SettleRoom) -> Result<Option<Epoch>, KeeperError> {
     let mut tx = pool.begin().await?;
     // One epoch closer at a time: the epoch number and the set of closes are decided under this lock.
     sqlx::query("LOCK TABLE keeper.epochs IN EXCLUSIVE MODE").execute(&mut *tx).await?;
     let Some(gatherable) = gatherable_closes(&mut tx, chain_id, now, scope).await? else { return Ok(None) };
+    let (gatherable, more) = fit_room(&mut tx, gatherable, room).await?;
     let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
         "SELECT c.close_id, l.split_id::TEXT, l.attributed::TEXT, l.leaf
          FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
@@ -179,5 +254,23 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len() }))
+    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len(), more }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_is_cut_at_a_close_when_its_settlement_would_not_fit() {
+        let recipients = BTreeMap::from([(1, 3), (2, 3), (3, 1)]);
+        let closes = vec![(10, vec![1]), (11, vec![1, 2]), (12, vec![3]), (13, vec![1])];
+        let room = |gas| SettleRoom { gas, per_split: 5, per_credit: 20 };
+        // Split 1 costs 65, split 2 65, split 3 25.
+        assert_eq!(fit_closes(&closes, &recipients, room(1_000)), (vec![10, 11, 12, 13], false));
+        assert_eq!(fit_closes(&closes, &recipients, room(130)), (vec![10, 11], true), "split 3 would make 155");
+        assert_eq!(fit_closes(&closes, &recipients, room(155)), (vec![10, 11, 12, 13], false), "close 13 adds no split");
+        assert_eq!(fit_closes(&closes, &recipients, room(10)), (vec![10], true), "a close is never divided");
+        assert_eq!(fit_closes(&[], &recipients, room(10)), (vec![], false));
+    }
 }

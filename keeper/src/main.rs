@@ -259,7 +259,7 @@ async fn run_close(args: CloseArgs) -> anyhow::Result<()> {
     let report = close::close_due_periods(&pool, &catalog, &close_options(&settings), now).await?;
     println!("{}", serde_json::to_string(&report)?);
     if args.epoch {
-        match subsettle_keeper::epoch::close_epoch(&pool, settings.deployment.chain_id, now, subsettle_keeper::epoch::EpochScope::AllClosed).await? {
+        match subsettle_keeper::epoch::close_epoch(&pool, settings.deployment.chain_id, now, subsettle_keeper::epoch::EpochScope::AllClosed, subsettle_keeper::epoch::SettleRoom::UNLIMITED).await? {
             Some(epoch) => println!("{}", serde_json::to_string(&epoch)?),
             None => println!("no closes to gather into an epoch"),
         }

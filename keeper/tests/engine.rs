@@ -252,3 +252,31 @@ async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epo
     assert_eq!(epoch, Some(2));
     assert_eq!(settled(2).await.as_deref(), Some("83000000"), "subscriber 1's fee and overage, once collected");
 }
+
+#[tokio::test]
+async fn an_epoch_too_large_for_one_settlement_is_cut_at_a_close_and_the_rest_makes_the_next_epoch() {
+    use subsettle_keeper::{
+        catalog,
+        close::close_due_periods,
+        epoch::{EpochScope, SettleRoom, close_epoch},
+    };
+    let market = Market::start(2, 50_000_000).await;
+    let now = market.now();
+    // Each subscriber uses a model of its own, so each close credits one split of three recipients.
+    let events = json!([market.event("c-0", 0, "llm-large", "input_tokens", "1000", now), market.event("c-1", 1, "image-gen", "images", "10", now)]);
+    assert_eq!(market.usage(&events).await.0, 200);
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let snapshot = catalog::load(&market.pool).await.unwrap();
+    assert_eq!(close_due_periods(&market.pool, &snapshot, &market.close_options(), market.now()).await.unwrap().periods, 2);
+
+    // Room for one three-recipient split (5 + 3 x 20 = 65), not two.
+    let room = SettleRoom { gas: 100, per_split: 5, per_credit: 20 };
+    let chain = market.deployment.chain_id;
+    let first = close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap().expect("an epoch");
+    assert_eq!((first.epoch_id, first.closes, first.more, first.splits.len()), (1, 1, true, 1), "{first:?}");
+    let second = close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap().expect("the rest");
+    assert_eq!((second.epoch_id, second.closes, second.more, second.splits.len()), (2, 1, false, 1), "{second:?}");
+    assert_ne!(first.splits.keys().next(), second.splits.keys().next());
+    assert_eq!(first.total + second.total, 2 * 79_000_000, "every close in exactly one epoch");
+    assert_eq!(close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap(), None);
+}

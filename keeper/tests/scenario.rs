@@ -19,7 +19,7 @@ use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
 use subsettle_keeper::{
     catalog,
     close::close_due_periods,
-    epoch::{EpochScope, close_epoch},
+    epoch::{EpochScope, SettleRoom, close_epoch},
     merkle::MerkleTree,
     statement::{Scope, Statement, creator_statement, subscriber_statement, verify},
 };
@@ -102,9 +102,9 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
     assert_eq!(idle_lines.len(), 1);
     assert_eq!((idle_lines[0].0.as_str(), idle_lines[0].1.parse::<u64>().unwrap()), ("", market.splits[0]));
 
-    let epoch = close_epoch(&market.pool, market.deployment.chain_id, market.now(), EpochScope::AllClosed).await.unwrap().expect("an epoch");
+    let epoch = close_epoch(&market.pool, market.deployment.chain_id, market.now(), EpochScope::AllClosed, SettleRoom::UNLIMITED).await.unwrap().expect("an epoch");
     assert_eq!(epoch.total, 109_800_400 + 79_000_000 * 2);
-    assert_eq!(close_epoch(&market.pool, market.deployment.chain_id, market.now(), EpochScope::AllClosed).await.unwrap(), None, "nothing left");
+    assert_eq!(close_epoch(&market.pool, market.deployment.chain_id, market.now(), EpochScope::AllClosed, SettleRoom::UNLIMITED).await.unwrap(), None, "nothing left");
 
     // Every line proves against its close's root and against the epoch's root.
     let mut all_leaves = Vec::new();
