@@ -280,3 +280,71 @@ async fn an_epoch_too_large_for_one_settlement_is_cut_at_a_close_and_the_rest_ma
     assert_eq!(first.total + second.total, 2 * 79_000_000, "every close in exactly one epoch");
     assert_eq!(close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap(), None);
 }
+
+/// Dies at a chosen point of the outbox: signs the next planned action and stores it, then broadcasts it or not,
+/// and returns without matching any receipt (the process is gone).
+async fn sign_and_die(market: &Market, dir: &std::path::Path, broadcast: bool) -> String {
+    use alloy::providers::Provider;
+    let sender = market.sender(dir);
+    let mut report = subsettle_keeper::outbox::OutboxReport::default();
+    let raw = sender.sign_next(&market.pool, &mut report).await.unwrap().expect("a planned action");
+    if broadcast {
+        let pending = market.chain.provider(0).send_raw_transaction(&raw).await.unwrap();
+        common::receipt(&market.chain.provider(0), *pending.tx_hash()).await;
+    }
+    sqlx::query_scalar("SELECT action_key FROM keeper.outbox WHERE state = 'sent' ORDER BY nonce DESC LIMIT 1").fetch_one(&market.pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_one_of_each() {
+    use subsettle_keeper::{
+        catalog,
+        close::close_due_periods,
+        epoch::{EpochScope, SettleRoom, close_epoch},
+        outbox::plan,
+        settlement::{SettlementPolicy, plan_payouts, plan_settlements},
+    };
+    for broadcast in [false, true] {
+        let market = Market::start(1, 50_000_000).await;
+        let dir = tempfile::tempdir().unwrap();
+        subsettle_keeper::store::migrate(&market.pool).await.unwrap();
+        market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+        let (chain, escrow) = (market.deployment.chain_id, market.deployment.escrow);
+        let snapshot = catalog::load(&market.pool).await.unwrap();
+        close_due_periods(&market.pool, &snapshot, &market.close_options(), market.now()).await.unwrap();
+        close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, SettleRoom::UNLIMITED).await.unwrap().expect("an epoch");
+
+        // The settlement is signed and stored, then the process dies (before or after broadcasting it).
+        plan(&market.pool, &plan_settlements(&market.pool, chain, escrow).await.unwrap()).await.unwrap();
+        assert_eq!(sign_and_die(&market, dir.path(), broadcast).await, "settle:1");
+        // A new keeper takes over: it settles that one first, plans nothing twice, and pays out.
+        let engine = market.engine(dir.path());
+        engine.step(false).await.unwrap();
+        market.sync().await;
+        let settlements: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.settlements").fetch_one(&market.pool).await.unwrap();
+        assert_eq!(settlements, 1, "broadcast before the crash: {broadcast}");
+
+        // Now the payout dies the same way, planned by hand before the engine gets to it.
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE kind = 'claim'").fetch_one(&market.pool).await.unwrap();
+        assert_eq!(open, 0, "no payout planned before the credits were indexed");
+        let policy = SettlementPolicy { batch: 10, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000 };
+        plan(&market.pool, &plan_payouts(&market.pool, chain, escrow, policy, market.now()).await.unwrap()).await.unwrap();
+        assert!(sign_and_die(&market, dir.path(), broadcast).await.starts_with("claim:"));
+        for _ in 0..3 {
+            engine.step(false).await.unwrap();
+            market.sync().await;
+        }
+        let (claims, failed): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*) FILTER (WHERE succeeded), COUNT(*) FILTER (WHERE NOT succeeded) FROM chain.claims")
+                .fetch_one(&market.pool)
+                .await
+                .unwrap();
+        let recipients: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT recipient) FROM chain.credits").fetch_one(&market.pool).await.unwrap();
+        assert_eq!((claims, failed), (recipients, 0), "each recipient paid once (broadcast before the crash: {broadcast})");
+        let left: Option<String> = sqlx::query_scalar("SELECT SUM(claimable)::TEXT FROM chain.recipient_balances").fetch_one(&market.pool).await.unwrap();
+        assert_eq!(left.as_deref(), Some("0"));
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state NOT IN ('confirmed')").fetch_one(&market.pool).await.unwrap();
+        assert_eq!(open, 0, "every action confirmed, none failed");
+    }
+}
