@@ -193,10 +193,11 @@ async fn main() -> Result<()> {
     let charged = count("SELECT COUNT(*) FROM chain.usage_charges").await?;
     let credited = count("SELECT COUNT(DISTINCT split_id) FROM chain.credits").await?;
     let claimed = count("SELECT COUNT(*) FROM chain.claims WHERE succeeded").await?;
+    let settlements = count("SELECT COUNT(*) FROM chain.settlements").await?;
     anyhow::ensure!(renewed as usize == ids.len() && charged as usize == with_usage.len(), "renewed {renewed}, charged {charged}");
     println!("| Measure | Result |\n|---|---|");
     println!("| engine wall time, first step to last confirmation ({steps} steps, indexer included) | **{:.1} s** (target <= 120 s) |", elapsed.as_secs_f64());
-    println!("| renewals | {renewed} |\n| usage charges | {charged} |\n| splits settled in one epoch | {credited} |\n| recipients paid | {claimed} |");
+    println!("| renewals | {renewed} |\n| usage charges | {charged} |\n| splits settled | {credited}, in {settlements} settlements (an epoch is cut to fit half a block) |\n| recipients paid | {claimed} |");
     let gas: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT kind, COUNT(*), SUM(gas_used)::BIGINT, SUM(jsonb_array_length(items))::BIGINT FROM keeper.outbox
          WHERE state = 'confirmed' GROUP BY kind ORDER BY kind",
