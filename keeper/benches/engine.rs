@@ -167,7 +167,7 @@ async fn main() -> Result<()> {
         deployment: deployment.clone(),
         close: CloseOptions { chain_id: deployment.chain_id, late_cutoff: 3_600, decimals: 6, default_split: split_ids.first().copied(), batch: 2_000 },
         renewals: RenewalPolicy { batch: 500, retry_interval: 3_600 },
-        settlement: SettlementPolicy { batch: 500, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1 },
+        settlement: SettlementPolicy { batch: 500, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1, charge_threshold: None },
         epoch_interval: 86_400,
     };
     let started = Instant::now();

@@ -341,6 +341,10 @@ pub struct RunArgs {
     /// Push payouts to recipients with at least this claimable balance (base units).
     #[arg(long, default_value = "10000000")]
     pub payout_threshold: u128,
+    /// Also charge mid-period, once per retry interval, when a subscription's overage has crossed a multiple of
+    /// this many base units (e.g. 10000000 for every 10 USDC); without it overage is charged at period close only.
+    #[arg(long)]
+    pub charge_threshold: Option<u128>,
     /// Highest maxFeePerGas ever signed, in gwei.
     #[arg(long, default_value = "200")]
     pub max_fee_gwei: u64,

@@ -126,20 +126,7 @@ async fn close_batch(pool: &PgPool, catalog: &Snapshot, options: &CloseOptions, 
     let mut closes = Vec::with_capacity(due.len());
     for (period, close_id) in due.iter().zip(&close_ids) {
         let mut period_events = events.remove(&period.subscription_id).unwrap_or_default();
-        for event in &mut period_events {
-            if event.occurred_at_ms < period.start.saturating_mul(1000) {
-                event.adjustment_of = Some(period_of(&earlier, period.subscription_id, event.occurred_at_ms));
-            }
-        }
-        let terms = PeriodTerms {
-            fee: period.fee,
-            overage_cap: period.overage_cap,
-            allowance: catalog.allowance(period.plan_id, period.start),
-            default_split: options.default_split,
-            decimals: options.decimals,
-        };
-        let priced = price_period(&catalog.catalog, &terms, &period_events)
-            .map_err(|e| KeeperError::Close { subscription_id: period.subscription_id, period: period.index, reason: e.to_string() })?;
+        let priced = price(catalog, options, period, &mut period_events, &earlier)?;
         report.periods += 1;
         report.events += period_events.len() as u64;
         report.lines += priced.lines.len() as u64;
@@ -150,15 +137,40 @@ async fn close_batch(pool: &PgPool, catalog: &Snapshot, options: &CloseOptions, 
     Ok(report)
 }
 
+/// Prices `events` of `period` as its close does: events of earlier periods that arrived late become adjustment
+/// lines of the period they belonged to (by `earlier`, the closed periods' starts).
+pub(crate) fn price(
+    catalog: &Snapshot,
+    options: &CloseOptions,
+    period: &Period,
+    events: &mut [MeteredEvent],
+    earlier: &HashMap<u64, Vec<(i64, u64)>>,
+) -> Result<PricedPeriod, KeeperError> {
+    for event in events.iter_mut() {
+        if event.occurred_at_ms < period.start.saturating_mul(1000) {
+            event.adjustment_of = Some(period_of(earlier, period.subscription_id, event.occurred_at_ms));
+        }
+    }
+    let terms = PeriodTerms {
+        fee: period.fee,
+        overage_cap: period.overage_cap,
+        allowance: catalog.allowance(period.plan_id, period.start),
+        default_split: options.default_split,
+        decimals: options.decimals,
+    };
+    price_period(&catalog.catalog, &terms, events)
+        .map_err(|e| KeeperError::Close { subscription_id: period.subscription_id, period: period.index, reason: e.to_string() })
+}
+
 /// Start and index of the closed periods of the subscriptions, to tell which period a late event belonged to.
-async fn earlier_periods(tx: &mut Transaction<'_, Postgres>, chain_id: u64, ids: &[i64]) -> Result<HashMap<u64, Vec<(i64, u64)>>, KeeperError> {
+pub(crate) async fn earlier_periods(tx: &mut sqlx::PgConnection, chain_id: u64, ids: &[i64]) -> Result<HashMap<u64, Vec<(i64, u64)>>, KeeperError> {
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
         "SELECT subscription_id, period_start, period_index FROM keeper.period_closes
          WHERE chain_id = $1 AND subscription_id = ANY($2) ORDER BY period_start",
     )
     .bind(chain_id as i64)
     .bind(ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let mut periods: HashMap<u64, Vec<(i64, u64)>> = HashMap::new();
     for (id, start, index) in rows {

@@ -14,6 +14,7 @@ use crate::{
     outbox::{self, Action, OutboxReport, Sender},
     renewals::{RenewalPolicy, plan_renewals},
     settlement::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
+    threshold::{ThresholdPolicy, plan_threshold_charges},
 };
 
 /// Everything a step needs.
@@ -135,7 +136,7 @@ impl Engine {
         Ok(self.sender.latest_header().await?.timestamp as i64)
     }
 
-    async fn plan_all(&self, now: i64, gas_limit: u64) -> Result<Vec<Action>, KeeperError> {
+    async fn plan_all(&self, now: i64, gas_limit: u64, dry_run: bool) -> Result<Vec<Action>, KeeperError> {
         let d = &self.deployment;
         // Batches are cut to fit half a block at a conservative gas per item, whatever `--batch` says.
         let renewals = RenewalPolicy { batch: batch_for(gas_limit, RENEW_GAS_PER_ITEM, self.renewals.batch), ..self.renewals };
@@ -143,6 +144,10 @@ impl Engine {
         let payouts = SettlementPolicy { batch: batch_for(gas_limit, CLAIM_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
         let mut actions = plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, renewals, now).await?;
         actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, charges, now).await?);
+        if let Some(threshold) = self.settlement.charge_threshold {
+            let policy = ThresholdPolicy { threshold, retry_interval: self.settlement.retry_interval, batch: charges.batch };
+            actions.extend(plan_threshold_charges(&self.pool, &self.close, d.subscriptions, policy, now, dry_run).await?);
+        }
         actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow).await?);
         actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
         Ok(actions)
@@ -162,7 +167,7 @@ impl Engine {
         let (now, gas_limit) = (head.timestamp as i64, head.gas_limit);
         let mut report = StepReport { now, ..StepReport::default() };
         if dry_run {
-            report.actions = self.plan_all(now, gas_limit).await?.into_iter().map(|a| a.key).collect();
+            report.actions = self.plan_all(now, gas_limit, true).await?.into_iter().map(|a| a.key).collect();
             return Ok(report);
         }
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
@@ -180,7 +185,7 @@ impl Engine {
                 }
             }
         }
-        let actions = self.plan_all(now, gas_limit).await?;
+        let actions = self.plan_all(now, gas_limit, false).await?;
         report.outbox.planned = outbox::plan(&self.pool, &actions).await?;
         report.actions = actions.into_iter().map(|a| a.key).collect();
         self.sender.send_planned(&self.pool, &mut report.outbox).await?;

@@ -145,21 +145,28 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
                   AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
              WHERE c.chain_id = $1 AND NOT EXISTS (SELECT 1 FROM keeper.epoch_closes e WHERE e.close_id = c.close_id)
          ), attempts AS (
+             -- Attempts at the close's own charge: threshold charges made before the close (smaller cumulative
+             -- amounts) do not count as attempts at it.
              SELECT (item ->> 'id')::BIGINT AS subscription_id, (item ->> 'period')::BIGINT AS period_index,
-                    BOOL_OR(o.state IN ('planned', 'sent')
-                            OR (o.state = 'confirmed' AND o.block_number > COALESCE(
-                                (SELECT MAX(d.cursor_number) FROM chain.deployments d WHERE d.chain_id = $1), -1))) AS in_flight
+                    (item ->> 'cumulative')::NUMERIC AS cumulative,
+                    o.state IN ('planned', 'sent')
+                      OR (o.state = 'confirmed' AND o.block_number > COALESCE(
+                          (SELECT MAX(d.cursor_number) FROM chain.deployments d WHERE d.chain_id = $1), -1)) AS in_flight
              FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
              WHERE o.kind = 'charge'
-             GROUP BY 1, 2
+         ), tried AS (
+             SELECT o.close_id, BOOL_OR(a.in_flight) AS in_flight
+             FROM open o JOIN attempts a ON a.subscription_id = o.subscription_id AND a.period_index = o.period_index
+                                        AND a.cumulative >= o.overage_charge
+             GROUP BY o.close_id
          )
          SELECT o.close_id,
                 CASE WHEN o.charged >= o.overage_charge THEN 'collected'
                      WHEN $2 AND o.period_end + $3 <= $4 THEN 'uncollected'
-                     WHEN $2 AND a.in_flight IS NOT NULL AND NOT a.in_flight THEN 'uncollected'
+                     WHEN $2 AND t.in_flight IS NOT NULL AND NOT t.in_flight THEN 'uncollected'
                      WHEN $2 THEN 'pending'
                      ELSE 'collected' END
-         FROM open o LEFT JOIN attempts a USING (subscription_id, period_index)
+         FROM open o LEFT JOIN tried t USING (close_id)
          ORDER BY o.close_id",
     )
     .bind(chain_id as i64)

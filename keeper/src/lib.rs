@@ -15,6 +15,7 @@
 //! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
 //! - [`renewals`]: which subscriptions to renew, when, in which batches.
 //! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
+//! - [`threshold`]: mid-period charges when the overage crosses a configured threshold.
 //! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
 //! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
 //! - [`reconcile`]: the chain's views, the indexer's tables and the keeper's books compared, every difference listed.
@@ -42,6 +43,7 @@ pub mod renewals;
 pub mod settlement;
 pub mod signer;
 pub mod statement;
+pub mod threshold;
 pub mod store;
 pub mod subscriptions;
 

@@ -331,6 +331,7 @@ async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
             retry_interval: retry,
             charge_window: i64::try_from(charge_window.to::<u64>()).unwrap_or(i64::MAX),
             payout_threshold: args.payout_threshold,
+            charge_threshold: args.charge_threshold.filter(|t| *t > 0),
         },
         epoch_interval: i64::try_from(args.epoch_interval).unwrap_or(i64::MAX),
     };

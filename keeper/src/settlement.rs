@@ -28,6 +28,8 @@ pub struct SettlementPolicy {
     pub charge_window: i64,
     /// Recipients with at least this claimable balance (base units) get a pushed payout.
     pub payout_threshold: u128,
+    /// Charge mid-period each time the overage crosses a multiple of this (base units); `None`: at close only.
+    pub charge_threshold: Option<u128>,
 }
 
 /// Cumulative overage charges of closed periods that the chain has not collected yet, inside the charge window.

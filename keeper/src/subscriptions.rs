@@ -137,7 +137,21 @@ type PeriodRow = (String, i64, String, i64, i64, String, Vec<u8>, String);
 /// The earliest unclosed paid period of each subscription whose end plus `cutoff` is at or before `now`, at most
 /// `limit` of them. Periods of one subscription come one at a time, so they close in order.
 pub async fn closable_periods(pool: &PgPool, chain_id: u64, now: i64, cutoff: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
-    let rows: Vec<PeriodRow> = sqlx::query_as(
+    periods(pool, chain_id, "o.paid_through + $2 <= $3", cutoff, now, limit).await
+}
+
+/// Each subscription's first period not closed yet, where that period is still running at `now` and usage
+/// not billed yet exists (the candidates for a mid-period threshold charge).
+pub async fn open_periods_with_usage(pool: &PgPool, chain_id: u64, now: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
+    let filter = "o.paid_through - pl.period <= $3 AND $3 < o.paid_through + $2
+                  AND EXISTS (SELECT 1 FROM keeper.usage_events e WHERE e.subscription_id = o.subscription_id::BIGINT AND e.close_id IS NULL)";
+    periods(pool, chain_id, filter, 0, now, limit).await
+}
+
+/// The first unclosed period of each subscription that passes `filter` (SQL over `o`, the period, and `pl`, its
+/// plan, with `$2` = `offset` seconds and `$3` = `now`).
+async fn periods(pool: &PgPool, chain_id: u64, filter: &str, offset: i64, now: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
+    let rows: Vec<PeriodRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH periods AS (
              SELECT s.chain_id, s.subscription_id, 0::BIGINT AS period_index, s.plan_id, s.paid_through, s.amount,
                     s.subscriber, s.overage_cap
@@ -162,12 +176,12 @@ pub async fn closable_periods(pool: &PgPool, chain_id: u64, now: i64, cutoff: i6
                           ORDER BY c.block_number DESC, c.log_index DESC LIMIT 1), o.overage_cap)::TEXT
          FROM open o
          JOIN chain.plans pl ON pl.chain_id = o.chain_id AND pl.plan_id = o.plan_id
-         WHERE o.paid_through + $2 <= $3
+         WHERE {filter}
          ORDER BY o.subscription_id
-         LIMIT $4",
-    )
+         LIMIT $4"
+    )))
     .bind(chain_id as i64)
-    .bind(cutoff)
+    .bind(offset)
     .bind(now)
     .bind(limit)
     .fetch_all(pool)

@@ -327,7 +327,7 @@ async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_o
         // Now the payout dies the same way, planned by hand before the engine gets to it.
         let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE kind = 'claim'").fetch_one(&market.pool).await.unwrap();
         assert_eq!(open, 0, "no payout planned before the credits were indexed");
-        let policy = SettlementPolicy { batch: 10, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000 };
+        let policy = SettlementPolicy { batch: 10, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000, charge_threshold: None };
         plan(&market.pool, &plan_payouts(&market.pool, chain, escrow, policy, market.now()).await.unwrap()).await.unwrap();
         assert!(sign_and_die(&market, dir.path(), broadcast).await.starts_with("claim:"));
         for _ in 0..3 {
@@ -347,4 +347,60 @@ async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_o
             sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state NOT IN ('confirmed')").fetch_one(&market.pool).await.unwrap();
         assert_eq!(open, 0, "every action confirmed, none failed");
     }
+}
+
+#[tokio::test]
+async fn threshold_charges_collect_overage_mid_period_and_the_close_posts_the_final_root() {
+    use subsettle_keeper::{reconcile::{reconcile, to_table}, statement::{Scope, subscriber_statement, verify}};
+    let market = Market::start(1, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = market.engine(dir.path());
+    engine.settlement.charge_threshold = Some(3_000_000);
+    let charges = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, Vec<u8>)>("SELECT charged_in_period::TEXT, usage_root FROM chain.usage_charges ORDER BY block_number, log_index")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+
+    // 600 images = 24 USDC, 4 over the 20 USDC allowance: past the first 3 USDC threshold.
+    assert_eq!(market.usage(&json!([market.event("t-0", 0, "image-gen", "images", "600", market.now())])).await.0, 200);
+    let step = engine.step(false).await.unwrap();
+    assert!(step.actions.iter().any(|k| k.starts_with("charge-threshold:")), "{step:?}");
+    market.sync().await;
+    let after_first = charges(market.pool.clone()).await;
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].0, "2999999", "one unit short of the multiple crossed");
+    let committed: Vec<u8> = sqlx::query_scalar("SELECT usage_root FROM keeper.threshold_charges WHERE cumulative = 2999999")
+        .fetch_one(&market.pool)
+        .await
+        .unwrap();
+    assert_eq!(after_first[0].1, committed, "the interim root is the one the keeper recorded with its lines");
+    assert!(engine.step(false).await.unwrap().actions.is_empty(), "evaluated once per retry slot");
+
+    // 200 more images (8 USDC): 12 over, past the fourth multiple, charged in the next slot.
+    assert_eq!(market.usage(&json!([market.event("t-1", 0, "image-gen", "images", "200", market.now())])).await.0, 200);
+    market.advance(3_700).await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    assert_eq!(charges(market.pool.clone()).await.last().unwrap().0, "11999999");
+
+    // The period ends: the close charges the last unit with the final root, then the epoch settles.
+    market.advance(30 * 86_400 + CUTOFF as u64).await;
+    for _ in 0..4 {
+        engine.step(false).await.unwrap();
+        market.sync().await;
+    }
+    let all = charges(market.pool.clone()).await;
+    let close_root: Vec<u8> = sqlx::query_scalar("SELECT usage_root FROM keeper.period_closes WHERE period_index = 0").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(all.len(), 3, "two threshold charges and the close's: {all:?}");
+    assert_eq!((all[2].0.as_str(), &all[2].1), ("12000000", &close_root), "the last charge carries the close's root");
+    let settled: String = sqlx::query_scalar("SELECT total::TEXT FROM chain.settlements").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(settled, "91000000", "79 USDC fee + 12 USDC overage");
+
+    let statement = subscriber_statement(&market.pool, market.deployment.chain_id, 6, market.subscribers[0].0, Scope::default()).await.unwrap();
+    let check = verify(&market.pool, &statement).await.unwrap();
+    assert!(check.ok(), "{:?}", check.problems);
+    let report = reconcile(&market.pool, &market.operator(), &market.deployment, 6).await.unwrap();
+    assert!(report.differences.is_empty(), "{}", to_table(&report));
 }

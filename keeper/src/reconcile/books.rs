@@ -51,12 +51,14 @@ impl Books {
         type CloseRow = (i64, i64, Vec<u8>, String, bool, Option<String>);
         let closes: Vec<CloseRow> = sqlx::query_as(
             "WITH items AS (
-                 SELECT o.state, o.block_number, o.planned_at, (item ->> 'id')::BIGINT AS id, (item ->> 'period')::BIGINT AS period
+                 SELECT o.state, o.block_number, o.planned_at, (item ->> 'id')::BIGINT AS id, (item ->> 'period')::BIGINT AS period,
+                        (item ->> 'cumulative')::NUMERIC AS cumulative
                  FROM keeper.outbox o, jsonb_array_elements(o.items) AS item WHERE o.kind = 'charge'
              )
              SELECT c.subscription_id, c.period_index, c.subscriber, c.overage_charge::TEXT,
+                    -- The close's own charge: a threshold charge before it (a smaller cumulative) does not count.
                     EXISTS (SELECT 1 FROM items i WHERE i.id = c.subscription_id AND i.period = c.period_index
-                              AND i.state = 'confirmed' AND i.block_number <= $2),
+                              AND i.cumulative >= c.overage_charge AND i.state = 'confirmed' AND i.block_number <= $2),
                     (SELECT i.state || COALESCE(' in block ' || i.block_number, '') FROM items i
                      WHERE i.id = c.subscription_id AND i.period = c.period_index ORDER BY i.planned_at DESC LIMIT 1)
              FROM keeper.period_closes c WHERE c.chain_id = $1",
@@ -78,6 +80,21 @@ impl Books {
             let subscriber = Address::try_from(subscriber.as_slice()).map_err(|_| KeeperError::ChainData(format!("close {id}/{period}: subscriber is not 20 bytes")))?;
             books.subscribers.insert(subscriber);
             books.charges.insert((id as u64, period as u64), KeeperCharge { charge, confirmed, last_state });
+        }
+        // Running periods charged mid-period (`--charge-threshold`): the keeper's figure is the largest threshold
+        // charge confirmed by the reconciled block.
+        let running: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT (item ->> 'id')::BIGINT, (item ->> 'period')::BIGINT, MAX((item ->> 'cumulative')::NUMERIC)::TEXT
+             FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
+             WHERE o.kind = 'charge' AND starts_with(o.action_key, 'charge-threshold:') AND o.state = 'confirmed' AND o.block_number <= $1
+             GROUP BY 1, 2",
+        )
+        .bind(block as i64)
+        .fetch_all(pool)
+        .await?;
+        for (id, period, charge) in running {
+            let last_state = Some("confirmed (a threshold charge)".to_owned());
+            books.charges.entry((id as u64, period as u64)).or_insert(KeeperCharge { charge, confirmed: true, last_state });
         }
         for (id, total, root, state, mined) in epochs {
             let confirmed = state.as_deref() == Some("confirmed") && mined.is_some_and(|b| b <= block as i64);

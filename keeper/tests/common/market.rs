@@ -221,7 +221,7 @@ impl Market {
             deployment: self.deployment.clone(),
             close: self.close_options(),
             renewals: RenewalPolicy { batch: 100, retry_interval: 3_600 },
-            settlement: SettlementPolicy { batch: 100, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000 },
+            settlement: SettlementPolicy { batch: 100, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000, charge_threshold: None },
             epoch_interval: 86_400,
         }
     }
