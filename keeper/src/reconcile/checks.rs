@@ -84,7 +84,7 @@ pub(super) async fn claimable(
         let ids = Ids { recipient: Some(*recipient), ..Ids::default() };
         let claimed = indexed.claimed.get(recipient).copied().unwrap_or_default();
         let keeper = match creators.get(recipient).map(|s| keeper_credits(s, &books.epochs)) {
-            Some(Ok((credited, pending))) if !pending.is_zero() => {
+            Some(Ok((_, pending))) if !pending.is_zero() => {
                 // The chain may or may not hold those credits yet: the keeper's figure is not comparable until the
                 // settlement is confirmed.
                 tally.pending(Check::Claimable, ids.clone(), format!("{pending} credited in epochs whose settlement is not confirmed yet"));
