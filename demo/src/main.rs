@@ -52,6 +52,9 @@ struct Args {
     /// The keeper's payout threshold, base units.
     #[arg(long, default_value = "10000000")]
     payout_threshold: u128,
+    /// The keeper's threshold for mid-period charges, base units (when it runs with --charge-threshold).
+    #[arg(long)]
+    charge_threshold: Option<u128>,
     /// Longest wait for one step of the daemons, seconds.
     #[arg(long, default_value = "120")]
     timeout: u64,
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             late_cutoff: args.late_cutoff,
             retry_interval: args.retry_interval,
             payout_threshold: args.payout_threshold,
+            charge_threshold: args.charge_threshold,
             timeout: Duration::from_secs(args.timeout),
         },
     };

@@ -38,6 +38,8 @@ pub struct KeeperPolicy {
     pub retry_interval: u64,
     /// Recipients with at least this claimable are paid by the keeper, base units.
     pub payout_threshold: u128,
+    /// The keeper charges overage mid-period at multiples of this (base units), if set.
+    pub charge_threshold: Option<u128>,
     /// Longest wait for one thing the daemons should do.
     pub timeout: Duration,
 }
@@ -157,7 +159,8 @@ impl Month {
 
     async fn week(&self, progress: &Progress, played: &mut Played, week: u32) -> anyhow::Result<()> {
         let week_secs = 7 * DAY;
-        self.move_clock_to(progress, played.start, played.start + u64::from(week) * week_secs).await?;
+        let now = self.move_clock_to(progress, played.start, played.start + u64::from(week) * week_secs).await?;
+        let mid_period = self.threshold_charges(progress, played, now).await?;
         let events = week_events(&self.people, week, played.start + u64::from(week - 1) * week_secs, week_secs);
         let before = played.tally.clone();
         self.api.post(&events, &mut played.tally).await?;
@@ -182,6 +185,9 @@ impl Month {
             ensure!(played.tally.duplicates - before.duplicates == resent.len(), "a resend was not recognised as one");
             line.push_str(&format!("; {} resent by a retrying gateway, all recognised as duplicates", resent.len()));
         }
+        if !mid_period.is_empty() {
+            line.push_str(&format!("; charged mid-period for the usage so far: {}", mid_period.join(", ")));
+        }
         if week == 2 {
             let quitter = self.who(Role::Cancels);
             self.chain.cancel(quitter, played.ids[quitter.index]).await?;
@@ -189,6 +195,42 @@ impl Month {
         }
         progress.done(&line);
         Ok(())
+    }
+
+    /// With threshold charges on: waits until the keeper has evaluated the retry slot of `now` and its charges
+    /// are confirmed and indexed, and returns them as "subscriber (amount)".
+    async fn threshold_charges(&self, progress: &Progress, played: &Played, now: u64) -> anyhow::Result<Vec<String>> {
+        if self.policy.charge_threshold.is_none() {
+            return Ok(Vec::new());
+        }
+        let slot = i64::try_from(now / self.policy.retry_interval.max(1))?;
+        wait_for(progress, "the keeper's threshold charges for the usage so far", self.policy.timeout, || async move {
+            let (evaluated, open, unindexed): (bool, i64, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM keeper.threshold_evaluations WHERE slot = $1),
+                        (SELECT COUNT(*) FROM keeper.outbox WHERE starts_with(action_key, 'charge-threshold:') AND state IN ('planned', 'sent')),
+                        (SELECT COUNT(*) FROM keeper.threshold_charges t WHERE NOT EXISTS (
+                            SELECT 1 FROM chain.charged_per_period c WHERE c.subscription_id = t.subscription_id::NUMERIC
+                              AND c.period_index = t.period_index::NUMERIC AND c.charged >= t.cumulative))",
+            )
+            .bind(slot)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok((!evaluated || open + unindexed > 0).then(|| format!("evaluated: {evaluated}, {open} in flight, {unindexed} not indexed")))
+        })
+        .await?;
+        let charged: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT subscription_id, cumulative::TEXT FROM keeper.threshold_charges WHERE computed_at >= $1 ORDER BY subscription_id",
+        )
+        .bind(i64::try_from(now)?)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(charged
+            .into_iter()
+            .filter_map(|(id, amount)| {
+                let index = played.ids.iter().position(|i| *i as i64 == id)?;
+                Some(format!("subscriber {index} ({})", crate::usdc(amount.parse().ok()?)))
+            })
+            .collect())
     }
 
     async fn status_of(&self, id: u64) -> anyhow::Result<(String, i64)> {

@@ -148,10 +148,11 @@ pub async fn subscribers(pool: &PgPool, chain_id: u64, people: &[Profile], playe
         .bind(&id)
         .fetch_one(pool)
         .await?;
-        let usage: String = sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0)::TEXT FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC")
-            .bind(&id)
-            .fetch_one(pool)
-            .await?;
+        let (usage, charges): (String, i64) =
+            sqlx::query_as("SELECT COALESCE(SUM(amount), 0)::TEXT, COUNT(*) FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC")
+                .bind(&id)
+                .fetch_one(pool)
+                .await?;
         let statement = statement::subscriber_statement(pool, chain_id, 6, p.signer.address(), Scope::default()).await?;
         write_statement(&statement, dir, &format!("subscriber-{:02}-{}", p.index, p.signer.address()), pool).await?;
         rows.push(vec![
@@ -167,11 +168,12 @@ pub async fn subscribers(pool: &PgPool, chain_id: u64, people: &[Profile], playe
             usdc(cap.parse()?),
             usdc(paid.parse()?),
             usdc(usage.parse()?),
+            charges.to_string(),
             status,
             played.tally.refused_by_subscriber.get(&p.index).copied().unwrap_or(0).to_string(),
         ]);
     }
-    let headers = ["#", "who", "wallet", "plan", "approval", "events", "metered", "included", "overage", "cap", "fees paid", "usage charged", "status", "402s"];
+    let headers = ["#", "who", "wallet", "plan", "approval", "events", "metered", "included", "overage", "cap", "fees paid", "usage charged", "charges", "status", "402s"];
     Ok(table(&headers, &rows))
 }
 
