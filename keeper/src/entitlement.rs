@@ -227,9 +227,23 @@ impl Entitlements {
         })
     }
 
+    /// A wallet with several live subscriptions is served by the newest one with overage headroom left (else the
+    /// newest): the answer names it, and usage events for the wallet must name it too.
+    fn pick_to_serve(&self, address: Address, now: i64) -> Result<&Subscription, Refusal> {
+        match self.pick(address, now) {
+            Err(Refusal::Invalid { field: "subscription_id", .. }) => {
+                let ids = self.by_subscriber.get(&address).map(Vec::as_slice).unwrap_or_default();
+                let live: Vec<&Subscription> = ids.iter().rev().filter_map(|id| self.by_id.get(id)).filter(|s| s.entitled_at(now)).collect();
+                let best = live.iter().find(|s| self.refusal(s, now).is_none()).or(live.first());
+                best.copied().ok_or_else(|| Refusal::NotEntitled(format!("{address} has no live subscription")))
+            }
+            other => other,
+        }
+    }
+
     /// The entitlement answer for a subscriber.
     pub fn check(&self, subscriber: Address, now: i64) -> Entitlement {
-        match self.pick(subscriber, now) {
+        match self.pick_to_serve(subscriber, now) {
             Ok(sub) => {
                 let reason = self.refusal(sub, now);
                 let used = self.open.get(&sub.id).map_or(0, |o| o.overage_estimate);
@@ -254,5 +268,48 @@ impl Entitlements {
                 overage_used: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscriptions::Status;
+
+    fn sub(id: u64, wallet: Address, status: Status) -> Subscription {
+        Subscription {
+            id,
+            subscriber: wallet,
+            plan_id: 1,
+            status,
+            period_index: 0,
+            paid_through: 2_000,
+            period: 1_000,
+            grace: 100,
+            overage_cap: 5,
+            subscribed_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_wallet_with_two_live_subscriptions_is_served_by_the_newest_with_headroom() {
+        let wallet = Address::repeat_byte(7);
+        let mut entitlements = Entitlements::default();
+        for s in [sub(1, wallet, Status::Active), sub(2, wallet, Status::Active), sub(3, wallet, Status::Lapsed)] {
+            entitlements.by_subscriber.entry(wallet).or_default().push(s.id);
+            entitlements.by_id.insert(s.id, s);
+        }
+        let answer = entitlements.check(wallet, 1_500);
+        assert_eq!((answer.entitled, answer.subscription_id), (true, Some(2)), "{answer:?}");
+        // Subscription 2 used its cap: subscription 1 still has headroom.
+        entitlements.open.insert(2, OpenUsage { period_start: 1_000, overage_estimate: 5, ..OpenUsage::default() });
+        let answer = entitlements.check(wallet, 1_500);
+        assert_eq!((answer.entitled, answer.subscription_id), (true, Some(1)), "{answer:?}");
+        // Both used up: refused, about the newest.
+        entitlements.open.insert(1, OpenUsage { period_start: 1_000, overage_estimate: 9, ..OpenUsage::default() });
+        let answer = entitlements.check(wallet, 1_500);
+        assert_eq!((answer.entitled, answer.subscription_id), (false, Some(2)), "{answer:?}");
+        // Usage without a subscription id stays ambiguous: it must name one.
+        assert!(matches!(entitlements.resolve(Some(wallet), None, 1_500), Err(Refusal::Invalid { field: "subscription_id", .. })));
     }
 }
