@@ -19,7 +19,7 @@ use crate::{
 /// Longest `event_id`.
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Largest quantity of one event (in the meter's units).
-pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0x_a4c6_8000, 0x_38d7_e, 0, false, 0); // 1e15
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0xa4c6_8000, 0x0003_8d7e, 0, false, 0); // 1e15
 /// Largest serialized `properties`.
 pub const MAX_PROPERTIES_BYTES: usize = 4096;
 

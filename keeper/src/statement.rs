@@ -268,7 +268,7 @@ async fn attach_proofs(pool: &PgPool, lines: &mut [RawLine]) -> Result<(), Keepe
             Some(epoch) => (true, epoch as i64),
             None => (false, raw.close_id),
         };
-        if !trees.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = trees.entry(key) {
             let sql = if key.0 {
                 "SELECT l.leaf FROM keeper.usage_lines l JOIN keeper.epoch_closes e USING (close_id) WHERE e.epoch_id = $1"
             } else {
@@ -276,7 +276,7 @@ async fn attach_proofs(pool: &PgPool, lines: &mut [RawLine]) -> Result<(), Keepe
             };
             let leaves: Vec<Vec<u8>> = sqlx::query_scalar(sql).bind(key.1).fetch_all(pool).await?;
             let leaves: Vec<B256> = leaves.iter().map(|l| B256::from_slice(l)).collect();
-            trees.insert(key, MerkleTree::new(&leaves));
+            slot.insert(MerkleTree::new(&leaves));
         }
         let tree = &trees[&key];
         raw.line.root = tree.root();
@@ -410,7 +410,8 @@ impl SplitVersion {
 }
 
 async fn split_versions(pool: &PgPool, chain_id: u64) -> Result<HashMap<u64, Vec<SplitVersion>>, KeeperError> {
-    let rows: Vec<(String, String, String, Vec<Vec<u8>>, Vec<i32>, i32)> = sqlx::query_as(
+    type VersionRow = (String, String, String, Vec<Vec<u8>>, Vec<i32>, i32);
+    let rows: Vec<VersionRow> = sqlx::query_as(
         "SELECT split_id::TEXT, version::TEXT, effective_at::TEXT, recipients, bps, remainder_index
          FROM chain.split_versions_live WHERE chain_id = $1",
     )
