@@ -82,7 +82,11 @@ pub fn line_leaf(chain_id: u64, subscription_id: u64, period_index: u64, line_no
 pub async fn close_due_periods(pool: &PgPool, catalog: &Snapshot, options: &CloseOptions, now: i64) -> Result<CloseReport, KeeperError> {
     let mut report = CloseReport::default();
     loop {
-        let due = subscriptions::closable_periods(pool, options.chain_id, now, options.late_cutoff, options.batch).await?;
+        let mut due = subscriptions::closable_periods(pool, options.chain_id, now, options.late_cutoff, options.batch).await?;
+        if due.is_empty() {
+            // Then the unpaid period of each lapse with usage left: closed with nothing to collect.
+            due = subscriptions::lapsed_with_unbilled_usage(pool, options.chain_id, options.batch).await?;
+        }
         if due.is_empty() {
             return Ok(report);
         }

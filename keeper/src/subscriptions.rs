@@ -202,3 +202,48 @@ async fn periods(pool: &PgPool, chain_id: u64, filter: &str, offset: i64, now: i
         })
         .collect()
 }
+
+/// The unpaid period after a lapse, for subscriptions that lapsed with usage not billed yet (usage served in the
+/// grace period, or late events of paid periods): nothing can be charged for it, so it is closed with no fee and
+/// a zero cap, which records that usage with nothing attributed instead of leaving it open for ever.
+pub async fn lapsed_with_unbilled_usage(pool: &PgPool, chain_id: u64, limit: i64) -> Result<Vec<Period>, KeeperError> {
+    type LapseRow = (String, String, String, String, i64, Vec<u8>);
+    let rows: Vec<LapseRow> = sqlx::query_as(
+        "SELECT s.subscription_id::TEXT, (s.period_index + 1)::TEXT, s.plan_id::TEXT, s.paid_through::TEXT, e.block_time, s.subscriber
+         FROM chain.subscriptions s
+         JOIN LATERAL (SELECT x.block_time FROM chain.subscription_ends x
+                       WHERE x.chain_id = s.chain_id AND x.subscription_id = s.subscription_id AND x.kind = 'lapsed'
+                       ORDER BY x.block_number DESC, x.log_index DESC LIMIT 1) e ON TRUE
+         WHERE s.chain_id = $1 AND s.status = 'lapsed'
+           AND EXISTS (SELECT 1 FROM keeper.usage_events u WHERE u.subscription_id = s.subscription_id::BIGINT AND u.close_id IS NULL)
+           -- After the last paid period's own close, so that it keeps its own usage.
+           AND EXISTS (SELECT 1 FROM keeper.period_closes c WHERE c.chain_id = s.chain_id
+                         AND c.subscription_id = s.subscription_id::BIGINT AND c.period_index = s.period_index::BIGINT)
+           AND NOT EXISTS (SELECT 1 FROM keeper.period_closes c WHERE c.chain_id = s.chain_id
+                             AND c.subscription_id = s.subscription_id::BIGINT AND c.period_index = s.period_index::BIGINT + 1)
+         ORDER BY s.subscription_id
+         LIMIT $2",
+    )
+    .bind(chain_id as i64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, index, plan, paid_through, lapsed_at, subscriber)| {
+            let start = seconds(&paid_through)?;
+            Ok(Period {
+                subscription_id: numeric_u64(&id, "subscription_id")?,
+                index: numeric_u64(&index, "period_index")?,
+                plan_id: numeric_u64(&plan, "plan_id")?,
+                start,
+                // Every event accepted before the lapse: the lapse is sent after the grace period, when the keeper
+                // had stopped accepting usage.
+                end: lapsed_at.max(start) + 1,
+                fee: 0,
+                subscriber: Address::try_from(subscriber.as_slice())
+                    .map_err(|_| KeeperError::ChainData(format!("subscription {id}: subscriber is not 20 bytes")))?,
+                overage_cap: 0,
+            })
+        })
+        .collect()
+}

@@ -138,6 +138,9 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
         }
     };
     assert_eq!((status_of(2).await, status_of(3).await), ("past_due".to_owned(), "past_due".to_owned()));
+    // Subscriber 3 is still served in its grace period, and uses it.
+    let (status, _) = market.usage(&json!([market.event("m-3", 3, "image-gen", "images", "50", market.now())])).await;
+    assert_eq!(status, 200, "served while past due, inside the grace period");
 
     // Subscriber 2 tops up inside its grace; the next retry slot renews it. Subscriber 3 never does.
     let operator = market.operator();
@@ -154,6 +157,24 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
     market.sync().await;
     assert_eq!(status_of(3).await, "lapsed");
     assert_eq!(status_of(0).await, "active");
+    // Its grace-period usage can never be charged: the unpaid period is closed with nothing to collect, and no
+    // usage is left open.
+    let lapsed = market.subscribers[3].1 as i64;
+    let write_off: (i64, String, String, i32) = sqlx::query_as(
+        "SELECT c.period_index, c.fee::TEXT, c.collected::TEXT, (SELECT SUM(l.event_count)::INT FROM keeper.usage_lines l WHERE l.close_id = c.close_id)
+         FROM keeper.period_closes c WHERE c.subscription_id = $1 AND c.period_index = 1",
+    )
+    .bind(lapsed)
+    .fetch_one(&market.pool)
+    .await
+    .unwrap();
+    assert_eq!(write_off, (1, "0".to_owned(), "0".to_owned(), 1));
+    let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.usage_events WHERE close_id IS NULL AND subscription_id = $1")
+        .bind(lapsed)
+        .fetch_one(&market.pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
 
     // Overage charged up to the cap and never beyond it.
     let charged: Vec<(String, String)> =
