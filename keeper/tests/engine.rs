@@ -422,6 +422,14 @@ async fn threshold_charges_collect_overage_mid_period_and_the_close_posts_the_fi
     let statement = subscriber_statement(&market.pool, market.deployment.chain_id, 6, market.subscribers[0].0, Scope::default()).await.unwrap();
     let check = verify(&market.pool, &statement).await.unwrap();
     assert!(check.ok(), "{:?}", check.problems);
+    // The statement shows every charge: two mid-period ones with their own roots, then the close's.
+    let listed: Vec<(&str, bool)> = statement.periods[0].charges.iter().map(|c| (c.charged_in_period.as_str(), c.threshold)).collect();
+    assert_eq!(listed, [("2999999", true), ("11999999", true), ("12000000", false)]);
+    // A threshold charge whose root the keeper has no record of is caught.
+    sqlx::query("UPDATE keeper.threshold_charges SET usage_root = $1 WHERE cumulative = 2999999").bind(vec![9u8; 32]).execute(&market.pool).await.unwrap();
+    let check = verify(&market.pool, &statement).await.unwrap();
+    assert!(check.problems.iter().any(|p| p.contains("no record")), "{:?}", check.problems);
+    sqlx::query("UPDATE keeper.threshold_charges SET usage_root = $1 WHERE cumulative = 2999999").bind(committed.clone()).execute(&market.pool).await.unwrap();
     let report = reconcile(&market.pool, &market.operator(), &market.deployment, 6).await.unwrap();
     assert!(report.differences.is_empty(), "{}", to_table(&report));
 }

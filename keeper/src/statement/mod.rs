@@ -15,12 +15,14 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+mod verify;
+
+pub use verify::{Verification, verify};
+
 use crate::{
     KeeperError,
-    close::line_leaf,
-    merkle::{self, MerkleTree},
+    merkle::MerkleTree,
     money,
-    pricing::{Line, LineKey},
     store::{numeric_u64, numeric_u128},
 };
 
@@ -128,6 +130,28 @@ pub struct PeriodRef {
     pub charge_tx: Option<B256>,
     /// Overage charged on chain so far.
     pub charged_on_chain: Option<String>,
+    /// Every usage charge the chain recorded for the period, in order: threshold charges made mid-period (each
+    /// with the root of the usage priced until then) and the close's own, with the period's `usage_root`.
+    #[serde(default)]
+    pub charges: Vec<ChargeRef>,
+}
+
+/// One usage charge on chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeRef {
+    /// Transaction.
+    pub tx_hash: B256,
+    /// The cumulative overage the keeper asked for, base units.
+    pub requested: String,
+    /// Collected by this charge, base units.
+    pub amount: String,
+    /// Charged for the period after it (cumulative), base units.
+    pub charged_in_period: String,
+    /// The usage root it carried.
+    pub usage_root: B256,
+    /// A mid-period threshold charge (its root is of the usage priced until then, kept by the keeper), not the
+    /// close's own.
+    pub threshold: bool,
 }
 
 /// A creator's credit from one split in one epoch.
@@ -310,6 +334,29 @@ fn in_scope(scope: &Scope, epoch: Option<u64>, time: i64) -> bool {
     scope.epoch.is_none_or(|e| epoch == Some(e)) && scope.from.is_none_or(|f| time >= f) && scope.to.is_none_or(|t| time < t)
 }
 
+/// The usage charges the chain recorded for a period, in order. The close's own asks for its `overage_charge`;
+/// threshold charges ask for less (one unit short of a multiple of the threshold).
+async fn chain_charges(pool: &PgPool, chain_id: u64, subscription_id: u64, period_index: u64, close_charge: &str) -> Result<Vec<ChargeRef>, KeeperError> {
+    type ChargeRow = (Vec<u8>, String, String, String, Vec<u8>);
+    let rows: Vec<ChargeRow> = sqlx::query_as(
+        "SELECT tx_hash, cumulative_overage::TEXT, amount::TEXT, charged_in_period::TEXT, usage_root FROM chain.usage_charges
+         WHERE chain_id = $1 AND subscription_id = $2::NUMERIC AND period_index = $3::NUMERIC ORDER BY block_number, log_index",
+    )
+    .bind(chain_id as i64)
+    .bind(subscription_id.to_string())
+    .bind(period_index.to_string())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tx, requested, amount, charged, root)| {
+            let usage_root = B256::from_slice(&root);
+            let threshold = requested != close_charge;
+            ChargeRef { tx_hash: B256::from_slice(&tx), requested, amount, charged_in_period: charged, usage_root, threshold }
+        })
+        .collect())
+}
+
 /// A subscriber's statement.
 pub async fn subscriber_statement(pool: &PgPool, chain_id: u64, decimals: u32, subscriber: Address, scope: Scope) -> Result<Statement, KeeperError> {
     type PeriodRow = (i64, i64, i64, i64, String, String, String, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<String>);
@@ -347,7 +394,11 @@ pub async fn subscriber_statement(pool: &PgPool, chain_id: u64, decimals: u32, s
             usage_root: B256::from_slice(&root),
             charge_tx: tx.map(|t| B256::from_slice(&t)),
             charged_on_chain: charged,
+            charges: Vec::new(),
         });
+    }
+    for period in &mut period_refs {
+        period.charges = chain_charges(pool, chain_id, period.subscription_id, period.period_index, &period.overage_charge).await?;
     }
     let mut lines = load_lines(pool, chain_id, LineFilter::Subscriber(subscriber)).await?;
     lines.retain(|l| kept.contains(&(l.line.subscription_id, l.line.period_index)));
@@ -517,213 +568,6 @@ pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, crea
         credits,
         epochs: epoch_refs(pool, chain_id, &epoch_ids).await?,
     })
-}
-
-/// What [`verify`] found.
-#[derive(Debug, Default, Serialize)]
-pub struct Verification {
-    /// Lines whose leaf and proof check out.
-    pub lines_ok: usize,
-    /// Every problem, with the line or reference involved.
-    pub problems: Vec<String>,
-    /// Epochs not (yet) settled on chain: their lines were checked against the keeper's root only.
-    pub unsettled_epochs: Vec<u64>,
-}
-
-impl Verification {
-    /// True when nothing differs.
-    pub fn ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-fn leaf_of(statement: &Statement, line: &StatementLine) -> Result<B256, String> {
-    let amount = |text: &str, what: &str| text.parse::<u128>().map_err(|_| format!("{what} `{text}` is not an amount"));
-    let priced = Line {
-        key: LineKey {
-            adjustment_of: line.adjustment_of,
-            model: line.model.clone(),
-            meter: line.meter.clone(),
-            price_effective_at: line.price_effective_at,
-            split_id: line.split_id,
-        },
-        unit_price: line.unit_price,
-        per_units: line.per_units,
-        event_count: 0,
-        quantity: line.quantity,
-        included_quantity: line.included_quantity,
-        value: line.value,
-        included_value: line.included_value,
-        overage_amount: amount(&line.overage_amount, "overage_amount")?,
-        attributed: amount(&line.attributed, "attributed")?,
-    };
-    Ok(line_leaf(statement.chain_id, line.subscription_id, line.period_index, line.line_no, &priced))
-}
-
-/// Checks a statement: every line's leaf (recomputed from its fields) proves against its root, the totals add
-/// up, every epoch root equals the root of the settlement on chain, and (creators) every credit equals what the
-/// chain credited; (subscribers) every period's overage charge equals what the chain charged.
-pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification, KeeperError> {
-    let mut report = Verification::default();
-    let mut total = 0u128;
-    for line in &statement.lines {
-        let at = format!("line {}/{}/{}", line.subscription_id, line.period_index, line.line_no);
-        match leaf_of(statement, line) {
-            Ok(leaf) if merkle::verify(&line.proof, line.root, leaf) => report.lines_ok += 1,
-            Ok(_) => report.problems.push(format!("{at}: its fields do not prove against root {}", line.root)),
-            Err(e) => report.problems.push(format!("{at}: {e}")),
-        }
-        match line.amount.parse::<u128>() {
-            Ok(a) => total += a,
-            Err(_) => report.problems.push(format!("{at}: amount `{}` is not an amount", line.amount)),
-        }
-        match line.epoch_id {
-            Some(epoch) => match statement.epochs.iter().find(|e| e.epoch_id == epoch) {
-                Some(e) if e.usage_root == line.root => {}
-                _ => report.problems.push(format!("{at}: its root is not epoch {epoch}'s root in the statement")),
-            },
-            // Not gathered yet: the line proves against its period's usage root, checked below against the chain.
-            None => match statement.periods.iter().find(|p| p.subscription_id == line.subscription_id && p.period_index == line.period_index) {
-                Some(p) if p.usage_root == line.root => {}
-                _ => report.problems.push(format!("{at}: not in an epoch, and its root is not its period's usage root")),
-            },
-        }
-        if statement.party == Party::Subscriber && line.amount != line.attributed {
-            report.problems.push(format!("{at}: a subscriber's amount is the line's attributed {}, not {}", line.attributed, line.amount));
-        }
-    }
-    if total.to_string() != statement.total {
-        report.problems.push(format!("total: the lines add up to {total}, the statement says {}", statement.total));
-    }
-    for epoch in &statement.epochs {
-        let on_chain: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT usage_root FROM chain.settlements WHERE chain_id = $1 AND settlement_id = $2::NUMERIC ORDER BY block_number DESC LIMIT 1",
-        )
-        .bind(statement.chain_id as i64)
-        .bind(epoch.epoch_id.to_string())
-        .fetch_optional(pool)
-        .await?;
-        match on_chain {
-            None => report.unsettled_epochs.push(epoch.epoch_id),
-            Some(root) if root == epoch.usage_root.as_slice() => {}
-            Some(root) => report.problems.push(format!(
-                "epoch {}: the statement's root {} differs from settlement {}'s root on chain 0x{}",
-                epoch.epoch_id,
-                epoch.usage_root,
-                epoch.epoch_id,
-                alloy::hex::encode(root)
-            )),
-        }
-    }
-    verify_credits(pool, statement, &mut report).await?;
-    verify_periods(pool, statement, &mut report).await?;
-    Ok(report)
-}
-
-async fn verify_credits(pool: &PgPool, statement: &Statement, report: &mut Verification) -> Result<(), KeeperError> {
-    for credit in &statement.credits {
-        let lines: u128 = statement
-            .lines
-            .iter()
-            .filter(|l| l.epoch_id == Some(credit.epoch_id) && l.split_id == credit.split_id)
-            .filter_map(|l| l.amount.parse::<u128>().ok())
-            .sum();
-        if lines.to_string() != credit.credit {
-            report.problems.push(format!("epoch {} split {}: lines add up to {lines}, credit says {}", credit.epoch_id, credit.split_id, credit.credit));
-        }
-        check_division(statement, credit, report);
-        let on_chain: Option<String> = sqlx::query_scalar(
-            "SELECT SUM(amount)::TEXT FROM chain.credits WHERE chain_id = $1 AND recipient = $2
-               AND settlement_id = $3::NUMERIC AND split_id = $4::NUMERIC",
-        )
-        .bind(statement.chain_id as i64)
-        .bind(statement.address.to_vec())
-        .bind(credit.epoch_id.to_string())
-        .bind(credit.split_id.to_string())
-        .fetch_one(pool)
-        .await?;
-        match on_chain {
-            Some(amount) if amount != credit.credit => report.problems.push(format!(
-                "epoch {} split {}: the chain credited {amount}, the statement says {}",
-                credit.epoch_id, credit.split_id, credit.credit
-            )),
-            // The escrow emits no credit of zero.
-            None if credit.credit != "0" && !report.unsettled_epochs.contains(&credit.epoch_id) => report.problems.push(format!(
-                "epoch {} split {}: settled on chain but nothing credited to {}",
-                credit.epoch_id, credit.split_id, statement.address
-            )),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The creator's lines of one (epoch, split) must be the credit divided by the lines' amounts (rule 3).
-fn check_division(statement: &Statement, credit: &CreditRef, report: &mut Verification) {
-    let lines: Vec<&StatementLine> =
-        statement.lines.iter().filter(|l| l.epoch_id == Some(credit.epoch_id) && l.split_id == credit.split_id).collect();
-    let weights: Option<Vec<Decimal>> = lines.iter().map(|l| l.attributed.parse::<Decimal>().ok()).collect();
-    let expected = match (credit.credit.parse::<u128>(), weights) {
-        (Ok(amount), Some(weights)) => money::divide_by_weight(amount, &weights).ok().flatten(),
-        _ => None,
-    };
-    match expected {
-        Some(parts) => {
-            for (line, part) in lines.iter().zip(parts) {
-                if line.amount != part.to_string() {
-                    report.problems.push(format!(
-                        "line {}/{}/{}: the credit divided by the lines' amounts gives {part}, not {}",
-                        line.subscription_id, line.period_index, line.line_no, line.amount
-                    ));
-                }
-            }
-        }
-        None if credit.credit == "0" => {}
-        None => report.problems.push(format!("epoch {} split {}: the credit cannot be divided over its lines", credit.epoch_id, credit.split_id)),
-    }
-}
-
-/// Each period: its lines add up to what was paid, paid is fee plus overage charge, and the chain charged that
-/// overage with the period's usage root (read from the indexed chain, not from the statement).
-async fn verify_periods(pool: &PgPool, statement: &Statement, report: &mut Verification) -> Result<(), KeeperError> {
-    for period in &statement.periods {
-        let at = format!("subscription {} period {}", period.subscription_id, period.period_index);
-        let lines: u128 = statement
-            .lines
-            .iter()
-            .filter(|l| l.subscription_id == period.subscription_id && l.period_index == period.period_index)
-            .filter_map(|l| l.amount.parse::<u128>().ok())
-            .sum();
-        if lines.to_string() != period.paid {
-            report.problems.push(format!("{at}: lines add up to {lines}, paid says {}", period.paid));
-        }
-        let sum = period.fee.parse::<u128>().ok().zip(period.overage_charge.parse::<u128>().ok()).map(|(f, o)| f + o);
-        if sum.map(|s| s.to_string()) != Some(period.paid.clone()) {
-            report.problems.push(format!("{at}: paid {} is not fee {} plus overage {}", period.paid, period.fee, period.overage_charge));
-        }
-        let charged: Option<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT charged_in_period::TEXT, usage_root FROM chain.usage_charges
-             WHERE chain_id = $1 AND subscription_id = $2::NUMERIC AND period_index = $3::NUMERIC
-             ORDER BY block_number DESC, log_index DESC LIMIT 1",
-        )
-        .bind(statement.chain_id as i64)
-        .bind(period.subscription_id.to_string())
-        .bind(period.period_index.to_string())
-        .fetch_optional(pool)
-        .await?;
-        match charged {
-            None if period.overage_charge == "0" => {}
-            None => report.problems.push(format!("{at}: the chain has no overage charge; the statement says {}", period.overage_charge)),
-            Some((amount, _)) if amount != period.overage_charge => {
-                report.problems.push(format!("{at}: the chain charged {amount} of overage, the statement says {}", period.overage_charge));
-            }
-            Some((_, root)) if root != period.usage_root.as_slice() => {
-                report.problems.push(format!("{at}: the chain's usage root differs from the statement's {}", period.usage_root));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// The statement's lines as CSV (one row per line; amounts in base units).
