@@ -93,6 +93,17 @@ pub async fn import(keeper: &Keeper, path: &Path, format: Format) -> Result<Impo
         }
         line_no += 1;
         bytes_read += read as u64;
+        // A CSV record may span lines inside a quoted cell: read on until its quotes are balanced.
+        let first_line = line_no;
+        while format == Format::Csv && !quotes_balanced(&text) {
+            let more = reader.read_line(&mut text).map_err(file_error)?;
+            if more == 0 {
+                break; // an unterminated quote: the CSV parser names it below
+            }
+            line_no += 1;
+            bytes_read += more as u64;
+        }
+        let line_no = first_line;
         let line = text.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
@@ -149,6 +160,11 @@ fn progress(report: &ImportReport, done: u64, total: u64, started: Instant) {
     } else {
         let _ = writeln!(stderr, "{line}");
     }
+}
+
+/// Whether `text` closes every quoted CSV cell it opens (an escaped quote is two quotes, so parity tells).
+fn quotes_balanced(text: &str) -> bool {
+    text.bytes().filter(|b| *b == b'"').count().is_multiple_of(2)
 }
 
 fn csv_fields(line: &str) -> Result<Vec<String>, String> {

@@ -110,7 +110,8 @@ async fn usage_import_streams_files_exactly_once() {
         format!(
             "event_id,subscriber,model,meter,quantity,timestamp,properties\n\
              c-1,{a},image-gen,images,3,{now},\n\
-             c-2,{b},image-gen,images,4,{now},\"{{\"\"region\"\":\"\"eu\"\"}}\"\n"
+             c-2,{b},image-gen,images,4,{now},\"{{\"\"region\"\":\"\"eu\"\"}}\"\n\
+             c-3,{b},image-gen,images,5,{now},\"{{\n  \"\"note\"\": \"\"spans lines\"\"\n}}\"\n"
         ),
     )
     .unwrap();
@@ -127,17 +128,19 @@ async fn usage_import_streams_files_exactly_once() {
     assert!(problems.contains("line 3") && problems.contains("unknown model") && problems.contains("line 4"), "{problems}");
     let (code, report, stderr) = run(&csv);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(report["accepted"], 2);
+    assert_eq!(report["accepted"], 3, "a quoted cell may span lines: {report}");
 
     let before = market.stored().await;
     let (_, report, _) = run(&ndjson);
     assert_eq!((report["accepted"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(2)));
     let (code, report, _) = run(&csv);
-    assert_eq!((code, report["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!((code, report["duplicates"].as_u64()), (Some(0), Some(3)));
     assert_eq!(market.stored().await, before);
-    assert_eq!(before.0, 4);
+    assert_eq!(before.0, 5);
     let region: Value = sqlx::query_scalar("SELECT properties FROM keeper.usage_events WHERE event_id = 'c-2'").fetch_one(&market.pool).await.unwrap();
     assert_eq!(region, json!({"region": "eu"}));
+    let note: Value = sqlx::query_scalar("SELECT properties FROM keeper.usage_events WHERE event_id = 'c-3'").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(note, json!({"note": "spans lines"}));
 }
 
 #[tokio::test]
