@@ -73,7 +73,9 @@ fn require_default_split(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    store::connect(&settings.database_url, 8).await.context("connecting to Postgres")
+    let pool = store::connect(&settings.database_url, 8).await.context("connecting to Postgres")?;
+    store::check_one_deployment(&pool, &settings.deployment).await?;
+    Ok(pool)
 }
 
 fn api_settings(settings: &Settings) -> ApiSettings {
@@ -493,6 +495,7 @@ async fn run_reconcile(args: subsettle_keeper::cli::ReconcileArgs) -> anyhow::Re
     let report = async {
         let settings = Settings::resolve(&args.settings)?;
         let pool = store::connect_read_only(&settings.database_url, 4).await.context("connecting to Postgres")?;
+        store::check_one_deployment(&pool, &settings.deployment).await?;
         let url = args.rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{}` is not a URL", args.rpc_url))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
         anyhow::Ok(subsettle_keeper::reconcile::reconcile(&pool, &provider, &settings.deployment, settings.decimals).await?)

@@ -35,6 +35,40 @@ pub async fn migrate(pool: &PgPool) -> Result<(), KeeperError> {
     Ok(())
 }
 
+/// The keeper's tables serve one deployment, and it reads the indexer's tables by chain id: refuses a database
+/// that holds another deployment on the same chain, or keeper data of another chain, rather than mixing their money.
+pub async fn check_one_deployment(pool: &PgPool, deployment: &subsettle_abi::Deployment) -> Result<(), KeeperError> {
+    let indexed: Option<bool> = sqlx::query_scalar("SELECT to_regclass('chain.deployments') IS NOT NULL").fetch_one(pool).await?;
+    if indexed == Some(true) {
+        let others: Vec<Vec<u8>> = sqlx::query_scalar("SELECT subscriptions FROM chain.deployments WHERE chain_id = $1 AND subscriptions <> $2")
+            .bind(deployment.chain_id as i64)
+            .bind(deployment.subscriptions.as_slice())
+            .fetch_all(pool)
+            .await?;
+        if let Some(other) = others.first() {
+            return Err(KeeperError::Invalid {
+                field: "deployment".into(),
+                reason: format!(
+                    "this database also indexes the deployment with Subscriptions 0x{} on chain {}; the keeper serves one deployment per database",
+                    alloy::hex::encode(other),
+                    deployment.chain_id
+                ),
+            });
+        }
+    }
+    let foreign: Option<i64> = sqlx::query_scalar("SELECT chain_id FROM keeper.period_closes WHERE chain_id <> $1 LIMIT 1")
+        .bind(deployment.chain_id as i64)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(chain) = foreign {
+        return Err(KeeperError::Invalid {
+            field: "deployment".into(),
+            reason: format!("this database holds the keeper's books of chain {chain}, not {}; the keeper serves one deployment per database", deployment.chain_id),
+        });
+    }
+    Ok(())
+}
+
 /// A NUMERIC(78,0) read as text, as an integer.
 pub fn numeric_u128(text: &str, what: &'static str) -> Result<u128, KeeperError> {
     text.parse().map_err(|_| KeeperError::ChainData(format!("{what} `{text}` is not a base-unit amount")))

@@ -433,3 +433,19 @@ async fn threshold_charges_collect_overage_mid_period_and_the_close_posts_the_fi
     let report = reconcile(&market.pool, &market.operator(), &market.deployment, 6).await.unwrap();
     assert!(report.differences.is_empty(), "{}", to_table(&report));
 }
+
+#[tokio::test]
+async fn a_database_that_also_indexes_another_deployment_on_the_chain_is_refused() {
+    use subsettle_keeper::store::check_one_deployment;
+    let market = Market::start(1, 0).await;
+    check_one_deployment(&market.pool, &market.deployment).await.expect("one deployment");
+    sqlx::query(
+        "INSERT INTO chain.deployments (chain_id, subscriptions, escrow, start_block) SELECT chain_id, $1, escrow, 0 FROM chain.deployments",
+    )
+    .bind(vec![0x11u8; 20])
+    .execute(&market.pool)
+    .await
+    .unwrap();
+    let refused = check_one_deployment(&market.pool, &market.deployment).await.unwrap_err().to_string();
+    assert!(refused.contains("0x1111111111111111111111111111111111111111") && refused.contains("one deployment per database"), "{refused}");
+}
