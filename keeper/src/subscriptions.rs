@@ -141,11 +141,13 @@ pub async fn closable_periods(pool: &PgPool, chain_id: u64, now: i64, cutoff: i6
 }
 
 /// Each subscription's first period not closed yet, where that period is still running at `now` and usage
-/// not billed yet exists (the candidates for a mid-period threshold charge).
-pub async fn open_periods_with_usage(pool: &PgPool, chain_id: u64, now: i64, limit: i64) -> Result<Vec<Period>, KeeperError> {
-    let filter = "o.paid_through - pl.period <= $3 AND $3 < o.paid_through + $2
-                  AND EXISTS (SELECT 1 FROM keeper.usage_events e WHERE e.subscription_id = o.subscription_id::BIGINT AND e.close_id IS NULL)";
-    periods(pool, chain_id, filter, 0, now, limit).await
+/// not billed yet exists (the candidates for a mid-period threshold charge), for subscriptions after `after`.
+pub async fn open_periods_with_usage(pool: &PgPool, chain_id: u64, now: i64, after: u64, limit: i64) -> Result<Vec<Period>, KeeperError> {
+    let filter = format!(
+        "o.subscription_id > {after} AND o.paid_through - pl.period <= $3 AND $3 < o.paid_through + $2
+         AND EXISTS (SELECT 1 FROM keeper.usage_events e WHERE e.subscription_id = o.subscription_id::BIGINT AND e.close_id IS NULL)"
+    );
+    periods(pool, chain_id, &filter, 0, now, limit).await
 }
 
 /// The first unclosed period of each subscription that passes `filter` (SQL over `o`, the period, and `pl`, its

@@ -27,8 +27,8 @@ use crate::{
     subscriptions::{self, Period},
 };
 
-/// Running periods priced per evaluation, at most.
-const PERIODS_PER_EVALUATION: i64 = 20_000;
+/// Running periods priced at a time.
+const PERIODS_PER_BATCH: i64 = 2_000;
 
 /// How threshold charges are planned.
 #[derive(Debug, Clone, Copy)]
@@ -62,19 +62,37 @@ pub async fn plan_threshold_charges(
     if !dry_run && !claim_slot(pool, options.chain_id, slot, now).await? {
         return Ok(Vec::new());
     }
-    let periods = subscriptions::open_periods_with_usage(pool, options.chain_id, now, PERIODS_PER_EVALUATION).await?;
-    if periods.is_empty() {
-        return Ok(Vec::new());
-    }
     let snapshot = catalog::load(pool).await?;
-    let mut events = unbilled_events(pool, &periods, now).await?;
+    let mut due = Vec::new();
+    let mut after = 0;
+    loop {
+        let periods = subscriptions::open_periods_with_usage(pool, options.chain_id, now, after, PERIODS_PER_BATCH).await?;
+        let Some(last) = periods.last() else { break };
+        after = last.subscription_id;
+        due.extend(due_in(pool, &snapshot, options, &periods, policy, now, dry_run).await?);
+    }
+    let prefix = format!("charge-threshold:{slot}:");
+    Ok(due.chunks(policy.batch.max(1)).map(|batch| action(&prefix, subscriptions_contract, batch)).collect())
+}
+
+/// The threshold charges due among `periods`: (subscription, period, cumulative, usage root).
+async fn due_in(
+    pool: &PgPool,
+    snapshot: &catalog::Snapshot,
+    options: &CloseOptions,
+    periods: &[Period],
+    policy: ThresholdPolicy,
+    now: i64,
+    dry_run: bool,
+) -> Result<Vec<(u64, u64, u128, B256)>, KeeperError> {
+    let mut events = unbilled_events(pool, periods, now).await?;
     let ids: Vec<i64> = periods.iter().map(|p| p.subscription_id as i64).collect();
     let earlier = close::earlier_periods(&mut *pool.acquire().await?, options.chain_id, &ids).await?;
     let charged = charged_or_in_flight(pool, options.chain_id, &ids).await?;
     let mut due = Vec::new();
-    for period in &periods {
+    for period in periods {
         let mut period_events = events.remove(&period.subscription_id).unwrap_or_default();
-        let priced = close::price(&snapshot, options, period, &mut period_events, &earlier)?;
+        let priced = close::price(snapshot, options, period, &mut period_events, &earlier)?;
         let Some(target) = threshold_target(priced.overage_charge, policy.threshold) else { continue };
         if charged.get(&(period.subscription_id, period.index)).is_some_and(|c| *c >= target) {
             continue;
@@ -85,8 +103,7 @@ pub async fn plan_threshold_charges(
         }
         due.push((period.subscription_id, period.index, target, root));
     }
-    let prefix = format!("charge-threshold:{slot}:");
-    Ok(due.chunks(policy.batch.max(1)).map(|batch| action(&prefix, subscriptions_contract, batch)).collect())
+    Ok(due)
 }
 
 /// Records the evaluation of `slot`; false when it was recorded before.
