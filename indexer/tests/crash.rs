@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,22 +17,14 @@ use common::{
 };
 use subsettle_testkit::{TestChain, TestDatabase};
 
-/// Kills the indexer if the test fails while it runs, so no process outlives the test.
-struct Indexer(Child);
-
-impl Drop for Indexer {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// `subsettle-indexer backfill` under test (killed if the test fails while it runs).
+struct Indexer(common::Daemon);
 
 impl Indexer {
     /// Starts `subsettle-indexer backfill` with ranges of 20 blocks, 2 at once; its log goes to `log`.
     fn backfill(database_url: &str, deployment: &Path, rpc_url: &str, log: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_subsettle-indexer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_subsettle-indexer"));
+        command
             .arg("backfill")
             .args(["--database-url", database_url, "--rpc-url", rpc_url])
             .arg("--deployment")
@@ -42,10 +34,8 @@ impl Indexer {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start subsettle-indexer");
-        Self(child)
+            .stderr(std::fs::File::create(log).unwrap());
+        Self(common::Daemon::spawn(&mut command))
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {

@@ -11,19 +11,7 @@ use std::{
 use alloy::{primitives::U256, transports::http::reqwest};
 use subsettle_abi::{Subscriptions, TestUSDC};
 use subsettle_testkit::{TestChain, TestDatabase};
-use common::{DAY, deploy_contracts, u};
-
-/// Kills the daemon if the test fails before stopping it, so no process outlives the test.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use common::{DAY, Daemon, deploy_contracts, u};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -47,15 +35,13 @@ async fn the_daemon_follows_new_blocks_serves_health_and_stops_on_sigterm() {
     d.save(&deployment_file).unwrap();
     let metrics_port = free_port();
 
-    let mut daemon = Daemon(Command::new(env!("CARGO_BIN_EXE_subsettle-indexer"))
+    let mut daemon = Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_subsettle-indexer"))
         .args(["run", "--poll-interval-ms", "100", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .arg("--deployment")
         .arg(&deployment_file)
         .args(["--rpc-url", &chain.endpoint(), "--database-url", db.url()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+        .stderr(Stdio::null()));
 
     // A plan and a subscription created while the daemon runs show up in the views.
     let operator = chain.provider(0);

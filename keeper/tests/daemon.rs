@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::Daemon;
 use market::{Market, TOKEN};
 use serde_json::{Value, json};
 
@@ -56,12 +57,10 @@ async fn serve_takes_usage_answers_entitlement_and_stops_on_sigterm() {
     let stderr = String::from_utf8_lossy(&short.stderr);
     assert!(stderr.contains("api_token") && !stderr.contains("hunter2"), "{stderr}");
 
-    let mut child = keeper(&market, &deployment)
+    let mut child = Daemon::spawn(keeper(&market, &deployment)
         .args(["serve", "--http-addr", &addr, "--default-split", &market.splits[0].to_string()])
         .env("SUBSETTLE_API_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null()));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(format!("http://{addr}/healthz")).send().await.is_err() {
@@ -214,15 +213,13 @@ async fn kill_9_at_random_moments_ends_in_the_same_chain_state() {
     let mut rng = common::Rng::new(0x5eed);
     let mut kills = 0;
     for round in 0..60 {
-        let mut child = keeper(&market, &deployment)
+        let mut child = Daemon::spawn(keeper(&market, &deployment)
             .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s", "--payout-threshold", "1000000"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--private-key-file")
             .arg(&key)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null()));
         tokio::time::sleep(Duration::from_millis(rng.between(30, 700))).await;
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
@@ -271,15 +268,13 @@ async fn run_serves_metrics_and_health_and_stops_on_sigterm() {
     market.advance(30 * 86_400 + 60).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = keeper(&market, &deployment)
+    let mut child = Daemon::spawn(keeper(&market, &deployment)
         .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &market.splits[0].to_string()])
         .args(["--interval", "1s", "--metrics-addr", &addr])
         .arg("--private-key-file")
         .arg(&key)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null()));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -363,16 +358,14 @@ async fn two_keepers_only_one_sends_and_the_other_takes_over_when_it_dies() {
     let split = market.splits[0].to_string();
     let spawn = |log: &str| {
         let log = std::fs::File::create(dir.path().join(log)).unwrap();
-        keeper(&market, &deployment)
+        Daemon::spawn(keeper(&market, &deployment)
             .env("RUST_LOG", "info")
             .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--private-key-file")
             .arg(&key)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+            .stderr(log))
     };
     let read = |log: &str| std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
     let wait_for = |what: &'static str, check: &dyn Fn() -> bool| {

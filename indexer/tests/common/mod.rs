@@ -576,3 +576,36 @@ pub async fn indexer(chain: &TestChain, db: &TestDatabase, deployment: &Deployme
     let options = SyncOptions { poll_interval: std::time::Duration::from_millis(100), confirmations: 5, concurrency: 2 };
     (Indexer::new(deployment.clone(), source, store, options, metrics), pool)
 }
+
+/// A process started by a test (a daemon under test): killed and reaped when dropped, so a failing assertion
+/// never leaves it running.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    /// Starts `command`.
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        Self(command.spawn().expect("start the daemon under test"))
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
