@@ -19,13 +19,23 @@ pub mod wallets;
 /// Token base units per USDC.
 pub const USDC: u64 = 1_000_000;
 
-/// `amount` base units as USDC with six decimals.
+/// `amount` base units as USDC with six decimals, by the keeper's conversion.
 pub fn usdc(amount: u128) -> String {
-    format!("{}.{:06}", amount / 1_000_000, amount % 1_000_000)
+    subsettle_keeper::money::from_base_units(amount, 6).map_or_else(|_| format!("{amount} base units"), |value| value.to_string())
 }
 
 /// The first and last four hex digits of an address, for tables.
 pub fn short(address: &alloy::primitives::Address) -> String {
     let text = address.to_string();
     format!("{}…{}", &text[..6], &text[text.len() - 4..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn amounts_print_with_all_six_decimals() {
+        assert_eq!(super::usdc(25_000_000), "25.000000");
+        assert_eq!(super::usdc(1), "0.000001");
+        assert_eq!(super::usdc(0), "0.000000");
+    }
 }

@@ -203,16 +203,19 @@ impl Month {
         if self.policy.charge_threshold.is_none() {
             return Ok(Vec::new());
         }
-        let slot = i64::try_from(now / self.policy.retry_interval.max(1))?;
+        let slot = subsettle_keeper::outbox::retry_slot(i64::try_from(now)?, i64::try_from(self.policy.retry_interval)?);
+        let threshold_keys = format!("{}:", subsettle_keeper::threshold::KEY_PREFIX);
+        let threshold_keys = &threshold_keys;
         wait_for(progress, "the keeper's threshold charges for the usage so far", self.policy.timeout, || async move {
             let (evaluated, open, unindexed): (bool, i64, i64) = sqlx::query_as(
                 "SELECT EXISTS (SELECT 1 FROM keeper.threshold_evaluations WHERE slot = $1),
-                        (SELECT COUNT(*) FROM keeper.outbox WHERE starts_with(action_key, 'charge-threshold:') AND state IN ('planned', 'sent')),
+                        (SELECT COUNT(*) FROM keeper.outbox WHERE starts_with(action_key, $2) AND state IN ('planned', 'sent')),
                         (SELECT COUNT(*) FROM keeper.threshold_charges t WHERE NOT EXISTS (
                             SELECT 1 FROM chain.charged_per_period c WHERE c.subscription_id = t.subscription_id::NUMERIC
                               AND c.period_index = t.period_index::NUMERIC AND c.charged >= t.cumulative))",
             )
             .bind(slot)
+            .bind(threshold_keys)
             .fetch_one(&self.pool)
             .await?;
             Ok((!evaluated || open + unindexed > 0).then(|| format!("evaluated: {evaluated}, {open} in flight, {unindexed} not indexed")))

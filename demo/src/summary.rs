@@ -108,7 +108,7 @@ pub async fn recipients(pool: &PgPool, chain_id: u64, recipients: &[Recipient], 
             usdc(attributed),
             usdc(credited),
             usdc(claimed),
-            usdc(credited - claimed),
+            usdc(credited.checked_sub(claimed).with_context(|| format!("{}: claimed {claimed} is more than credited {credited}", r.name))?),
         ]);
         let txs: Vec<(Vec<u8>, String)> = sqlx::query_as(
             "SELECT tx_hash, 'credited' FROM chain.credits WHERE recipient = $1

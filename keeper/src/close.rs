@@ -141,6 +141,11 @@ async fn close_batch(pool: &PgPool, catalog: &Snapshot, options: &CloseOptions, 
     Ok(report)
 }
 
+/// The leaves of a period's lines, numbered in order: what its usage root (and a threshold charge's) commits to.
+pub(crate) fn period_leaves(chain_id: u64, period: &Period, lines: &[Line]) -> Vec<B256> {
+    lines.iter().enumerate().map(|(n, line)| line_leaf(chain_id, period.subscription_id, period.index, n as u32, line)).collect()
+}
+
 /// Prices `events` of `period` as its close does: events of earlier periods that arrived late become adjustment
 /// lines of the period they belonged to (by `earlier`, the closed periods' starts).
 pub(crate) fn price(
@@ -200,11 +205,9 @@ async fn write_closes(
     let mut c = CloseColumns::default();
     let mut l = LineColumns::default();
     for (close_id, period, priced) in closes {
-        let mut leaves = Vec::with_capacity(priced.lines.len());
-        for (line_no, line) in priced.lines.iter().enumerate() {
-            let leaf = line_leaf(options.chain_id, period.subscription_id, period.index, line_no as u32, line);
-            leaves.push(leaf);
-            l.push(*close_id, line_no as i32, line, leaf);
+        let leaves = period_leaves(options.chain_id, period, &priced.lines);
+        for (line_no, (line, leaf)) in priced.lines.iter().zip(&leaves).enumerate() {
+            l.push(*close_id, line_no as i32, line, *leaf);
         }
         let root = MerkleTree::new(&leaves).root();
         let default_split = priced.lines.iter().find(|line| line.key.model.is_empty()).map(|line| line.key.split_id);

@@ -147,13 +147,11 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
          ), attempts AS (
              -- Attempts at the close's own charge: threshold charges made before the close (smaller cumulative
              -- amounts) do not count as attempts at it.
-             SELECT (item ->> 'id')::BIGINT AS subscription_id, (item ->> 'period')::BIGINT AS period_index,
-                    (item ->> 'cumulative')::NUMERIC AS cumulative,
-                    o.state IN ('planned', 'sent')
-                      OR (o.state = 'confirmed' AND o.block_number > COALESCE(
+             SELECT i.subscription_id, i.period_index, i.cumulative,
+                    i.state IN ('planned', 'sent')
+                      OR (i.state = 'confirmed' AND i.block_number > COALESCE(
                           (SELECT MAX(d.cursor_number) FROM chain.deployments d WHERE d.chain_id = $1), -1)) AS in_flight
-             FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
-             WHERE o.kind = 'charge'
+             FROM keeper.charge_items i
          ), tried AS (
              SELECT o.close_id, BOOL_OR(a.in_flight) AS in_flight
              FROM open o JOIN attempts a ON a.subscription_id = o.subscription_id AND a.period_index = o.period_index

@@ -36,6 +36,12 @@ pub struct Action {
     pub items: Value,
 }
 
+/// The retry slot of chain time `now`: an action planned in a slot is not planned again in it, so a failing one is
+/// tried once per `interval` seconds, not on every step.
+pub fn retry_slot(now: i64, interval: i64) -> i64 {
+    now.div_euclid(interval.max(1))
+}
+
 /// The key of a batch action: `prefix` and its items joined, or, for a long batch (Postgres indexes at most
 /// about 8 kB per key), `prefix`, the item count and the keccak256 of the joined items: deterministic either way.
 pub fn batch_key(prefix: &str, items: &[String]) -> String {

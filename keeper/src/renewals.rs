@@ -14,7 +14,7 @@ use subsettle_abi::Subscriptions;
 
 use crate::{
     KeeperError,
-    outbox::{Action, batch_key},
+    outbox::{Action, batch_key, retry_slot},
 };
 
 /// How renewals are planned.
@@ -41,7 +41,7 @@ pub async fn plan_renewals(
     policy: RenewalPolicy,
     now: i64,
 ) -> Result<Vec<Action>, KeeperError> {
-    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let slot = retry_slot(now, policy.retry_interval);
     let prefix = format!("renew:{slot}:");
     // Due by the indexed state, not already attempted in this slot (in any outbox state).
     let due: Vec<(i64, i64, bool, bool)> = sqlx::query_as(

@@ -13,7 +13,7 @@ use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
 
 use crate::{
     KeeperError,
-    outbox::{Action, batch_key},
+    outbox::{Action, batch_key, retry_slot},
     store::numeric_u128,
 };
 
@@ -34,7 +34,7 @@ pub struct SettlementPolicy {
 
 /// Cumulative overage charges of closed periods that the chain has not collected yet, inside the charge window.
 pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, policy: SettlementPolicy, now: i64) -> Result<Vec<Action>, KeeperError> {
-    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let slot = retry_slot(now, policy.retry_interval);
     let prefix = format!("charge:{slot}:");
     let rows: Vec<(i64, i64, String, Vec<u8>)> = sqlx::query_as(
         "SELECT c.subscription_id, c.period_index, c.overage_charge::TEXT, c.usage_root
@@ -44,9 +44,9 @@ pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, 
          WHERE c.chain_id = $1 AND c.overage_charge > 0 AND COALESCE(ch.charged, 0) < c.overage_charge
            AND c.period_end + $2 > $3
            AND NOT EXISTS (
-               SELECT 1 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
-               WHERE o.kind = 'charge' AND (starts_with(o.action_key, $4) OR o.state IN ('planned', 'sent'))
-                 AND (item ->> 'id')::BIGINT = c.subscription_id AND (item ->> 'period')::BIGINT = c.period_index)
+               SELECT 1 FROM keeper.charge_items i
+               WHERE (starts_with(i.action_key, $4) OR i.state IN ('planned', 'sent'))
+                 AND i.subscription_id = c.subscription_id AND i.period_index = c.period_index)
          ORDER BY c.subscription_id, c.period_index",
     )
     .bind(chain_id as i64)
@@ -131,7 +131,7 @@ pub async fn plan_settlements(pool: &PgPool, chain_id: u64, escrow: Address) -> 
 
 /// Recipients whose claimable balance is at least the threshold and who are not on hold; `claimMany` batches.
 pub async fn plan_payouts(pool: &PgPool, chain_id: u64, escrow: Address, policy: SettlementPolicy, now: i64) -> Result<Vec<Action>, KeeperError> {
-    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let slot = retry_slot(now, policy.retry_interval);
     let prefix = format!("claim:{slot}:");
     let rows: Vec<Vec<u8>> = sqlx::query_scalar(
         "WITH last_hold AS (

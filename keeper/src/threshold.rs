@@ -20,12 +20,15 @@ use subsettle_abi::{ISubscriptions::Charge, Subscriptions};
 
 use crate::{
     KeeperError, catalog,
-    close::{self, CloseOptions, line_leaf},
+    close::{self, CloseOptions},
     merkle::MerkleTree,
-    outbox::{Action, batch_key},
+    outbox::{Action, batch_key, retry_slot},
     pricing::{Line, MeteredEvent, PricedPeriod},
     subscriptions::{self, Period},
 };
+
+/// The outbox keys of threshold charges start with this (then `:<slot>:`).
+pub const KEY_PREFIX: &str = "charge-threshold";
 
 /// Running periods priced at a time.
 const PERIODS_PER_BATCH: i64 = 2_000;
@@ -58,7 +61,7 @@ pub async fn plan_threshold_charges(
     now: i64,
     dry_run: bool,
 ) -> Result<Vec<Action>, KeeperError> {
-    let slot = now.div_euclid(policy.retry_interval.max(1));
+    let slot = retry_slot(now, policy.retry_interval);
     if !dry_run && !claim_slot(pool, options.chain_id, slot, now).await? {
         return Ok(Vec::new());
     }
@@ -71,7 +74,7 @@ pub async fn plan_threshold_charges(
         after = last.subscription_id;
         due.extend(due_in(pool, &snapshot, options, &periods, policy, now, dry_run).await?);
     }
-    let prefix = format!("charge-threshold:{slot}:");
+    let prefix = format!("{KEY_PREFIX}:{slot}:");
     Ok(due.chunks(policy.batch.max(1)).map(|batch| action(&prefix, subscriptions_contract, batch)).collect())
 }
 
@@ -141,9 +144,8 @@ async fn charged_or_in_flight(pool: &PgPool, chain_id: u64, ids: &[i64]) -> Resu
         "SELECT subscription_id::BIGINT, period_index::BIGINT, charged::TEXT FROM chain.charged_per_period
          WHERE chain_id = $1 AND subscription_id = ANY($2::BIGINT[]::NUMERIC[])
          UNION ALL
-         SELECT (item ->> 'id')::BIGINT, (item ->> 'period')::BIGINT, item ->> 'cumulative'
-         FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
-         WHERE o.kind = 'charge' AND o.state IN ('planned', 'sent') AND (item ->> 'id')::BIGINT = ANY($2)",
+         SELECT subscription_id, period_index, cumulative::TEXT FROM keeper.charge_items
+         WHERE state IN ('planned', 'sent') AND subscription_id = ANY($2)",
     )
     .bind(chain_id as i64)
     .bind(ids)
@@ -159,9 +161,7 @@ async fn charged_or_in_flight(pool: &PgPool, chain_id: u64, ids: &[i64]) -> Resu
 }
 
 fn usage_root(chain_id: u64, period: &Period, lines: &[Line]) -> B256 {
-    let leaves: Vec<B256> =
-        lines.iter().enumerate().map(|(n, line)| line_leaf(chain_id, period.subscription_id, period.index, n as u32, line)).collect();
-    MerkleTree::new(&leaves).root()
+    MerkleTree::new(&close::period_leaves(chain_id, period, lines)).root()
 }
 
 /// Keeps what a threshold charge commits to: the provisional lines in leaf order.

@@ -51,9 +51,7 @@ impl Books {
         type CloseRow = (i64, i64, Vec<u8>, String, bool, Option<String>);
         let closes: Vec<CloseRow> = sqlx::query_as(
             "WITH items AS (
-                 SELECT o.state, o.block_number, o.planned_at, (item ->> 'id')::BIGINT AS id, (item ->> 'period')::BIGINT AS period,
-                        (item ->> 'cumulative')::NUMERIC AS cumulative
-                 FROM keeper.outbox o, jsonb_array_elements(o.items) AS item WHERE o.kind = 'charge'
+                 SELECT state, block_number, planned_at, subscription_id AS id, period_index AS period, cumulative FROM keeper.charge_items
              )
              SELECT c.subscription_id, c.period_index, c.subscriber, c.overage_charge::TEXT,
                     -- The close's own charge: a threshold charge before it (a smaller cumulative) does not count.
@@ -84,12 +82,12 @@ impl Books {
         // Running periods charged mid-period (`--charge-threshold`): the keeper's figure is the largest threshold
         // charge confirmed by the reconciled block.
         let running: Vec<(i64, i64, String)> = sqlx::query_as(
-            "SELECT (item ->> 'id')::BIGINT, (item ->> 'period')::BIGINT, MAX((item ->> 'cumulative')::NUMERIC)::TEXT
-             FROM keeper.outbox o, jsonb_array_elements(o.items) AS item
-             WHERE o.kind = 'charge' AND starts_with(o.action_key, 'charge-threshold:') AND o.state = 'confirmed' AND o.block_number <= $1
+            "SELECT subscription_id, period_index, MAX(cumulative)::TEXT FROM keeper.charge_items
+             WHERE starts_with(action_key, $2) AND state = 'confirmed' AND block_number <= $1
              GROUP BY 1, 2",
         )
         .bind(block as i64)
+        .bind(format!("{}:", crate::threshold::KEY_PREFIX))
         .fetch_all(pool)
         .await?;
         for (id, period, charge) in running {
