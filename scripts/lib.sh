@@ -4,6 +4,9 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ROOT
 
+# The scripts build once, on a fresh machine or in CI: incremental artifacts would only double target/ on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
