@@ -10,12 +10,14 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 import {ISplitEscrow} from "./interfaces/ISplitEscrow.sol";
 import {ISubscriptions} from "./interfaces/ISubscriptions.sol";
+import {SplitLayout} from "./libraries/SplitLayout.sol";
 
 /// @title SplitEscrow
 /// @notice See {ISplitEscrow}.
 contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
+    using SplitLayout for uint256;
 
     /* CONSTANTS */
 
@@ -38,13 +40,20 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     address internal _keeper;
     Totals internal _totals;
     uint256 internal _splitCount;
-    /// @dev The latest version of each split (in force, or pending until its effectiveAt), kept apart from the
-    /// history so a settlement reads exactly one slot per recipient in the common case.
-    mapping(uint256 splitId => mapping(uint256 index => SplitEntry)) internal _latest;
-    mapping(uint256 splitId => mapping(uint256 version => mapping(uint256 index => SplitEntry))) internal _versions;
+    /// @dev The latest version of each split (in force, or pending until its effectiveAt), packed by SplitLayout
+    /// and kept apart from the history, so a settlement reads only these words in the common case.
+    mapping(uint256 splitId => mapping(uint256 word => uint256)) internal _latest;
+    mapping(uint256 splitId => mapping(uint256 version => mapping(uint256 word => uint256))) internal _versions;
+    /// @dev Every address that was ever a split recipient, by the id split versions store (ids start at 1, in
+    /// order of first appearance in a SplitVersionAdded event).
+    mapping(uint256 id => address) internal _recipientById;
+    mapping(address recipient => uint256) internal _recipientIds;
+    uint256 internal _recipientCount;
     mapping(address recipient => Account) internal _accounts;
     mapping(address recipient => address) internal _payouts;
-    mapping(uint256 settlementId => bool) internal _settlementUsed;
+    /// @dev Used settlement ids, 256 to a word: the keeper numbers its epochs in sequence, so marking an id
+    /// usually rewrites a non-zero word instead of filling a new slot.
+    mapping(uint256 word => uint256 bits) internal _settlementsUsed;
 
     /* CONSTRUCTOR */
 
@@ -98,26 +107,27 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         uint16[] calldata bps,
         uint256 remainderIndex
     ) external onlyOwner returns (uint256 version) {
-        SplitEntry memory head = _requireSplit(splitId);
-        if (head.effectiveAt > block.timestamp) revert ChangeAlreadyPending(splitId);
-        version = uint256(head.version) + 1;
+        uint256 head = _requireSplit(splitId);
+        if (head.effectiveAt() > block.timestamp) revert ChangeAlreadyPending(splitId);
+        version = head.version() + 1;
         _storeVersion(splitId, version, block.timestamp + SPLIT_CHANGE_DELAY, recipients, bps, remainderIndex);
     }
 
     /// @inheritdoc ISplitEscrow
     function cancelSplitChange(uint256 splitId) external onlyOwner {
-        SplitEntry memory head = _requireSplit(splitId);
-        if (head.effectiveAt <= block.timestamp) revert NoPendingChange(splitId);
-        uint256 version = head.version;
-        mapping(uint256 => SplitEntry) storage latest = _latest[splitId];
-        mapping(uint256 => SplitEntry) storage previous = _versions[splitId][version - 1];
-        uint256 previousCount = previous[0].count;
-        for (uint256 i; i < head.count; ++i) {
-            delete _versions[splitId][version][i];
-            if (i >= previousCount) delete latest[i];
+        uint256 head = _requireSplit(splitId);
+        if (head.effectiveAt() <= block.timestamp) revert NoPendingChange(splitId);
+        uint256 version = head.version();
+        mapping(uint256 => uint256) storage latest = _latest[splitId];
+        mapping(uint256 => uint256) storage pending = _versions[splitId][version];
+        mapping(uint256 => uint256) storage previous = _versions[splitId][version - 1];
+        uint256 previousCount = previous[0].count();
+        for (uint256 key; key < head.count(); key = SplitLayout.nextKey(key)) {
+            delete pending[key];
+            if (key >= previousCount) delete latest[key];
         }
-        for (uint256 i; i < previousCount; ++i) {
-            latest[i] = previous[i];
+        for (uint256 key; key < previousCount; key = SplitLayout.nextKey(key)) {
+            latest[key] = previous[key];
         }
         emit SplitChangeCancelled(splitId, version);
     }
@@ -193,50 +203,58 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         bytes32 usageRoot
     ) external {
         if (msg.sender != _keeper) revert NotKeeper(msg.sender);
-        if (_settlementUsed[settlementId]) revert SettlementIdUsed(settlementId);
         if (epochEnd > block.timestamp || epochStart > epochEnd) revert InvalidEpoch(epochStart, epochEnd);
         if (splitIds.length != amounts.length) revert LengthMismatch();
 
+        _useSettlementId(settlementId);
+        // One pass: credit each split and add up the total; the check against unallocated revenue comes after
+        // the loop, and a failing check reverts every credit with it.
         // slither-disable-next-line uninitialized-local -- accumulator; its zero start is intended
         uint256 total;
-        for (uint256 i; i < amounts.length; ++i) {
-            total += amounts[i];
+        for (uint256 i; i < splitIds.length; ++i) {
+            uint256 amount = amounts[i];
+            total += amount;
+            _distribute(settlementId, splitIds[i], amount, epochEnd);
         }
         uint256 available = unallocated();
         if (total > available) revert InsufficientUnallocated(available, total);
 
-        _settlementUsed[settlementId] = true;
         Totals memory totals = _totals;
         totals.consumed += total.toUint128();
         totals.totalClaimable += total.toUint128();
         _totals = totals;
-
-        for (uint256 i; i < splitIds.length; ++i) {
-            _distribute(settlementId, splitIds[i], amounts[i], epochEnd);
-        }
         emit Settled(settlementId, epochStart, epochEnd, usageRoot, total, splitIds.length);
     }
 
     /// @dev Credits `amount` to the recipients of the version of `splitId` in force at `epochEnd`: each gets
     /// `amount * bps / 10_000` rounded down, and the remainder recipient gets everything the others did not (its
-    /// own share plus the rounding remainder). One pass over the entries, one storage slot each.
+    /// own share plus the rounding remainder).
     function _distribute(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochEnd) internal {
-        (mapping(uint256 => SplitEntry) storage entries, SplitEntry memory head) = _versionAt(splitId, epochEnd);
+        (mapping(uint256 => uint256) storage words, uint256 word) = _versionAt(splitId, epochEnd);
         if (amount == 0) return;
-        uint256 remainderIndex = head.remainderIndex;
-        address remainderRecipient = head.recipient; // replaced in the loop: remainderIndex < count
+        (uint256 count, uint256 remainderIndex) = (word.count(), word.remainderIndex());
         uint256 remainderShare = amount;
-        for (uint256 i; i < head.count; ++i) {
-            // Read through a storage pointer: one slot per recipient, no memory copy of the entry.
-            SplitEntry storage entry = entries[i];
-            address recipient = entry.recipient;
+        address remainderRecipient = address(0); // set in the loop: remainderIndex < count
+        uint256 shift = SplitLayout.HEAD_BITS;
+        for (uint256 i; i < count; ++i) {
+            if (shift > SplitLayout.LAST_SHIFT) (word, shift) = (words[i], 0);
+            (uint256 id, uint256 bps) = word.member(shift);
+            unchecked {
+                shift += SplitLayout.MEMBER_BITS;
+            }
             if (i == remainderIndex) {
-                remainderRecipient = recipient; // gets its own share plus the rounding remainder, below
+                remainderRecipient = _recipientById[id]; // its own share plus the rounding remainder, below
                 continue;
             }
-            uint256 share = amount * entry.bps / TOTAL_BPS;
-            remainderShare -= share;
-            _credit(settlementId, splitId, recipient, share);
+            uint256 share;
+            // Unchecked: an `amount` large enough to overflow exceeds any unallocated revenue, so settle's check
+            // after the loop reverts the whole call; and the other members' bps sum to at most TOTAL_BPS, so their
+            // shares never exceed `amount`.
+            unchecked {
+                share = amount * bps / TOTAL_BPS;
+                remainderShare -= share;
+            }
+            _credit(settlementId, splitId, _recipientById[id], share);
         }
         _credit(settlementId, splitId, remainderRecipient, remainderShare);
     }
@@ -263,12 +281,12 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @inheritdoc ISplitEscrow
     function claim(address recipient) external nonReentrant returns (uint256 amount) {
-        Account memory account = _accounts[recipient];
+        Account storage account = _accounts[recipient];
         if (account.heldUntil > block.timestamp) revert RecipientHeld(recipient, account.heldUntil);
         amount = account.claimable;
         if (amount == 0) revert NothingToClaim(recipient);
         address payout = account.hasPayout ? _payouts[recipient] : recipient;
-        _accounts[recipient].claimable = 0;
+        account.claimable = 0;
         // totalClaimable is the sum of all claimable balances, this one included: it cannot underflow.
         unchecked {
             _totals.totalClaimable -= uint128(amount);
@@ -364,7 +382,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @inheritdoc ISplitEscrow
     function settlementUsed(uint256 settlementId) external view returns (bool) {
-        return _settlementUsed[settlementId];
+        return _settlementsUsed[settlementId >> 8] & (uint256(1) << (settlementId & 0xff)) != 0;
     }
 
     /// @inheritdoc ISplitEscrow
@@ -374,7 +392,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @inheritdoc ISplitEscrow
     function latestVersion(uint256 splitId) external view returns (uint256) {
-        return _requireSplit(splitId).version;
+        return _requireSplit(splitId).version();
     }
 
     /// @inheritdoc ISplitEscrow
@@ -383,48 +401,53 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         view
         returns (address[] memory recipients, uint16[] memory bps, uint256 remainderIndex, uint256 effectiveAt)
     {
-        mapping(uint256 => SplitEntry) storage entries = _versions[splitId][version];
-        SplitEntry memory head = entries[0];
-        if (head.count == 0) revert UnknownSplit(splitId);
-        recipients = new address[](head.count);
-        bps = new uint16[](head.count);
-        for (uint256 i; i < head.count; ++i) {
-            SplitEntry memory entry = entries[i];
-            recipients[i] = entry.recipient;
-            bps[i] = entry.bps;
+        mapping(uint256 => uint256) storage words = _versions[splitId][version];
+        uint256 word = words[0];
+        uint256 count = word.count();
+        if (count == 0) revert UnknownSplit(splitId);
+        (remainderIndex, effectiveAt) = (word.remainderIndex(), word.effectiveAt());
+        recipients = new address[](count);
+        bps = new uint16[](count);
+        uint256 shift = SplitLayout.HEAD_BITS;
+        for (uint256 i; i < count; ++i) {
+            if (shift > SplitLayout.LAST_SHIFT) (word, shift) = (words[i], 0);
+            (uint256 id, uint256 memberBps) = word.member(shift);
+            shift += SplitLayout.MEMBER_BITS;
+            recipients[i] = _recipientById[id];
+            bps[i] = uint16(memberBps);
         }
-        return (recipients, bps, head.remainderIndex, head.effectiveAt);
     }
 
     /// @inheritdoc ISplitEscrow
     function versionAt(uint256 splitId, uint256 timestamp) external view returns (uint256) {
-        (, SplitEntry memory head) = _versionAt(splitId, timestamp);
-        return head.version;
+        (, uint256 head) = _versionAt(splitId, timestamp);
+        return head.version();
     }
 
     /* INTERNAL */
 
-    /// @dev The entries and header of the version of `splitId` in force at `timestamp`: the latest one unless it
+    /// @dev The words and header of the version of `splitId` in force at `timestamp`: the latest one unless it
     /// takes effect later, then the newest older version that had taken effect by then.
     function _versionAt(uint256 splitId, uint256 timestamp)
         internal
         view
-        returns (mapping(uint256 => SplitEntry) storage entries, SplitEntry memory head)
+        returns (mapping(uint256 => uint256) storage words, uint256 head)
     {
-        entries = _latest[splitId];
-        head = entries[0];
-        if (head.count == 0) revert UnknownSplit(splitId);
-        while (head.effectiveAt > timestamp) {
-            if (head.version == 0) revert SplitNotInForce(splitId, timestamp);
-            entries = _versions[splitId][head.version - 1];
-            head = entries[0];
+        words = _latest[splitId];
+        head = words[0];
+        if (head.count() == 0) revert UnknownSplit(splitId);
+        while (head.effectiveAt() > timestamp) {
+            uint256 version = head.version();
+            if (version == 0) revert SplitNotInForce(splitId, timestamp);
+            words = _versions[splitId][version - 1];
+            head = words[0];
         }
     }
 
-    function _requireSplit(uint256 splitId) internal view returns (SplitEntry memory head) {
+    /// @dev The header word of the latest version of `splitId`.
+    function _requireSplit(uint256 splitId) internal view returns (uint256 head) {
         head = _latest[splitId][0];
-        // slither-disable-next-line incorrect-equality -- an unset split has count 0; not a balance or a time
-        if (head.count == 0) revert UnknownSplit(splitId);
+        if (head.count() == 0) revert UnknownSplit(splitId);
     }
 
     /// @dev Validates a recipient list and writes it as `version` (to the history and as the latest version).
@@ -437,29 +460,53 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         uint256 remainderIndex
     ) internal {
         uint256[] memory bpsWide = _validateSplit(recipients, bps, remainderIndex);
-        uint256 count = recipients.length;
-        mapping(uint256 => SplitEntry) storage latest = _latest[splitId];
-        mapping(uint256 => SplitEntry) storage history = _versions[splitId][version];
-        uint256 previousCount = latest[0].count;
-        SplitEntry memory entry = SplitEntry({
-            recipient: recipients[0],
-            bps: bps[0],
-            effectiveAt: effectiveAt.toUint40(),
-            count: uint8(count),
-            remainderIndex: uint8(remainderIndex),
-            version: version.toUint24()
-        });
-        latest[0] = entry;
-        history[0] = entry;
-        for (uint256 i = 1; i < count; ++i) {
-            entry = SplitEntry({recipient: recipients[i], bps: bps[i], effectiveAt: 0, count: 0, remainderIndex: 0, version: 0});
-            latest[i] = entry;
-            history[i] = entry;
-        }
-        for (uint256 i = count; i < previousCount; ++i) {
-            delete latest[i];
+        mapping(uint256 => uint256) storage latest = _latest[splitId];
+        uint256 previousCount = latest[0].count();
+        uint256 head = SplitLayout.encodeHead(effectiveAt.toUint40(), version.toUint24(), recipients.length, remainderIndex);
+        _writeMembers(latest, _versions[splitId][version], recipients, bps, head);
+        for (uint256 key = SplitLayout.HEAD_MEMBERS; key < previousCount; key += SplitLayout.WORD_MEMBERS) {
+            if (key >= recipients.length) delete latest[key];
         }
         emit SplitVersionAdded(splitId, version, effectiveAt, recipients, bpsWide, remainderIndex);
+    }
+
+    /// @dev Writes a version with header `head` and these (validated) members, by SplitLayout, as the latest
+    /// version and into its history.
+    function _writeMembers(
+        mapping(uint256 => uint256) storage latest,
+        mapping(uint256 => uint256) storage history,
+        address[] calldata recipients,
+        uint16[] calldata bps,
+        uint256 head
+    ) internal {
+        (uint256 word, uint256 shift, uint256 key) = (head, SplitLayout.HEAD_BITS, 0);
+        for (uint256 i; i < recipients.length; ++i) {
+            if (shift > SplitLayout.LAST_SHIFT) {
+                (latest[key], history[key]) = (word, word);
+                (key, word, shift) = (i, 0, 0);
+            }
+            word |= SplitLayout.encodeMember(_recipientId(recipients[i]), bps[i]) << shift;
+            shift += SplitLayout.MEMBER_BITS;
+        }
+        (latest[key], history[key]) = (word, word);
+    }
+
+    /// @dev Marks `settlementId` used, or reverts if it already was.
+    function _useSettlementId(uint256 settlementId) internal {
+        (uint256 word, uint256 bit) = (settlementId >> 8, uint256(1) << (settlementId & 0xff));
+        uint256 bits = _settlementsUsed[word];
+        if (bits & bit != 0) revert SettlementIdUsed(settlementId);
+        _settlementsUsed[word] = bits | bit;
+    }
+
+    /// @dev The id split versions store for `recipient`, assigned on its first appearance.
+    function _recipientId(address recipient) internal returns (uint256 id) {
+        id = _recipientIds[recipient];
+        if (id != 0) return id;
+        id = ++_recipientCount;
+        if (id > type(uint32).max) revert TooManyRecipients();
+        _recipientIds[recipient] = id;
+        _recipientById[id] = recipient;
     }
 
     /// @dev Checks count, zero and duplicate recipients, the bps sum and the remainder index; returns the bps

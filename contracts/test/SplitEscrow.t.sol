@@ -293,6 +293,23 @@ contract SplitEscrowTest is BaseTest {
         escrow.createSplit(r, b, 0);
     }
 
+    function test_createSplit_revertsWhenRecipientIdsRunOut() public {
+        // Split versions store recipients as 32-bit ids. Storage slot 10 is the id counter (see
+        // `forge inspect SplitEscrow storageLayout`); one split of 3 recipients names 3.
+        bytes32 counterSlot = bytes32(uint256(10));
+        _createSplit();
+        assertEq(uint256(vm.load(address(escrow), counterSlot)), 3);
+        vm.store(address(escrow), counterSlot, bytes32(uint256(type(uint32).max - 1)));
+
+        // One new recipient still gets the last id; known recipients need none.
+        vm.prank(owner);
+        uint256 splitId = escrow.createSplit(_a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0);
+        _assertVersion(splitId, 0, _a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0, block.timestamp);
+        vm.prank(owner);
+        vm.expectRevert(ISplitEscrow.TooManyRecipients.selector);
+        escrow.createSplit(_a2(creator, carol), _b2(5_000, 5_000), 0);
+    }
+
     function test_createSplit_revertsOnLengthMismatch() public {
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.LengthMismatch.selector);
@@ -1293,7 +1310,9 @@ contract SplitEscrowTest is BaseTest {
     function testFuzz_settle_creditsSumToAmount(uint256 n, uint256 seed, uint256 remainderIndex, uint256 amount)
         public
     {
-        n = bound(n, 2, 5);
+        // Up to the maximum, so versions span several packed words (3 members share the header's word, 5 each
+        // after that).
+        n = bound(n, 1, 32);
         remainderIndex = bound(remainderIndex, 0, n - 1);
         amount = bound(amount, 1, type(uint96).max);
         address[] memory r = new address[](n);
@@ -1304,8 +1323,14 @@ contract SplitEscrowTest is BaseTest {
             b[i] = uint16(i == n - 1 ? left : bound(uint256(keccak256(abi.encode(seed, i))), 0, left));
             left -= b[i];
         }
-        vm.prank(owner);
+        // An earlier split names the odd-numbered recipients in reverse, so the stored recipient ids are neither
+        // dense nor in this split's order.
+        (address[] memory earlier, uint16[] memory earlierBps) = _oddReversed(r);
+        vm.startPrank(owner);
+        escrow.createSplit(earlier, earlierBps, 0);
         uint256 splitId = escrow.createSplit(r, b, remainderIndex);
+        vm.stopPrank();
+        _assertVersion(splitId, 0, r, b, remainderIndex, block.timestamp);
         _revenue(amount);
 
         uint256[] memory expected = new uint256[](n);
@@ -1333,6 +1358,18 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.totalClaimable(), amount);
         assertEq(escrow.unallocated(), 0);
         _assertSolvent();
+    }
+
+    /// @dev The odd-numbered members of `r` in reverse order (or the first, for a single member), splitting
+    /// 10,000 bps among them.
+    function _oddReversed(address[] memory r) internal pure returns (address[] memory out, uint16[] memory b) {
+        uint256 n = r.length < 2 ? 1 : r.length / 2;
+        out = new address[](n);
+        b = new uint16[](n);
+        for (uint256 k; k < n; ++k) {
+            out[k] = r.length < 2 ? r[0] : r[2 * (n - 1 - k) + 1];
+            b[k] = uint16(k == 0 ? 10_000 - (n - 1) * (10_000 / n) : 10_000 / n);
+        }
     }
 
     function testFuzz_claim_paysExactlyClaimable(uint256 a1, uint256 a2, bool rotate, address caller) public {

@@ -13,17 +13,6 @@ pragma solidity 0.8.30;
 interface ISplitEscrow {
     /* TYPES */
 
-    /// @notice One recipient of a split version, one storage slot. The first entry of a version also carries the
-    /// version's header (effective time, recipient count, remainder recipient index, version number).
-    struct SplitEntry {
-        address recipient;
-        uint16 bps;
-        uint40 effectiveAt;
-        uint8 count;
-        uint8 remainderIndex;
-        uint24 version;
-    }
-
     /// @notice A recipient's account, one storage slot: everything a claim reads.
     /// @param claimable What the recipient can claim.
     /// @param heldUntil Claims are refused before this time; after it (or after a release, which sets it to the
@@ -127,6 +116,9 @@ interface ISplitEscrow {
     error InvalidBpsSum(uint256 sum);
     /// @notice A recipient appears twice.
     error DuplicateRecipient(address recipient);
+
+    /// @notice Splits have named 2^32 distinct recipients, the most the packed split layout can address.
+    error TooManyRecipients();
     /// @notice The remainder recipient index is outside the list.
     error InvalidRemainderIndex(uint256 index);
     /// @notice No split has this id.

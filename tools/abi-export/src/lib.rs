@@ -138,7 +138,7 @@ pub struct Artifact {
 }
 
 /// Compiles the sources under the profile's `src` and returns every deployable contract (one with creation
-/// code; interfaces and abstract contracts have none), sorted by name.
+/// code and an ABI; interfaces and abstract contracts have no code, internal libraries no ABI), sorted by name.
 pub fn compile(root: &Path) -> Result<Vec<Artifact>, ExportError> {
     let profile = Profile::load(root)?;
     let mut solc = Solc::new(root.join(&profile.solc))?;
@@ -167,6 +167,11 @@ pub fn compile(root: &Path) -> Result<Vec<Artifact>, ExportError> {
             let evm = contract.evm.as_ref();
             let bytecode = evm.and_then(|e| e.bytecode.as_ref()).and_then(|b| b.object.as_bytes().cloned());
             let Some(bytecode) = bytecode.filter(|b| !b.is_empty()) else { continue };
+            // A library of internal functions (contracts/src/libraries) has bytecode but no ABI: it is inlined
+            // into the contracts that use it and never deployed, so there is nothing to bind.
+            if contract.abi.as_ref().is_none_or(|abi| abi.is_empty()) {
+                continue;
+            }
             let deployed = evm
                 .and_then(|e| e.deployed_bytecode.as_ref())
                 .and_then(|d| d.bytecode.as_ref())
