@@ -2,9 +2,9 @@
 //!
 //! With `DATABASE_URL` set, databases are created on that server (the URL's user must be allowed to create
 //! databases). Otherwise the harness runs its own cluster: `initdb` into a temporary directory and `postgres` on
-//! a free port (clients reach it over its Unix socket), as the `postgres` user when running as root (Postgres
-//! refuses root). All tests of a process share that cluster while any of them holds a database; when the last
-//! [`TestDatabase`] drops, the server stops and its directory is removed. Each test's database is dropped with it.
+//! a free port, as the `postgres` user when running as root (Postgres refuses root). All tests of a process share
+//! that cluster while any of them holds a database; when the last [`TestDatabase`] drops, the server stops and
+//! its directory is removed. Each test's database is dropped with it.
 
 use std::{
     os::unix::process::CommandExt,
@@ -132,14 +132,14 @@ enum Server {
 impl Server {
     fn admin_url(&self) -> String {
         match self {
-            Self::Owned(cluster) => cluster.url("postgres"),
+            Self::Owned(cluster) => format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port),
             Self::External { url } => url.to_string(),
         }
     }
 
     fn database_url(&self, name: &str) -> String {
         match self {
-            Self::Owned(cluster) => cluster.url(name),
+            Self::Owned(cluster) => format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
             Self::External { url } => {
                 let mut url = url.clone();
                 url.set_path(name);
@@ -180,22 +180,10 @@ struct Cluster {
     stop: Option<mpsc::Sender<()>>,
     supervisor: Option<JoinHandle<()>>,
     // Dropped last: the data directory goes once the server has stopped.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// The URL of database `name` over the cluster's Unix socket. Not TCP: a client's write that follows another
-    /// without a reply in between (a `COPY`'s data and its end) waits out the server's delayed ACK on loopback
-    /// TCP, about 40 ms, which would make every test and bench measure that wait.
-    fn url(&self, name: &str) -> String {
-        let mut url = url::Url::parse("postgres://postgres@localhost/").expect("a constant URL parses");
-        url.set_path(name);
-        url.query_pairs_mut()
-            .append_pair("host", &self.dir.path().to_string_lossy())
-            .append_pair("port", &self.port.to_string());
-        url.to_string()
-    }
-
     fn start() -> Result<Self, HarnessError> {
         let bin = postgres_bin_dir()?;
         let owner = ClusterOwner::for_current_user()?;
@@ -219,7 +207,7 @@ impl Cluster {
                 .map_err(HarnessError::io("start the postgres supervisor thread"))?;
             match ready_rx.recv() {
                 Ok(Ok(pid)) => {
-                    return Ok(Self { port, pid, stop: Some(stop_tx), supervisor: Some(supervisor), dir });
+                    return Ok(Self { port, pid, stop: Some(stop_tx), supervisor: Some(supervisor), _dir: dir });
                 }
                 Ok(Err(reason)) => last_error = reason,
                 Err(_) => last_error = "the supervisor thread ended without an answer".into(),
