@@ -88,6 +88,7 @@ pub async fn close_due_periods(pool: &PgPool, catalog: &Snapshot, options: &Clos
             due = subscriptions::lapsed_with_unbilled_usage(pool, options.chain_id, options.batch).await?;
         }
         if due.is_empty() {
+            refresh_statistics(pool, report.periods).await?;
             return Ok(report);
         }
         let batch = close_batch(pool, catalog, options, now, &due).await?;
@@ -95,6 +96,20 @@ pub async fn close_due_periods(pool: &PgPool, catalog: &Snapshot, options: &Clos
         report.events += batch.events;
         report.lines += batch.lines;
     }
+}
+
+/// Closes of at least this many periods refresh the planner statistics of the tables they wrote.
+const ANALYZE_AFTER_PERIODS: u64 = 1_000;
+
+/// After a large close, `ANALYZE` the tables it wrote. Autovacuum gets to them within minutes, but until then the
+/// planner still sees them as they were before: in the engine bench, a month's close of 10,008 periods planned the
+/// next month's due-period query (an anti-join against `period_closes`) for an empty table and took 22.6 s instead
+/// of 0.4 s.
+async fn refresh_statistics(pool: &PgPool, periods: u64) -> Result<(), KeeperError> {
+    if periods >= ANALYZE_AFTER_PERIODS {
+        sqlx::query("ANALYZE keeper.period_closes, keeper.usage_lines, keeper.usage_events").execute(pool).await?;
+    }
+    Ok(())
 }
 
 type EventRow = (i64, String, String, String, Decimal, i64);
