@@ -57,7 +57,8 @@ pub struct Common {
     /// eth_getLogs ranges fetched at once during backfill (default 4).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Largest eth_getLogs block range (default 5000; shrinks when the provider refuses).
+    /// Largest eth_getLogs block range (default 5000; ranges start at 1000, aim at 10,000 logs each and shrink
+    /// when the provider refuses).
     #[arg(long)]
     pub max_range: Option<u64>,
     /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9101).
