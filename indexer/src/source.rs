@@ -60,7 +60,8 @@ const FIRST_RANGE: u64 = 1_000;
 /// The range to ask for after `blocks` blocks (at a current range of `current`) answered with `logs` logs.
 fn next_range(current: u64, blocks: u64, logs: u64, max_range: u64) -> u64 {
     let next = if logs > TARGET_LOGS_PER_RANGE {
-        u64::try_from(u128::from(blocks) * u128::from(TARGET_LOGS_PER_RANGE) / u128::from(logs)).unwrap_or(u64::MAX)
+        // At most `blocks`, since logs > target; `blocks` is a range size, far below overflow.
+        blocks.saturating_mul(TARGET_LOGS_PER_RANGE) / logs
     } else {
         current.saturating_mul(2)
     };
