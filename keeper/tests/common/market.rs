@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use alloy::{
-    primitives::Address,
+    primitives::{Address, B256},
     providers::{DynProvider, Provider},
 };
 use rust_decimal::Decimal;
@@ -149,11 +149,34 @@ impl Market {
         self.sync().await;
     }
 
-    /// Indexes to the head and refreshes the keeper's view; the keeper's clock follows the chain.
+    /// Waits until everything the keeper has sent is mined (anvil mines a moment after it answers the send), then
+    /// indexes to the head and refreshes the keeper's view; the keeper's clock follows the chain. Without the
+    /// wait, a transaction mined just after the index would be confirmed by the keeper's next step but missing
+    /// from `chain`, and that step would find nothing to do too early.
     pub async fn sync(&self) {
+        self.wait_until_sent_is_mined().await;
         self.indexer.backfill_to(None).await.expect("index");
         self.clock.set_ms(chain_time(&self.operator()).await * 1000);
         self.keeper.refresh().await.expect("refresh");
+    }
+
+    /// Waits until one signed version of every transaction in state `sent` has a receipt.
+    async fn wait_until_sent_is_mined(&self) {
+        let sent: Vec<Vec<Vec<u8>>> = sqlx::query_scalar("SELECT tx_hashes FROM keeper.outbox WHERE state = 'sent'").fetch_all(&self.pool).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for versions in sent {
+            loop {
+                let mut mined = false;
+                for hash in &versions {
+                    mined |= self.operator().get_transaction_receipt(B256::from_slice(hash)).await.expect("eth_getTransactionReceipt").is_some();
+                }
+                if mined {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "a sent transaction was not mined: {versions:x?}");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
     }
 
     /// Now, Unix seconds (the chain's clock).
