@@ -43,6 +43,7 @@ async fn a_period_is_charged_settled_paid_out_and_renewed_exactly_once() {
     assert_eq!(kinds, ["renew", "charge"], "the settlement waits for the charge: {first:?}");
     assert_eq!(first.outbox.sent, 2);
     // Confirmed but not indexed yet: still on its way, so still no epoch.
+    market.wait_until_sent_is_mined().await;
     let waiting = engine.step(false).await.unwrap();
     assert_eq!((waiting.outbox.confirmed, waiting.epoch), (2, None), "{waiting:?}");
 

@@ -55,6 +55,7 @@ async fn due_subscriptions_are_renewed_exactly_once_across_a_crash() {
     let mut report = OutboxReport::default();
     second.reconcile(&market.pool, &mut report).await.unwrap();
     second.send_planned(&market.pool, &mut report).await.unwrap();
+    market.wait_until_sent_is_mined().await;
     second.reconcile(&market.pool, &mut report).await.unwrap();
     assert_eq!((report.sent, report.confirmed, report.failed), (1, 2, 0), "{report:?}");
     let states = outbox_states(&market).await;
@@ -170,6 +171,7 @@ async fn an_action_whose_nonce_another_transaction_used_is_signed_again_and_appl
     assert!(failure.unwrap().contains(&format!("nonce {taken} was used")));
 
     sender.send_planned(&market.pool, &mut report).await.unwrap();
+    market.wait_until_sent_is_mined().await;
     sender.reconcile(&market.pool, &mut report).await.unwrap();
     assert_eq!((report.sent, report.confirmed, report.failed), (1, 1, 0), "{report:?}");
     let (state, nonce): (String, i64) = sqlx::query_as("SELECT state, nonce FROM keeper.outbox").fetch_one(&market.pool).await.unwrap();

@@ -160,8 +160,9 @@ impl Market {
         self.keeper.refresh().await.expect("refresh");
     }
 
-    /// Waits until one signed version of every transaction in state `sent` has a receipt.
-    async fn wait_until_sent_is_mined(&self) {
+    /// Waits until one signed version of every transaction in state `sent` has a receipt, so that the next
+    /// outbox reconcile finds it.
+    pub async fn wait_until_sent_is_mined(&self) {
         let sent: Vec<Vec<Vec<u8>>> = sqlx::query_scalar("SELECT tx_hashes FROM keeper.outbox WHERE state = 'sent'").fetch_all(&self.pool).await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for versions in sent {
