@@ -101,7 +101,7 @@ pub async fn plan_settlements(pool: &PgPool, chain_id: u64, escrow: Address) -> 
     let mut actions = Vec::with_capacity(epochs.len());
     for (epoch, start, end, root) in epochs {
         let splits: Vec<(String, String)> =
-            sqlx::query_as("SELECT split_id::TEXT, amount::TEXT FROM keeper.epoch_splits WHERE epoch_id = $1 ORDER BY split_id")
+            sqlx::query_as("SELECT split_id::TEXT, amount::TEXT FROM keeper.epoch_splits WHERE epoch_id = $1 ORDER BY epoch_splits.split_id")
                 .bind(epoch)
                 .fetch_all(pool)
                 .await?;

@@ -450,3 +450,24 @@ async fn a_database_that_also_indexes_another_deployment_on_the_chain_is_refused
     let refused = check_one_deployment(&market.pool, &market.deployment).await.unwrap_err().to_string();
     assert!(refused.contains("0x1111111111111111111111111111111111111111") && refused.contains("one deployment per database"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_settlement_lists_its_splits_in_numeric_order() {
+    use alloy::{primitives::U256, sol_types::SolCall};
+    use subsettle_abi::SplitEscrow;
+    let market = Market::start(1, 0).await;
+    subsettle_keeper::store::migrate(&market.pool).await.unwrap();
+    let chain = market.deployment.chain_id as i64;
+    sqlx::query("INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES (5, $1, 0, 1, $2, 6)")
+        .bind(chain)
+        .bind(vec![7u8; 32])
+        .execute(&market.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO keeper.epoch_splits (epoch_id, split_id, amount) VALUES (5, 10, 1), (5, 2, 2), (5, 9, 3)").execute(&market.pool).await.unwrap();
+    let actions = subsettle_keeper::settlement::plan_settlements(&market.pool, market.deployment.chain_id, market.deployment.escrow).await.unwrap();
+    assert_eq!(actions.len(), 1);
+    let call = SplitEscrow::settleCall::abi_decode(&actions[0].calldata).unwrap();
+    assert_eq!(call.splitIds, [2u64, 9, 10].map(U256::from), "as numbers, not as text (\"10\" < \"2\")");
+    assert_eq!(call.amounts, [2u64, 3, 1].map(U256::from), "each amount stays with its split");
+}
