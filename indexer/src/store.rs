@@ -48,6 +48,16 @@ pub struct BlockRef {
     pub parent_hash: Vec<u8>,
 }
 
+/// The order of overlapping commits (see [`Store::commit_in_turn`]): what this commit waits for before its
+/// cursor update, and whom it tells after.
+#[derive(Debug, Default)]
+pub struct CursorTurn {
+    /// Fires when the previous commit's cursor update has run; `None` for the first of a run.
+    pub wait: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Fired after this commit's cursor update.
+    pub done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// How far a deployment is indexed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -148,25 +158,42 @@ impl Store {
         batch: &Batch,
         cursor: &Cursor,
     ) -> Result<(), IndexerError> {
+        self.commit_in_turn(deployment, expected, batch, cursor, CursorTurn::default()).await
+    }
+
+    /// [`Store::commit`] overlapping the commit of the range before: the rows are written at once, the cursor
+    /// moves last. Before it, this commit waits for `turn.wait` (the previous commit has updated the cursor, so
+    /// it holds the row's lock), then locks the row, which blocks until the previous transaction ends; if that
+    /// one committed, the row holds the cursor this one expects. Ranges so become visible strictly in order, and
+    /// a range whose predecessor failed fails too. `turn.done` tells the next commit that this one's cursor
+    /// update has run.
+    pub async fn commit_in_turn(
+        &self,
+        deployment: &Deployment,
+        expected: Option<&Cursor>,
+        batch: &Batch,
+        cursor: &Cursor,
+        turn: CursorTurn,
+    ) -> Result<(), IndexerError> {
+        self.write_range(deployment, expected, batch, cursor, turn).await.map_err(|err| match err {
+            // Another indexer committed the same blocks first: its rows took the keys before the cursor check.
+            IndexerError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                IndexerError::CursorMoved { chain_id: deployment.chain_id }
+            }
+            other => other,
+        })
+    }
+
+    async fn write_range(
+        &self,
+        deployment: &Deployment,
+        expected: Option<&Cursor>,
+        batch: &Batch,
+        cursor: &Cursor,
+        turn: CursorTurn,
+    ) -> Result<(), IndexerError> {
         let chain_id = db_i64(deployment.chain_id, "chain id")?;
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE chain.deployments SET cursor_number = $3, cursor_hash = $4
-             WHERE chain_id = $1 AND subscriptions = $2
-               AND cursor_number IS NOT DISTINCT FROM $5 AND cursor_hash IS NOT DISTINCT FROM $6",
-        )
-        .bind(chain_id)
-        .bind(deployment.subscriptions.to_vec())
-        .bind(cursor.number)
-        .bind(cursor.hash.clone())
-        .bind(expected.map(|c| c.number))
-        .bind(expected.map(|c| c.hash.clone()))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved != 1 {
-            return Err(IndexerError::CursorMoved { chain_id: deployment.chain_id });
-        }
         if !batch.raw.is_empty() && batch.raw.len() < COPY_MIN_ROWS {
             for log in &batch.raw {
                 sqlx::query(
@@ -224,6 +251,36 @@ impl Store {
             .bind(blocks.iter().map(|b| b.parent_hash.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(previous) = turn.wait {
+            // The previous commit failed before its cursor update if its sender is gone: so does this one.
+            previous.await.map_err(|_| IndexerError::CursorMoved { chain_id: deployment.chain_id })?;
+        }
+        // Locking the row waits for an open predecessor and then reads its committed cursor. (A conditional
+        // UPDATE would not wait: it tests its condition on the version its snapshot sees, the old cursor, and
+        // skips the row.)
+        let current: Option<(Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT cursor_number, cursor_hash FROM chain.deployments WHERE chain_id = $1 AND subscriptions = $2
+             FOR NO KEY UPDATE",
+        )
+        .bind(chain_id)
+        .bind(deployment.subscriptions.to_vec())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let expected = expected.map(|c| (Some(c.number), Some(c.hash.clone()))).unwrap_or((None, None));
+        if current != Some(expected) {
+            return Err(IndexerError::CursorMoved { chain_id: deployment.chain_id });
+        }
+        sqlx::query("UPDATE chain.deployments SET cursor_number = $3, cursor_hash = $4 WHERE chain_id = $1 AND subscriptions = $2")
+            .bind(chain_id)
+            .bind(deployment.subscriptions.to_vec())
+            .bind(cursor.number)
+            .bind(cursor.hash.clone())
+            .execute(&mut *tx)
+            .await?;
+        if let Some(next) = turn.done {
+            // The next commit may wait on the row lock now; it is gone if the backfill stopped meanwhile.
+            let _ = next.send(());
         }
         tx.commit().await?;
         Ok(())

@@ -15,8 +15,12 @@ use crate::{
     metrics::Metrics,
     rows::LogPosition,
     source::{ChainSource, Header},
-    store::{Batch, BlockRef, Cursor, RawLog, Store},
+    store::{Batch, BlockRef, Cursor, CursorTurn, RawLog, Store},
 };
+
+/// Range commits open at once during backfill: the next range's rows are written while the previous range
+/// commits. Two keep both sides busy (more would only queue at the cursor lock, each holding a connection).
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// After this long without a new head block, the loop warns (again every this many seconds).
 const STALLED_HEAD_SECS: u64 = 60;
@@ -153,7 +157,7 @@ impl Indexer {
     }
 
     /// Commits final blocks `[from, to]` in ranges, fetching up to `concurrency` ranges at once and committing
-    /// them in order.
+    /// them in order, two at a time.
     async fn backfill(&self, mut cursor: Option<Cursor>, from: u64, to: u64) -> Result<Progress, IndexerError> {
         // The cursor block is final by now: if the node has another block at its height, the chain reorganised
         // below finality while this indexer was behind, and nothing after it can be trusted.
@@ -180,22 +184,50 @@ impl Indexer {
                 Ok::<_, IndexerError>((batch, header))
             })
             .buffered(concurrency);
+        // Fetching goes on while up to COMMITS_IN_FLIGHT range commits overlap (`Store::commit_in_turn` makes
+        // them visible in order); fetched ranges wait in `ready`, at most `concurrency` of them.
+        let mut ready: std::collections::VecDeque<(Batch, Header)> = std::collections::VecDeque::new();
+        let mut commits = stream::FuturesOrdered::new();
+        let mut wait = None;
+        let mut fetching = true;
         let mut progress = Progress::default();
-        let mut ready = fetched.next().await;
-        while let Some(result) = ready {
-            let (batch, header) = result?;
-            let events = batch.raw.len() as u64;
-            let next_cursor = Cursor { number: to_i64(header.number), hash: header.hash.to_vec() };
-            let commit = self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor);
-            let (committed, upcoming) = tokio::join!(commit, fetched.next());
-            committed?;
-            self.metrics.committed(header.number, events);
-            progress.events += events;
-            progress.indexed = Some(header.number);
-            cursor = Some(next_cursor);
-            ready = upcoming;
+        loop {
+            while commits.len() < COMMITS_IN_FLIGHT
+                && let Some((batch, header)) = ready.pop_front()
+            {
+                let next_cursor = Cursor { number: to_i64(header.number), hash: header.hash.to_vec() };
+                let expected = cursor.replace(next_cursor.clone());
+                let (done, next_wait) = tokio::sync::oneshot::channel();
+                let turn = CursorTurn { wait: wait.replace(next_wait), done: Some(done) };
+                commits.push_back(self.commit_range(expected, batch, header.number, next_cursor, turn));
+            }
+            tokio::select! {
+                fetched = fetched.next(), if fetching && ready.len() < concurrency => match fetched {
+                    Some(result) => ready.push_back(result?),
+                    None => fetching = false,
+                },
+                Some(committed) = commits.next(), if !commits.is_empty() => {
+                    let (number, events) = committed?;
+                    self.metrics.committed(number, events);
+                    progress.events += events;
+                    progress.indexed = Some(number);
+                }
+                else => return Ok(progress),
+            }
         }
-        Ok(progress)
+    }
+
+    /// Commits one fetched range on its own connection; returns its last block and its number of events.
+    async fn commit_range(
+        &self,
+        expected: Option<Cursor>,
+        batch: Batch,
+        number: u64,
+        cursor: Cursor,
+        turn: CursorTurn,
+    ) -> Result<(u64, u64), IndexerError> {
+        self.store.commit_in_turn(&self.deployment, expected.as_ref(), &batch, &cursor, turn).await?;
+        Ok((number, batch.raw.len() as u64))
     }
 
     /// Indexes block `number` above the finalized block, or rolls back a reorg found there.
