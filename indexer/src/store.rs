@@ -89,6 +89,12 @@ fn db_i64(value: u64, what: &str) -> Result<i64, IndexerError> {
 }
 
 impl Store {
+    /// How many of `wanted` overlapping commits the pool can hold at once. Each needs its own connection, and
+    /// a later commit that took the last connection would wait forever for an earlier one that has none.
+    pub fn overlapping_commits(&self, wanted: usize) -> usize {
+        wanted.min(self.pool.options().get_max_connections() as usize).max(1)
+    }
+
     /// Connects the store to `pool` and applies the migrations of schema `chain`.
     pub async fn open(pool: PgPool) -> Result<Self, IndexerError> {
         MIGRATOR.run(&pool).await?;
@@ -343,3 +349,20 @@ impl Store {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(max_connections: u32) -> Store {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect_lazy("postgres://localhost/unused").unwrap();
+        Store { pool }
+    }
+
+    #[tokio::test]
+    async fn overlapping_commits_never_outnumber_the_pool() {
+        assert_eq!(store_with(8).overlapping_commits(2), 2);
+        assert_eq!(store_with(1).overlapping_commits(2), 1, "a second commit could take the only connection and wait forever");
+        assert_eq!(store_with(1).overlapping_commits(0), 1, "always at least one");
+    }
+}

@@ -18,8 +18,9 @@ use crate::{
     store::{Batch, BlockRef, Cursor, CursorTurn, RawLog, Store},
 };
 
-/// Range commits open at once during backfill: the next range's rows are written while the previous range
-/// commits. Two keep both sides busy (more would only queue at the cursor lock, each holding a connection).
+/// Range commits open at once during backfill (fewer if the pool is smaller): the next range's rows are written
+/// while the previous range commits. Two keep both sides busy (more would only queue at the cursor lock, each
+/// holding a connection).
 const COMMITS_IN_FLIGHT: usize = 2;
 
 /// After this long without a new head block, the loop warns (again every this many seconds).
@@ -186,13 +187,14 @@ impl Indexer {
             .buffered(concurrency);
         // Fetching goes on while up to COMMITS_IN_FLIGHT range commits overlap (`Store::commit_in_turn` makes
         // them visible in order); fetched ranges wait in `ready`, at most `concurrency` of them.
+        let in_flight = self.store.overlapping_commits(COMMITS_IN_FLIGHT);
         let mut ready: std::collections::VecDeque<(Batch, Header)> = std::collections::VecDeque::new();
         let mut commits = stream::FuturesOrdered::new();
         let mut wait = None;
         let mut fetching = true;
         let mut progress = Progress::default();
         loop {
-            while commits.len() < COMMITS_IN_FLIGHT
+            while commits.len() < in_flight
                 && let Some((batch, header)) = ready.pop_front()
             {
                 let next_cursor = Cursor { number: to_i64(header.number), hash: header.hash.to_vec() };
