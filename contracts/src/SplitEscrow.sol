@@ -382,7 +382,8 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @inheritdoc ISplitEscrow
     function settlementUsed(uint256 settlementId) external view returns (bool) {
-        return _settlementsUsed[settlementId >> 8] & (uint256(1) << (settlementId & 0xff)) != 0;
+        (uint256 word, uint256 bit) = _settlementBit(settlementId);
+        return _settlementsUsed[word] & bit != 0;
     }
 
     /// @inheritdoc ISplitEscrow
@@ -493,10 +494,15 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
 
     /// @dev Marks `settlementId` used, or reverts if it already was.
     function _useSettlementId(uint256 settlementId) internal {
-        (uint256 word, uint256 bit) = (settlementId >> 8, uint256(1) << (settlementId & 0xff));
+        (uint256 word, uint256 bit) = _settlementBit(settlementId);
         uint256 bits = _settlementsUsed[word];
         if (bits & bit != 0) revert SettlementIdUsed(settlementId);
         _settlementsUsed[word] = bits | bit;
+    }
+
+    /// @dev Where `settlementId` is marked in `_settlementsUsed`: its word and the bit within it.
+    function _settlementBit(uint256 settlementId) internal pure returns (uint256 word, uint256 bit) {
+        return (settlementId >> 8, uint256(1) << (settlementId & 0xff));
     }
 
     /// @dev The id split versions store for `recipient`, assigned on its first appearance.

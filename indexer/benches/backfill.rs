@@ -39,7 +39,7 @@ use subsettle_indexer::{
     metrics::Metrics,
     rows::LogPosition,
     source::{ChainSource, Retry},
-    store::{Batch, BlockRef, Cursor, RawLog, Store},
+    store::{Batch, BlockRef, Cursor, CursorTurn, RawLog, Store},
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
@@ -666,7 +666,7 @@ async fn run_commits(prepared: &Prepared, d: &Deployment) -> Result<Duration> {
     let t = Instant::now();
     let mut cursor = prepared.first.clone();
     for (batch, next) in &prepared.batches {
-        prepared.store.commit(d, cursor.as_ref(), batch, next).await?;
+        prepared.store.commit(d, cursor.as_ref(), batch, next, CursorTurn::default()).await?;
         cursor = Some(next.clone());
     }
     Ok(t.elapsed())

@@ -48,7 +48,7 @@ pub struct BlockRef {
     pub parent_hash: Vec<u8>,
 }
 
-/// The order of overlapping commits (see [`Store::commit_in_turn`]): what this commit waits for before its
+/// The order of overlapping commits (see [`Store::commit`]): what this commit waits for before its
 /// cursor update, and whom it tells after.
 #[derive(Debug, Default)]
 pub struct CursorTurn {
@@ -157,23 +157,14 @@ impl Store {
 
     /// Commits `batch` and moves the cursor of `deployment` to `cursor`, in one transaction. The update only
     /// applies if the cursor is still `expected`, so two indexers racing on one deployment cannot both commit.
+    ///
+    /// A commit may overlap the commit of the range before (`turn`; `CursorTurn::default()` when it does not):
+    /// the rows are written at once, the cursor moves last. Before it, this commit waits for `turn.wait` (the
+    /// previous commit has updated the cursor, so it holds the row's lock), then locks the row, which blocks until
+    /// the previous transaction ends; if that one committed, the row holds the cursor this one expects. Ranges so
+    /// become visible strictly in order, and a range whose predecessor failed fails too. `turn.done` tells the
+    /// next commit that this one's cursor update has run.
     pub async fn commit(
-        &self,
-        deployment: &Deployment,
-        expected: Option<&Cursor>,
-        batch: &Batch,
-        cursor: &Cursor,
-    ) -> Result<(), IndexerError> {
-        self.commit_in_turn(deployment, expected, batch, cursor, CursorTurn::default()).await
-    }
-
-    /// [`Store::commit`] overlapping the commit of the range before: the rows are written at once, the cursor
-    /// moves last. Before it, this commit waits for `turn.wait` (the previous commit has updated the cursor, so
-    /// it holds the row's lock), then locks the row, which blocks until the previous transaction ends; if that
-    /// one committed, the row holds the cursor this one expects. Ranges so become visible strictly in order, and
-    /// a range whose predecessor failed fails too. `turn.done` tells the next commit that this one's cursor
-    /// update has run.
-    pub async fn commit_in_turn(
         &self,
         deployment: &Deployment,
         expected: Option<&Cursor>,

@@ -185,7 +185,7 @@ impl Indexer {
                 Ok::<_, IndexerError>((batch, header))
             })
             .buffered(concurrency);
-        // Fetching goes on while up to COMMITS_IN_FLIGHT range commits overlap (`Store::commit_in_turn` makes
+        // Fetching goes on while up to COMMITS_IN_FLIGHT range commits overlap (`Store::commit` makes
         // them visible in order); fetched ranges wait in `ready`, at most `concurrency` of them.
         let in_flight = self.store.overlapping_commits(COMMITS_IN_FLIGHT);
         let mut ready: std::collections::VecDeque<(Batch, Header)> = std::collections::VecDeque::new();
@@ -201,7 +201,7 @@ impl Indexer {
                 let expected = cursor.replace(next_cursor.clone());
                 let (done, next_wait) = tokio::sync::oneshot::channel();
                 let turn = CursorTurn { wait: wait.replace(next_wait), done: Some(done) };
-                commits.push_back(self.commit_range(expected, batch, header.number, next_cursor, turn));
+                commits.push_back(self.commit_range(expected, batch, next_cursor, turn));
             }
             tokio::select! {
                 fetched = fetched.next(), if fetching && ready.len() < concurrency => match fetched {
@@ -220,16 +220,9 @@ impl Indexer {
     }
 
     /// Commits one fetched range on its own connection; returns its last block and its number of events.
-    async fn commit_range(
-        &self,
-        expected: Option<Cursor>,
-        batch: Batch,
-        number: u64,
-        cursor: Cursor,
-        turn: CursorTurn,
-    ) -> Result<(u64, u64), IndexerError> {
-        self.store.commit_in_turn(&self.deployment, expected.as_ref(), &batch, &cursor, turn).await?;
-        Ok((number, batch.raw.len() as u64))
+    async fn commit_range(&self, expected: Option<Cursor>, batch: Batch, cursor: Cursor, turn: CursorTurn) -> Result<(u64, u64), IndexerError> {
+        self.store.commit(&self.deployment, expected.as_ref(), &batch, &cursor, turn).await?;
+        Ok((to_u64(cursor.number), batch.raw.len() as u64))
     }
 
     /// Indexes block `number` above the finalized block, or rolls back a reorg found there.
@@ -245,7 +238,7 @@ impl Indexer {
         batch.blocks.push(block_ref(&header));
         let events = batch.raw.len() as u64;
         let next_cursor = Cursor { number: to_i64(number), hash: header.hash.to_vec() };
-        self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor).await?;
+        self.store.commit(&self.deployment, cursor.as_ref(), &batch, &next_cursor, CursorTurn::default()).await?;
         self.metrics.committed(number, events);
         Ok(Progress { indexed: Some(number), events, ..Progress::default() })
     }

@@ -164,12 +164,12 @@ impl Market {
     /// outbox reconcile finds it.
     pub async fn wait_until_sent_is_mined(&self) {
         let sent: Vec<Vec<Vec<u8>>> = sqlx::query_scalar("SELECT tx_hashes FROM keeper.outbox WHERE state = 'sent'").fetch_all(&self.pool).await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (operator, deadline) = (self.operator(), std::time::Instant::now() + std::time::Duration::from_secs(10));
         for versions in sent {
             loop {
                 let mut mined = false;
                 for hash in &versions {
-                    mined |= self.operator().get_transaction_receipt(B256::from_slice(hash)).await.expect("eth_getTransactionReceipt").is_some();
+                    mined |= operator.get_transaction_receipt(B256::from_slice(hash)).await.expect("eth_getTransactionReceipt").is_some();
                 }
                 if mined {
                     break;
