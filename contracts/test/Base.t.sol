@@ -96,6 +96,6 @@ abstract contract BaseTest is Test {
         uint256[] memory amounts = new uint256[](1);
         amounts[0] = amount;
         vm.prank(keeper);
-        escrow.settle(settlementId, block.timestamp - 1 days, block.timestamp, splitIds, amounts, keccak256("usage"));
+        escrow.settle(settlementId, vm.getBlockTimestamp() - 1 days, vm.getBlockTimestamp(), splitIds, amounts, keccak256("usage"));
     }
 }

@@ -229,10 +229,10 @@ contract SplitEscrowTest is BaseTest {
 
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotKeeper.selector, keeper));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(PRICE), ROOT);
 
         vm.prank(newKeeper);
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(PRICE), ROOT);
         assertEq(escrow.totalClaimable(), PRICE);
         _assertSolvent();
     }
@@ -255,14 +255,14 @@ contract SplitEscrowTest is BaseTest {
         address[] memory r = _a3(creator, platform, host);
         uint16[] memory b = _b3(7_000, 2_000, 1_000);
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.SplitVersionAdded(1, 0, block.timestamp, r, _wide(b), 1);
+        emit ISplitEscrow.SplitVersionAdded(1, 0, vm.getBlockTimestamp(), r, _wide(b), 1);
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(r, b, 1);
         assertEq(splitId, 1);
         assertEq(escrow.splitCount(), 1);
         assertEq(escrow.latestVersion(splitId), 0);
-        assertEq(escrow.versionAt(splitId, block.timestamp), 0);
-        _assertVersion(splitId, 0, r, b, 1, block.timestamp);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp()), 0);
+        _assertVersion(splitId, 0, r, b, 1, vm.getBlockTimestamp());
     }
 
     function test_createSplit_idsIncrement() public {
@@ -270,14 +270,14 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(owner);
         assertEq(escrow.createSplit(_a1(creator), _b1(10_000), 0), 2);
         assertEq(escrow.splitCount(), 2);
-        _assertVersion(2, 0, _a1(creator), _b1(10_000), 0, block.timestamp);
+        _assertVersion(2, 0, _a1(creator), _b1(10_000), 0, vm.getBlockTimestamp());
     }
 
     function test_createSplit_acceptsMaxRecipients() public {
         (address[] memory r, uint16[] memory b) = _many(32, 1);
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(r, b, 31);
-        _assertVersion(splitId, 0, r, b, 31, block.timestamp);
+        _assertVersion(splitId, 0, r, b, 31, vm.getBlockTimestamp());
     }
 
     function test_createSplit_revertsOnZeroRecipients() public {
@@ -304,7 +304,7 @@ contract SplitEscrowTest is BaseTest {
         // One new recipient still gets the last id; known recipients need none.
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(_a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0);
-        _assertVersion(splitId, 0, _a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0, block.timestamp);
+        _assertVersion(splitId, 0, _a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0, vm.getBlockTimestamp());
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.TooManyRecipients.selector);
         escrow.createSplit(_a2(creator, carol), _b2(5_000, 5_000), 0);
@@ -356,19 +356,19 @@ contract SplitEscrowTest is BaseTest {
 
     function test_proposeSplitChange_storesPendingVersionAndEmits() public {
         uint256 splitId = _createSplit();
-        uint256 created = block.timestamp;
-        vm.warp(block.timestamp + 1 hours);
+        uint256 created = vm.getBlockTimestamp();
+        vm.warp(vm.getBlockTimestamp() + 1 hours);
         address[] memory r = _a2(creator, bob);
         uint16[] memory b = _b2(9_000, 1_000);
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.SplitVersionAdded(splitId, 1, block.timestamp + SPLIT_DELAY, r, _wide(b), 0);
+        emit ISplitEscrow.SplitVersionAdded(splitId, 1, vm.getBlockTimestamp() + SPLIT_DELAY, r, _wide(b), 0);
         uint256 version = _propose(splitId, r, b, 0);
         assertEq(version, 1);
         assertEq(escrow.latestVersion(splitId), 1);
-        assertEq(escrow.versionAt(splitId, block.timestamp), 0, "not in force yet");
-        assertEq(escrow.versionAt(splitId, block.timestamp + SPLIT_DELAY - 1), 0);
-        assertEq(escrow.versionAt(splitId, block.timestamp + SPLIT_DELAY), 1);
-        _assertVersion(splitId, 1, r, b, 0, block.timestamp + SPLIT_DELAY);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp()), 0, "not in force yet");
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + SPLIT_DELAY - 1), 0);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + SPLIT_DELAY), 1);
+        _assertVersion(splitId, 1, r, b, 0, vm.getBlockTimestamp() + SPLIT_DELAY);
         _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
     }
 
@@ -376,7 +376,7 @@ contract SplitEscrowTest is BaseTest {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
-        uint256 effectiveAt = block.timestamp + SPLIT_DELAY;
+        uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
         vm.warp(effectiveAt); // the change is in force now, but the epoch ended just before it
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.Credited(creator, 1, splitId, 55_300_000);
@@ -392,7 +392,7 @@ contract SplitEscrowTest is BaseTest {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
-        uint256 effectiveAt = block.timestamp + SPLIT_DELAY;
+        uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
         vm.warp(effectiveAt);
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.Credited(bob, 1, splitId, PRICE);
@@ -406,7 +406,7 @@ contract SplitEscrowTest is BaseTest {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
-        vm.warp(block.timestamp + SPLIT_DELAY + 3 days);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 3 days);
         _settle(1, splitId, PRICE);
         assertEq(escrow.claimableOf(bob), PRICE);
         _assertSolvent();
@@ -414,12 +414,12 @@ contract SplitEscrowTest is BaseTest {
 
     function test_proposeSplitChange_oldEpochAfterChangeUsesOldVersion() public {
         uint256 splitId = _createSplit();
-        uint256 created = block.timestamp;
+        uint256 created = vm.getBlockTimestamp();
         _subscribe(alice, monthly, 0);
         _subscribe(bob, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
         vm.warp(created + SPLIT_DELAY + 10 days);
-        assertEq(escrow.versionAt(splitId, block.timestamp), 1);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp()), 1);
         // An epoch that ended before the change took effect, settled long after: old version.
         _settleAt(1, splitId, PRICE, created + 5 days);
         assertEq(escrow.claimableOf(creator), 55_300_000);
@@ -427,7 +427,7 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.claimableOf(host), 7_900_000);
         assertEq(escrow.claimableOf(bob), 0);
         // A current epoch: new version.
-        _settleAt(2, splitId, PRICE, block.timestamp);
+        _settleAt(2, splitId, PRICE, vm.getBlockTimestamp());
         assertEq(escrow.claimableOf(bob), PRICE);
         assertEq(escrow.totalClaimable(), 2 * PRICE);
         _assertSolvent();
@@ -435,11 +435,11 @@ contract SplitEscrowTest is BaseTest {
 
     function test_proposeSplitChange_secondChangeAfterFirstTookEffect() public {
         uint256 splitId = _createSplit();
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         _propose(splitId, _a1(bob), _b1(10_000), 0);
         vm.warp(t0 + SPLIT_DELAY);
         assertEq(_propose(splitId, _a2(carol, bob), _b2(5_000, 5_000), 1), 2);
-        uint256 t2 = block.timestamp + SPLIT_DELAY;
+        uint256 t2 = vm.getBlockTimestamp() + SPLIT_DELAY;
         assertEq(escrow.latestVersion(splitId), 2);
         assertEq(escrow.versionAt(splitId, t0), 0);
         assertEq(escrow.versionAt(splitId, t0 + SPLIT_DELAY - 1), 0);
@@ -468,7 +468,7 @@ contract SplitEscrowTest is BaseTest {
     function test_proposeSplitChange_revertsWhenChangePending() public {
         uint256 splitId = _createSplit();
         _propose(splitId, _a1(bob), _b1(10_000), 0);
-        vm.warp(block.timestamp + SPLIT_DELAY - 1);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY - 1);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.ChangeAlreadyPending.selector, splitId));
         escrow.proposeSplitChange(splitId, _a1(carol), _b1(10_000), 0);
@@ -503,24 +503,24 @@ contract SplitEscrowTest is BaseTest {
 
     function test_cancelSplitChange_restoresPreviousWhenProposalHadMoreRecipients() public {
         uint256 splitId = _createSplit();
-        uint256 created = block.timestamp;
+        uint256 created = vm.getBlockTimestamp();
         (address[] memory r, uint16[] memory b) = _many(6, 7);
         _propose(splitId, r, b, 5);
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.SplitChangeCancelled(splitId, 1);
         vm.prank(owner);
         escrow.cancelSplitChange(splitId);
 
         assertEq(escrow.latestVersion(splitId), 0);
-        assertEq(escrow.versionAt(splitId, block.timestamp + 365 days), 0);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + 365 days), 0);
         _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, splitId));
         escrow.splitVersion(splitId, 1);
 
         // Settlements long after use the restored version exactly: 3 recipients, remainder to the platform.
         _subscribe(alice, monthly, 0);
-        vm.warp(block.timestamp + SPLIT_DELAY * 2);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY * 2);
         vm.recordLogs();
         _settle(1, splitId, 101);
         assertEq(_countCredited(vm.getRecordedLogs()), 3);
@@ -534,8 +534,8 @@ contract SplitEscrowTest is BaseTest {
 
         // A new proposal reuses the version number, with no leftovers of the cancelled one.
         assertEq(_propose(splitId, _a2(carol, bob), _b2(4_000, 6_000), 0), 1);
-        _assertVersion(splitId, 1, _a2(carol, bob), _b2(4_000, 6_000), 0, block.timestamp + SPLIT_DELAY);
-        vm.warp(block.timestamp + SPLIT_DELAY);
+        _assertVersion(splitId, 1, _a2(carol, bob), _b2(4_000, 6_000), 0, vm.getBlockTimestamp() + SPLIT_DELAY);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY);
         _settle(2, splitId, 11);
         assertEq(escrow.claimableOf(carol), 4 + 1);
         assertEq(escrow.claimableOf(bob), 6);
@@ -544,7 +544,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_cancelSplitChange_restoresPreviousWhenProposalHadFewerRecipients() public {
         uint256 splitId = _createSplit();
-        uint256 created = block.timestamp;
+        uint256 created = vm.getBlockTimestamp();
         _propose(splitId, _a1(carol), _b1(10_000), 0);
         vm.prank(owner);
         escrow.cancelSplitChange(splitId);
@@ -552,7 +552,7 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.latestVersion(splitId), 0);
         _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
         _subscribe(alice, monthly, 0);
-        vm.warp(block.timestamp + SPLIT_DELAY * 2);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY * 2);
         _settle(1, splitId, PRICE);
         assertEq(escrow.claimableOf(creator), 55_300_000);
         assertEq(escrow.claimableOf(platform), 15_800_000);
@@ -564,8 +564,8 @@ contract SplitEscrowTest is BaseTest {
     function test_cancelSplitChange_restoresIntermediateVersion() public {
         uint256 splitId = _createSplit();
         _propose(splitId, _a2(carol, bob), _b2(5_000, 5_000), 0);
-        vm.warp(block.timestamp + SPLIT_DELAY);
-        uint256 v1Effective = block.timestamp;
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY);
+        uint256 v1Effective = vm.getBlockTimestamp();
         (address[] memory r, uint16[] memory b) = _many(4, 3);
         _propose(splitId, r, b, 2);
         vm.prank(owner);
@@ -573,13 +573,13 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.latestVersion(splitId), 1);
         _assertVersion(splitId, 1, _a2(carol, bob), _b2(5_000, 5_000), 0, v1Effective);
         assertEq(escrow.versionAt(splitId, v1Effective - 1), 0);
-        assertEq(escrow.versionAt(splitId, block.timestamp + 100 days), 1);
+        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + 100 days), 1);
     }
 
     function test_cancelSplitChange_revertsAfterChangeTookEffect() public {
         uint256 splitId = _createSplit();
         _propose(splitId, _a1(carol), _b1(10_000), 0);
-        vm.warp(block.timestamp + SPLIT_DELAY);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NoPendingChange.selector, splitId));
         escrow.cancelSplitChange(splitId);
@@ -610,16 +610,16 @@ contract SplitEscrowTest is BaseTest {
     function test_versionAt_revertsBeforeCreation() public {
         uint256 splitId = _createSplit();
         vm.expectRevert(
-            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, block.timestamp - 1)
+            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, vm.getBlockTimestamp() - 1)
         );
-        escrow.versionAt(splitId, block.timestamp - 1);
+        escrow.versionAt(splitId, vm.getBlockTimestamp() - 1);
     }
 
     function test_views_revertOnUnknownSplit() public {
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
         escrow.latestVersion(1);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
-        escrow.versionAt(1, block.timestamp);
+        escrow.versionAt(1, vm.getBlockTimestamp());
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 1));
         escrow.splitVersion(1, 0);
         uint256 splitId = _createSplit();
@@ -640,7 +640,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         _subscribe(bob, monthly, 0);
         assertEq(escrow.unallocated(), 2 * PRICE);
-        uint256 start = block.timestamp - 1 days;
+        uint256 start = vm.getBlockTimestamp() - 1 days;
 
         // The remainder recipient (the platform) is credited last.
         vm.expectEmit(address(escrow));
@@ -650,7 +650,7 @@ contract SplitEscrowTest is BaseTest {
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.Credited(platform, 7, splitId, 15_800_000);
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.Settled(7, start, block.timestamp, ROOT, PRICE, 1);
+        emit ISplitEscrow.Settled(7, start, vm.getBlockTimestamp(), ROOT, PRICE, 1);
         _settle(7, splitId, PRICE);
 
         assertTrue(escrow.settlementUsed(7));
@@ -674,9 +674,9 @@ contract SplitEscrowTest is BaseTest {
         uint256 before = escrow.unallocated();
 
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.Settled(1, block.timestamp - 2 days, block.timestamp, ROOT, 1_000 + 7, 2);
+        emit ISplitEscrow.Settled(1, vm.getBlockTimestamp() - 2 days, vm.getBlockTimestamp(), ROOT, 1_000 + 7, 2);
         vm.prank(keeper);
-        escrow.settle(1, block.timestamp - 2 days, block.timestamp, _u2(s1, s2), _u2(1_000, 7), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 2 days, vm.getBlockTimestamp(), _u2(s1, s2), _u2(1_000, 7), ROOT);
 
         // s1: 700/200/100; s2: carol 7*3333/10000 = 2 + remainder 1 = 3, creator 4
         assertEq(escrow.claimableOf(creator), 700 + 4);
@@ -725,7 +725,7 @@ contract SplitEscrowTest is BaseTest {
         _settle(1, splitId, 0);
         assertEq(_countCredited(vm.getRecordedLogs()), 0);
         vm.prank(keeper);
-        escrow.settle(2, block.timestamp, block.timestamp, new uint256[](0), new uint256[](0), ROOT);
+        escrow.settle(2, vm.getBlockTimestamp(), vm.getBlockTimestamp(), new uint256[](0), new uint256[](0), ROOT);
         assertTrue(escrow.settlementUsed(1));
         assertTrue(escrow.settlementUsed(2));
         assertEq(escrow.totalClaimable(), 0);
@@ -736,7 +736,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotKeeper.selector, owner));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(PRICE), ROOT);
     }
 
     function test_settle_revertsOnUsedSettlementId() public {
@@ -745,7 +745,7 @@ contract SplitEscrowTest is BaseTest {
         _settle(1, splitId, 10 * USDC);
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SettlementIdUsed.selector, 1));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(10 * USDC), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(10 * USDC), ROOT);
         assertEq(escrow.totalClaimable(), 10 * USDC);
         _assertSolvent();
     }
@@ -753,19 +753,19 @@ contract SplitEscrowTest is BaseTest {
     function test_settle_revertsOnFutureEpochEnd() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
-        uint256 end = block.timestamp + 1;
+        uint256 end = vm.getBlockTimestamp() + 1;
         vm.prank(keeper);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, block.timestamp, end));
-        escrow.settle(1, block.timestamp, end, _u1(splitId), _u1(PRICE), ROOT);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, vm.getBlockTimestamp(), end));
+        escrow.settle(1, vm.getBlockTimestamp(), end, _u1(splitId), _u1(PRICE), ROOT);
     }
 
     function test_settle_revertsOnStartAfterEnd() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
-        uint256 end = block.timestamp - 1;
+        uint256 end = vm.getBlockTimestamp() - 1;
         vm.prank(keeper);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, block.timestamp, end));
-        escrow.settle(1, block.timestamp, end, _u1(splitId), _u1(PRICE), ROOT);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, vm.getBlockTimestamp(), end));
+        escrow.settle(1, vm.getBlockTimestamp(), end, _u1(splitId), _u1(PRICE), ROOT);
     }
 
     function test_settle_revertsOnLengthMismatch() public {
@@ -773,7 +773,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(keeper);
         vm.expectRevert(ISplitEscrow.LengthMismatch.selector);
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId), _u1(PRICE), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u2(splitId, splitId), _u1(PRICE), ROOT);
     }
 
     function test_settle_revertsOnInsufficientUnallocated() public {
@@ -781,18 +781,18 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(PRICE + 1), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(PRICE + 1), ROOT);
 
         // Over two splits in one settlement; then after part was settled.
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId), _u2(PRICE, 1), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u2(splitId, splitId), _u2(PRICE, 1), ROOT);
         assertFalse(escrow.settlementUsed(1), "a refused settlement does not use its id");
 
         _settle(1, splitId, PRICE - 5);
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 5, 6));
-        escrow.settle(2, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(6), ROOT);
+        escrow.settle(2, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(6), ROOT);
         _settle(2, splitId, 5);
         assertEq(escrow.unallocated(), 0);
         assertEq(escrow.totalClaimable(), PRICE);
@@ -804,7 +804,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, splitId + 1));
-        escrow.settle(1, block.timestamp - 1, block.timestamp, _u2(splitId, splitId + 1), _u2(1, 1), ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u2(splitId, splitId + 1), _u2(1, 1), ROOT);
         assertEq(escrow.unallocated(), PRICE);
         assertEq(escrow.totalClaimable(), 0);
     }
@@ -812,7 +812,7 @@ contract SplitEscrowTest is BaseTest {
     function test_settle_revertsOnSplitNotInForce() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
-        uint256 end = block.timestamp - 1;
+        uint256 end = vm.getBlockTimestamp() - 1;
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end));
         escrow.settle(1, end - 1 days, end, _u1(splitId), _u1(PRICE), ROOT);
@@ -832,7 +832,7 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.claimableOf(creator), max);
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.AmountTooLarge.selector, max + 1));
-        escrow.settle(2, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(1), ROOT);
+        escrow.settle(2, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(1), ROOT);
         assertEq(escrow.totalClaimable(), max);
         _assertSolvent();
     }
@@ -916,7 +916,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_claim_revertsWhileHeld() public {
         _fundedSplit();
-        uint256 until = block.timestamp + 10 days;
+        uint256 until = vm.getBlockTimestamp() + 10 days;
         _hold(creator, until);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RecipientHeld.selector, creator, until));
         escrow.claim(creator);
@@ -994,7 +994,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_claimMany_skipsHeldAndEmpty() public {
         _fundedSplit();
-        _hold(platform, block.timestamp + 1 days);
+        _hold(platform, vm.getBlockTimestamp() + 1 days);
         vm.recordLogs();
         assertEq(escrow.claimMany(_a3(stranger, platform, host)), 1);
         Vm.Log[] memory logs = vm.getRecordedLogs();
@@ -1023,77 +1023,77 @@ contract SplitEscrowTest is BaseTest {
     /* HOLDS */
 
     function test_hold_placesAndEmits() public {
-        uint256 until = block.timestamp + 5 days;
+        uint256 until = vm.getBlockTimestamp() + 5 days;
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.HoldPlaced(creator, until, keccak256("dispute"));
         _hold(creator, until);
         ISplitEscrow.Hold memory h = escrow.holdOf(creator);
         assertEq(h.until, until);
-        assertEq(h.since, block.timestamp);
+        assertEq(h.since, vm.getBlockTimestamp());
     }
 
     function test_hold_acceptsExactlyMaxHold() public {
-        _hold(creator, block.timestamp + MAX_HOLD);
-        assertEq(escrow.holdOf(creator).until, block.timestamp + MAX_HOLD);
+        _hold(creator, vm.getBlockTimestamp() + MAX_HOLD);
+        assertEq(escrow.holdOf(creator).until, vm.getBlockTimestamp() + MAX_HOLD);
     }
 
     function test_hold_revertsBeyondMaxHold() public {
-        uint256 until = block.timestamp + MAX_HOLD + 1;
+        uint256 until = vm.getBlockTimestamp() + MAX_HOLD + 1;
         vm.prank(owner);
         vm.expectRevert(
-            abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, block.timestamp + MAX_HOLD)
+            abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, vm.getBlockTimestamp() + MAX_HOLD)
         );
         escrow.hold(creator, until, bytes32(0));
     }
 
     function test_hold_revertsWhenUntilNotInFuture() public {
-        uint256 limit = block.timestamp + MAX_HOLD;
+        uint256 limit = vm.getBlockTimestamp() + MAX_HOLD;
         vm.startPrank(owner);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, block.timestamp - 1, limit));
-        escrow.hold(creator, block.timestamp - 1, bytes32(0));
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, block.timestamp, limit));
-        escrow.hold(creator, block.timestamp, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, vm.getBlockTimestamp() - 1, limit));
+        escrow.hold(creator, vm.getBlockTimestamp() - 1, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, vm.getBlockTimestamp(), limit));
+        escrow.hold(creator, vm.getBlockTimestamp(), bytes32(0));
         vm.stopPrank();
     }
 
     function test_hold_revertsOnZeroAddress() public {
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
-        escrow.hold(address(0), block.timestamp + 1 days, bytes32(0));
+        escrow.hold(address(0), vm.getBlockTimestamp() + 1 days, bytes32(0));
     }
 
     function test_hold_revertsForNonOwner() public {
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, keeper));
-        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        escrow.hold(creator, vm.getBlockTimestamp() + 1 days, bytes32(0));
     }
 
     function test_hold_extendingRunningHoldLimitedByItsStart() public {
-        uint256 start = block.timestamp;
+        uint256 start = vm.getBlockTimestamp();
         _hold(creator, start + 10 days);
         vm.warp(start + 9 days); // still held
         _hold(creator, start + MAX_HOLD); // extend to the limit counted from the start
         assertEq(escrow.holdOf(creator).since, start);
         vm.warp(start + 25 days);
-        uint256 until = block.timestamp + 10 days; // would be fine for a fresh hold, not for this one
+        uint256 until = vm.getBlockTimestamp() + 10 days; // would be fine for a fresh hold, not for this one
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, start + MAX_HOLD));
         escrow.hold(creator, until, bytes32(0));
         // Shortening a running hold is allowed.
-        _hold(creator, block.timestamp + 1);
-        assertEq(escrow.holdOf(creator).until, block.timestamp + 1);
+        _hold(creator, vm.getBlockTimestamp() + 1);
+        assertEq(escrow.holdOf(creator).until, vm.getBlockTimestamp() + 1);
         assertEq(escrow.holdOf(creator).since, start);
     }
 
     function test_release_endsHoldAndEmits() public {
         _fundedSplit();
-        _hold(creator, block.timestamp + 10 days);
-        vm.warp(block.timestamp + 1 days);
+        _hold(creator, vm.getBlockTimestamp() + 10 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.HoldReleased(creator);
         vm.prank(owner);
         escrow.release(creator);
-        assertEq(escrow.holdOf(creator).until, block.timestamp);
+        assertEq(escrow.holdOf(creator).until, vm.getBlockTimestamp());
         assertEq(escrow.claim(creator), 553 * USDC);
         _assertSolvent();
     }
@@ -1103,49 +1103,49 @@ contract SplitEscrowTest is BaseTest {
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotHeld.selector, creator));
         escrow.release(creator);
 
-        _hold(creator, block.timestamp + 1 days);
-        vm.warp(block.timestamp + 1 days);
+        _hold(creator, vm.getBlockTimestamp() + 1 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NotHeld.selector, creator));
         escrow.release(creator);
     }
 
     function test_release_revertsForNonOwner() public {
-        _hold(creator, block.timestamp + 1 days);
+        _hold(creator, vm.getBlockTimestamp() + 1 days);
         vm.prank(creator);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, creator));
         escrow.release(creator);
     }
 
     function test_hold_cooldownAfterRelease() public {
-        _hold(creator, block.timestamp + 10 days);
-        vm.warp(block.timestamp + 2 days);
+        _hold(creator, vm.getBlockTimestamp() + 10 days);
+        vm.warp(vm.getBlockTimestamp() + 2 days);
         vm.prank(owner);
         escrow.release(creator);
-        uint256 allowedFrom = block.timestamp + 1 days;
+        uint256 allowedFrom = vm.getBlockTimestamp() + 1 days;
 
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, allowedFrom));
-        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        escrow.hold(creator, vm.getBlockTimestamp() + 1 days, bytes32(0));
         vm.warp(allowedFrom - 1);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, allowedFrom));
-        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        escrow.hold(creator, vm.getBlockTimestamp() + 1 days, bytes32(0));
 
         vm.warp(allowedFrom);
-        _hold(creator, block.timestamp + MAX_HOLD); // a fresh hold: full MAX_HOLD from now
+        _hold(creator, vm.getBlockTimestamp() + MAX_HOLD); // a fresh hold: full MAX_HOLD from now
         assertEq(escrow.holdOf(creator).since, allowedFrom);
     }
 
     function test_hold_cooldownAfterExpiry() public {
-        uint256 until = block.timestamp + MAX_HOLD;
+        uint256 until = vm.getBlockTimestamp() + MAX_HOLD;
         _hold(creator, until);
         vm.warp(until);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldCooldown.selector, until + 1 days));
-        escrow.hold(creator, block.timestamp + 1 days, bytes32(0));
+        escrow.hold(creator, vm.getBlockTimestamp() + 1 days, bytes32(0));
         vm.warp(until + 1 days);
-        _hold(creator, block.timestamp + 1 days);
+        _hold(creator, vm.getBlockTimestamp() + 1 days);
         assertEq(escrow.holdOf(creator).until, until + 2 days);
     }
 
@@ -1330,7 +1330,7 @@ contract SplitEscrowTest is BaseTest {
         escrow.createSplit(earlier, earlierBps, 0);
         uint256 splitId = escrow.createSplit(r, b, remainderIndex);
         vm.stopPrank();
-        _assertVersion(splitId, 0, r, b, remainderIndex, block.timestamp);
+        _assertVersion(splitId, 0, r, b, remainderIndex, vm.getBlockTimestamp());
         _revenue(amount);
 
         uint256[] memory expected = new uint256[](n);
@@ -1461,11 +1461,11 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(keeper);
         if (amount > available) {
             vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
-            escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(amount), ROOT);
+            escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(amount), ROOT);
             assertEq(escrow.unallocated(), available);
             assertEq(escrow.totalClaimable(), claimableBefore);
         } else {
-            escrow.settle(1, block.timestamp - 1, block.timestamp, _u1(splitId), _u1(amount), ROOT);
+            escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(amount), ROOT);
             assertEq(escrow.unallocated(), available - amount);
             assertEq(escrow.totalClaimable(), claimableBefore + amount);
         }
@@ -1473,12 +1473,12 @@ contract SplitEscrowTest is BaseTest {
     }
 
     function testFuzz_hold_neverBeyondStartPlusMaxHold(uint256 first, uint256 elapsed, uint256 extendTo) public {
-        uint256 start = block.timestamp;
+        uint256 start = vm.getBlockTimestamp();
         first = bound(first, start + 1, start + MAX_HOLD);
         _hold(creator, first);
         elapsed = bound(elapsed, 0, first - start - 1); // the hold is still running
         vm.warp(start + elapsed);
-        extendTo = bound(extendTo, block.timestamp + 1, block.timestamp + 2 * MAX_HOLD);
+        extendTo = bound(extendTo, vm.getBlockTimestamp() + 1, vm.getBlockTimestamp() + 2 * MAX_HOLD);
         vm.prank(owner);
         if (extendTo > start + MAX_HOLD) {
             vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, extendTo, start + MAX_HOLD));
@@ -1497,7 +1497,7 @@ contract SplitEscrowTest is BaseTest {
         uint256[] memory amounts = new uint256[](1);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.UnknownSplit.selector, 42));
         vm.prank(keeper);
-        escrow.settle(1, block.timestamp - 1 days, block.timestamp, splitIds, amounts, ROOT);
+        escrow.settle(1, vm.getBlockTimestamp() - 1 days, vm.getBlockTimestamp(), splitIds, amounts, ROOT);
     }
 
     function test_setPayoutAddress_escrowItself_reverts() public {

@@ -279,10 +279,10 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         vm.prank(bob);
         subs.subscribe(monthly, 0);
 
-        (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, block.timestamp);
+        (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, vm.getBlockTimestamp());
         vm.expectRevert(ISubscriptions.ChargingPaused.selector);
         vm.prank(alice);
-        subs.subscribeWithPermit(monthly, 0, PRICE, block.timestamp, v, r, s);
+        subs.subscribeWithPermit(monthly, 0, PRICE, vm.getBlockTimestamp(), v, r, s);
 
         vm.warp(_sub(id).paidThrough);
         vm.expectRevert(ISubscriptions.ChargingPaused.selector);
@@ -371,7 +371,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     function test_subscribe_pullsFirstPeriodIntoEscrow() public {
         uint256 aliceBefore = usdc.balanceOf(alice);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Subscribed(1, alice, monthly, 10 * USDC, block.timestamp + MONTH, PRICE, 0);
+        emit ISubscriptions.Subscribed(1, alice, monthly, 10 * USDC, vm.getBlockTimestamp() + MONTH, PRICE, 0);
         uint256 id = _subscribe(alice, monthly, 10 * USDC);
 
         assertEq(id, 1);
@@ -384,7 +384,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
         ISubscriptions.Subscription memory sub = _sub(id);
         assertEq(sub.subscriber, alice);
-        assertEq(sub.paidThrough, block.timestamp + MONTH);
+        assertEq(sub.paidThrough, vm.getBlockTimestamp() + MONTH);
         assertEq(sub.periodIndex, 0);
         assertEq(sub.planId, monthly);
         assertEq(uint8(sub.status), uint8(ISubscriptions.Status.Active));
@@ -404,7 +404,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         _deposit(alice, 50 * USDC);
         uint256 aliceBefore = usdc.balanceOf(alice);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Subscribed(1, alice, monthly, 0, block.timestamp + MONTH, PRICE, 50 * USDC);
+        emit ISubscriptions.Subscribed(1, alice, monthly, 0, vm.getBlockTimestamp() + MONTH, PRICE, 50 * USDC);
         _subscribe(alice, monthly, 0);
         assertEq(subs.creditOf(alice), 0);
         assertEq(usdc.balanceOf(alice), aliceBefore - 29 * USDC);
@@ -487,7 +487,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     function test_subscribe_payAsYouGo_pullsNothing() public {
         uint256 aliceBefore = usdc.balanceOf(alice);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Subscribed(1, alice, payg, 50 * USDC, block.timestamp + MONTH, 0, 0);
+        emit ISubscriptions.Subscribed(1, alice, payg, 50 * USDC, vm.getBlockTimestamp() + MONTH, 0, 0);
         uint256 id = _subscribe(alice, payg, 50 * USDC);
         assertEq(usdc.balanceOf(alice), aliceBefore);
         assertEq(usdc.balanceOf(address(escrow)), 0);
@@ -528,10 +528,10 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
     function test_subscribeWithPermit_validPermit() public {
         _revoke(alice);
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, deadline);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Subscribed(1, alice, monthly, 5 * USDC, block.timestamp + MONTH, PRICE, 0);
+        emit ISubscriptions.Subscribed(1, alice, monthly, 5 * USDC, vm.getBlockTimestamp() + MONTH, PRICE, 0);
         vm.prank(alice);
         uint256 id = subs.subscribeWithPermit(monthly, 5 * USDC, PRICE, deadline, v, r, s);
         assertEq(id, 1);
@@ -543,7 +543,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
     function test_subscribeWithPermit_frontRunPermitDoesNotBlock() public {
         _revoke(alice);
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, deadline);
         vm.prank(stranger);
         usdc.permit(alice, address(subs), PRICE, deadline, v, r, s);
@@ -559,7 +559,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
     function test_subscribeWithPermit_badPermitNoAllowance_reverts() public {
         _revoke(alice);
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, deadline);
         // Submitted by bob: the signature does not match bob, the permit fails and the pull finds no allowance.
         _revoke(bob);
@@ -575,7 +575,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
     function test_subscribeWithPermit_expiredPermit_reverts() public {
         _revoke(alice);
-        uint256 deadline = block.timestamp - 1;
+        uint256 deadline = vm.getBlockTimestamp() - 1;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, PRICE, deadline);
         vm.expectRevert(
             abi.encodeWithSelector(
@@ -724,7 +724,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
         vm.warp(_sub(id).paidThrough);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Renewed(id, monthly, 1, block.timestamp + MONTH, PRICE, 0);
+        emit ISubscriptions.Renewed(id, monthly, 1, vm.getBlockTimestamp() + MONTH, PRICE, 0);
         assertEq(_renew(id), 1);
         assertEq(subs.totalRevenue(), 2 * PRICE);
     }
@@ -870,7 +870,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         uint256 aliceBefore = usdc.balanceOf(alice);
         vm.warp(_sub(id).paidThrough);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.Renewed(id, monthly, 1, block.timestamp + MONTH, PRICE, 30 * USDC);
+        emit ISubscriptions.Renewed(id, monthly, 1, vm.getBlockTimestamp() + MONTH, PRICE, 30 * USDC);
         _renew(id);
         assertEq(subs.creditOf(alice), 0);
         assertEq(usdc.balanceOf(alice), aliceBefore - 49 * USDC);
@@ -960,7 +960,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     }
 
     function test_currentPeriod_tracksRenewals() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         (uint256 index, uint256 start, uint256 end) = subs.currentPeriod(id);
         assertEq(index, 0);

@@ -267,7 +267,7 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
     }
 
     function test_chargeUsage_afterPlanChange_previousWindowFromNewPeriod() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, CAP);
         uint256 weekly = _createPlan(20 * USDC, 7 days, 1 days);
         vm.prank(alice);
@@ -577,7 +577,7 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
 /// @notice Renewals: anchoring, isolation, past due, lapse, plan changes, hostile tokens.
 contract SubscriptionsRenewTest is SubscriptionsHelpers {
     function test_renew_anchoredOverTwelveRenewals() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         uint256[12] memory lateness =
             [uint256(0), 1, 1 hours, GRACE - 1, 2 days, 0, 12 hours, GRACE - 1, 1 days, 59 minutes, GRACE / 2, 0];
@@ -659,7 +659,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     }
 
     function test_renew_retryAfterTopUpReturnsToActive() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         vm.startPrank(alice);
         usdc.transfer(stranger, usdc.balanceOf(alice) - 10 * USDC);
@@ -722,7 +722,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     }
 
     function test_renew_planChangeTakesEffectAtNextRenewal() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         uint256 pro = _createPlan(199 * USDC, 7 days, 1 days);
         vm.prank(alice);
@@ -759,7 +759,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     }
 
     function test_renew_planChangeUsesNewPlanGraceAfterSwitch() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         uint256 pro = _createPlan(199 * USDC, 7 days, 1 days);
         vm.prank(alice);
@@ -774,7 +774,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     }
 
     function test_renew_payAsYouGoAdvancesWithoutPull() public {
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, payg, 10 * USDC);
         _revoke(alice);
         vm.warp(t0 + MONTH);
@@ -857,7 +857,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         s.changePlan(id, priced);
         vm.stopPrank();
 
-        vm.warp(block.timestamp + MONTH);
+        vm.warp(vm.getBlockTimestamp() + MONTH);
         vm.expectRevert(abi.encodeWithSelector(ISubscriptions.FeeOnTransferToken.selector, PRICE, PRICE - PRICE / 100));
         s.renew(_ids(id));
         assertEq(s.subscription(id).periodIndex, 0);
@@ -883,7 +883,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
             token.attackReturn(), abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector)
         );
         assertEq(s.subscription(id).periodIndex, 1);
-        assertEq(s.subscription(id).paidThrough, block.timestamp + MONTH);
+        assertEq(s.subscription(id).paidThrough, vm.getBlockTimestamp() + MONTH);
         assertEq(s.totalRevenue(), 2 * PRICE);
         assertEq(token.balanceOf(address(e)), 2 * PRICE);
         assertEq(token.balanceOf(alice), 1_000 * USDC - 2 * PRICE);
@@ -931,7 +931,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
 
     function testFuzz_renew_anchoredSchedule(uint256 seed, uint8 count) public {
         uint256 renewals = bound(count, 1, 24);
-        uint256 t0 = block.timestamp;
+        uint256 t0 = vm.getBlockTimestamp();
         uint256 id = _subscribe(alice, monthly, 0);
         for (uint256 k = 1; k <= renewals; ++k) {
             uint256 late = bound(uint256(keccak256(abi.encode(seed, k))), 0, GRACE - 1);

@@ -172,7 +172,7 @@ contract TestUSDCTest is Test {
     /* PERMIT */
 
     function test_permit_setsAllowanceAndBumpsNonce() public {
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
         token.permit(alice, spender, 50e6, deadline, v, r, s);
         assertEq(token.allowance(alice, spender), 50e6);
@@ -184,7 +184,7 @@ contract TestUSDCTest is Test {
     }
 
     function test_permit_replay_reverts() public {
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
         token.permit(alice, spender, 50e6, deadline, v, r, s);
         vm.expectRevert();
@@ -192,7 +192,7 @@ contract TestUSDCTest is Test {
     }
 
     function test_permit_expired_reverts() public {
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
         vm.warp(deadline + 1);
         vm.expectRevert(abi.encodeWithSelector(ERC20Permit.ERC2612ExpiredSignature.selector, deadline));
@@ -200,7 +200,7 @@ contract TestUSDCTest is Test {
     }
 
     function test_permit_whilePaused_reverts() public {
-        uint256 deadline = block.timestamp + 1 hours;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
         vm.prank(owner);
         token.pause();

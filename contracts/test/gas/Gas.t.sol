@@ -57,7 +57,7 @@ contract GasBenchmarks is Test {
 
     /// @dev Renewal of N due subscriptions in one call.
     function test_gas_renew_100() public {
-        vm.warp(block.timestamp + MONTH);
+        vm.warp(vm.getBlockTimestamp() + MONTH);
         uint256[] memory batch = _batch(N);
         subs.renew(batch);
         vm.snapshotGasLastCall("gas", "renew_100_total");
@@ -66,7 +66,7 @@ contract GasBenchmarks is Test {
 
     /// @dev Renewal of a single due subscription, whole transaction.
     function test_gas_renew_1() public {
-        vm.warp(block.timestamp + MONTH);
+        vm.warp(vm.getBlockTimestamp() + MONTH);
         uint256[] memory batch = _batch(1);
         subs.renew(batch);
         vm.snapshotGasLastCall("gas", "renew_1_tx");
@@ -112,14 +112,14 @@ contract GasBenchmarks is Test {
             splits[i] = splitIds[i];
         }
         vm.prank(keeper);
-        escrow.settle(settlementId, block.timestamp - 1 days, block.timestamp, splits, amounts, keccak256("epoch"));
+        escrow.settle(settlementId, vm.getBlockTimestamp() - 1 days, vm.getBlockTimestamp(), splits, amounts, keccak256("epoch"));
     }
 
     /// @dev Settlement of N splits of 3 recipients (a distinct creator per split, the same platform and host in
     /// all), every recipient already holding a claimable balance.
     function test_gas_settle_100x3() public {
         _createSplits();
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         _settleAll(1, 10 * USDC);
         _settleAll(2, 10 * USDC + 7);
         vm.snapshotGasLastCall("gas", "settle_100x3_total");
@@ -129,7 +129,7 @@ contract GasBenchmarks is Test {
     /// @dev Claim of a recipient with a claimable balance to a wallet that already holds tokens.
     function test_gas_claim() public {
         _createSplits();
-        vm.warp(block.timestamp + 1 days);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         _settleAll(1, 10 * USDC);
         address creator = address(uint160(0x20000));
         token.mint(creator, 1);

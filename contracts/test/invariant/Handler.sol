@@ -528,8 +528,8 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             uint256 id = ids[i];
             SubModel storage m = _model[id];
             if (m.status != ACTIVE && m.status != PAST_DUE) continue;
-            if (block.timestamp < m.paidThrough) continue;
-            if (block.timestamp >= uint256(m.paidThrough) + _plans[m.planId].grace) {
+            if (vm.getBlockTimestamp() < m.paidThrough) continue;
+            if (vm.getBlockTimestamp() >= uint256(m.paidThrough) + _plans[m.planId].grace) {
                 _flag(Mismatch.Renewal, "renew: grace over but not lapsed");
             } else if (_failedInCall[id] != _callNonce) {
                 _flag(Mismatch.Renewal, "renew: due but neither renewed nor failed");
@@ -578,7 +578,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             dt = _timeToNextDue(seed);
             if (dt == 0) dt = _bound(seed, 1 hours, 3 days);
         }
-        vm.warp(block.timestamp + dt);
+        vm.warp(vm.getBlockTimestamp() + dt);
     }
 
     /// @dev Time until just past the earliest upcoming due date of a live subscription (a random point in the
@@ -588,7 +588,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256 grace;
         for (uint256 id = 1; id <= subCount; ++id) {
             SubModel storage m = _model[id];
-            if ((m.status == ACTIVE || m.status == PAST_DUE) && m.paidThrough > block.timestamp) {
+            if ((m.status == ACTIVE || m.status == PAST_DUE) && m.paidThrough > vm.getBlockTimestamp()) {
                 if (m.paidThrough < earliest) {
                     earliest = m.paidThrough;
                     grace = _plans[m.planId].grace;
@@ -596,7 +596,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             }
         }
         if (earliest == type(uint256).max) return 0;
-        return earliest - block.timestamp + _bound(seed, 0, grace / 2);
+        return earliest - vm.getBlockTimestamp() + _bound(seed, 0, grace / 2);
     }
 
     /* ===================================================================================================== */
@@ -625,7 +625,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         }
         if (splitId != splitCount + 1) _flag(Mismatch.Split, "createSplit: unexpected id");
         splitCount = splitId;
-        _pushVersion(splitId, idx, bps, rem, block.timestamp);
+        _pushVersion(splitId, idx, bps, rem, vm.getBlockTimestamp());
     }
 
     function proposeSplitChange(uint256 splitSeed, uint256 countSeed, uint256 startSeed, uint256 bpsSeed) external {
@@ -634,7 +634,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         (address[] memory rs, uint8[] memory idx, uint16[] memory bps, uint256 rem) =
             _randomSplit(countSeed, startSeed, bpsSeed, splitSeed >> 8);
         VersionModel[] storage versions = _versions[splitId];
-        bool expectOk = versions[versions.length - 1].effectiveAt <= block.timestamp;
+        bool expectOk = versions[versions.length - 1].effectiveAt <= vm.getBlockTimestamp();
 
         _begin();
         bool ok;
@@ -650,14 +650,14 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (ok != expectOk) _flag(Mismatch.Split, "proposeSplitChange: outcome differs from model");
         if (!ok) return;
         if (version != versions.length) _flag(Mismatch.Split, "proposeSplitChange: unexpected version");
-        _pushVersion(splitId, idx, bps, rem, block.timestamp + splitDelay);
+        _pushVersion(splitId, idx, bps, rem, vm.getBlockTimestamp() + splitDelay);
     }
 
     function cancelSplitChange(uint256 splitSeed) external {
         if (splitCount == 0) return;
         uint256 splitId = _bound(splitSeed, 1, splitCount);
         VersionModel[] storage versions = _versions[splitId];
-        bool expectOk = versions[versions.length - 1].effectiveAt > block.timestamp;
+        bool expectOk = versions[versions.length - 1].effectiveAt > vm.getBlockTimestamp();
 
         _begin();
         bool ok;
@@ -747,7 +747,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             c.settlementId = uint256(keccak256(abi.encode("settlement", ++_settlementNonce)));
         }
         _settleAmounts(c, splitSeed, amountSeed);
-        c.epochEnd = block.timestamp - _bound(epochSeed, 0, 10 days);
+        c.epochEnd = vm.getBlockTimestamp() - _bound(epochSeed, 0, 10 days);
         c.epochStart = c.epochEnd - _bound(epochSeed >> 128, 0, 30 days);
         _expectedCredits(c);
         c.expectOk = settlementApplied[c.settlementId] == 0 && c.inForce && c.total <= escrow.unallocated();
@@ -846,7 +846,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256 claimable = escrow.claimableOf(r);
         address payout = payoutOf(r);
         uint256 payoutBefore = usdc.balanceOf(payout);
-        bool expectOk = _holds[r].until <= block.timestamp && claimable != 0 && !blacklisted[payout];
+        bool expectOk = _holds[r].until <= vm.getBlockTimestamp() && claimable != 0 && !blacklisted[payout];
 
         _begin();
         bool ok;
@@ -884,7 +884,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         for (uint256 i; i < rs.length; ++i) {
             uint256 slot = _recipientSlot[rs[i]] - 1;
             uint256 c = expectedAfter[slot];
-            if (c == 0 || _holds[rs[i]].until > block.timestamp || blacklisted[payoutOf(rs[i])]) continue;
+            if (c == 0 || _holds[rs[i]].until > vm.getBlockTimestamp() || blacklisted[payoutOf(rs[i])]) continue;
             expectedPaid += c;
             ++expectedCount;
             expectedAfter[slot] = 0;
@@ -933,17 +933,17 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     function hold(uint256 recipientSeed, uint256 untilSeed) external {
         address r = _recipients[recipientSeed % N_RECIPIENTS];
-        uint256 until = block.timestamp + _bound(untilSeed, 0, maxHold + 2 days);
+        uint256 until = vm.getBlockTimestamp() + _bound(untilSeed, 0, maxHold + 2 days);
         HoldModel memory h = _holds[r];
         bool expectOk = true;
         uint256 since;
-        if (h.until > block.timestamp) {
+        if (h.until > vm.getBlockTimestamp()) {
             since = h.since;
         } else {
-            if (h.until != 0 && block.timestamp < uint256(h.until) + HOLD_COOLDOWN) expectOk = false;
-            since = block.timestamp;
+            if (h.until != 0 && vm.getBlockTimestamp() < uint256(h.until) + HOLD_COOLDOWN) expectOk = false;
+            since = vm.getBlockTimestamp();
         }
-        if (until > since + maxHold || until <= block.timestamp) expectOk = false;
+        if (until > since + maxHold || until <= vm.getBlockTimestamp()) expectOk = false;
 
         _begin();
         bool ok;
@@ -960,7 +960,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     function release(uint256 recipientSeed) external {
         address r = _recipients[recipientSeed % N_RECIPIENTS];
-        bool expectOk = _holds[r].until > block.timestamp;
+        bool expectOk = _holds[r].until > vm.getBlockTimestamp();
 
         _begin();
         bool ok;
@@ -972,7 +972,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         _end();
 
         if (ok != expectOk) _flag(Mismatch.Hold, "release: outcome differs from model");
-        if (ok) _holds[r].until = uint40(block.timestamp);
+        if (ok) _holds[r].until = uint40(vm.getBlockTimestamp());
     }
 
     function refund(uint256 subscriberSeed, uint256 amountSeed, bool toCredit) external {
@@ -1136,7 +1136,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         ExpectedSubscribe storage e = _expectSub;
         if (
             e.seen || id != subCount + 1 || who != e.subscriber || planId != e.planId || d.first != e.cap
-                || d.amount != p.price || d.paidThrough != block.timestamp + p.period
+                || d.amount != p.price || d.paidThrough != vm.getBlockTimestamp() + p.period
         ) _flag(Mismatch.SubscriptionModel, "Subscribed: differs from the request");
         e.seen = true;
         subCount = id;
@@ -1146,7 +1146,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             nextPlan: 0,
             status: ACTIVE,
             periodIndex: 0,
-            paidThrough: uint40(block.timestamp + p.period),
+            paidThrough: uint40(vm.getBlockTimestamp() + p.period),
             cap: uint64(e.cap)
         });
         _recordPeriodFee(id, 0, d.amount, p.price);
@@ -1194,7 +1194,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256 paidThrough = abi.decode(l.data, (uint256));
         SubModel storage m = _model[id];
         bool live = m.status == ACTIVE || m.status == PAST_DUE;
-        if (!live || block.timestamp < uint256(m.paidThrough) + _plans[m.planId].grace || paidThrough != m.paidThrough)
+        if (!live || vm.getBlockTimestamp() < uint256(m.paidThrough) + _plans[m.planId].grace || paidThrough != m.paidThrough)
         {
             _flag(Mismatch.Renewal, "Lapsed: inside grace or not live");
         }
@@ -1252,7 +1252,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     function _due(SubModel storage m) internal view returns (bool) {
         if (m.status != ACTIVE && m.status != PAST_DUE) return false;
-        return block.timestamp >= m.paidThrough && block.timestamp < uint256(m.paidThrough) + _plans[m.planId].grace;
+        return vm.getBlockTimestamp() >= m.paidThrough && vm.getBlockTimestamp() < uint256(m.paidThrough) + _plans[m.planId].grace;
     }
 
     /// @dev Whether period `k` may be charged now: the current or previous period, ended at most the window ago.
@@ -1263,7 +1263,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (k == current) end = m.paidThrough;
         else if (k + 1 == current) end = uint256(m.paidThrough) - _plans[m.planId].period;
         else return false;
-        return block.timestamp <= end + chargeWindow;
+        return vm.getBlockTimestamp() <= end + chargeWindow;
     }
 
     function _raiseMaxCap(uint256 id, uint256 k, uint256 cap) internal {

@@ -257,9 +257,9 @@ contract InvariantsTest is Test {
         assertEq(escrow.splitCount(), splits, "splitCount");
         for (uint256 s = 1; s <= splits; ++s) {
             assertEq(escrow.latestVersion(s), handler.latestVersionModel(s), "latestVersion");
-            (bool found, uint256 version) = handler.versionInForce(s, block.timestamp);
+            (bool found, uint256 version) = handler.versionInForce(s, vm.getBlockTimestamp());
             assertTrue(found, "split not in force now");
-            assertEq(escrow.versionAt(s, block.timestamp), version, "versionAt(now)");
+            assertEq(escrow.versionAt(s, vm.getBlockTimestamp()), version, "versionAt(now)");
         }
         _noMismatch(Mismatch.Hold, "hold");
         _noMismatch(Mismatch.Split, "split");
