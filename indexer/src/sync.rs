@@ -23,6 +23,9 @@ use crate::{
 /// holding a connection).
 const COMMITS_IN_FLIGHT: usize = 2;
 
+/// Backfill ranges per step, at most (see [`Indexer::backfill`]).
+const RANGES_PER_STEP: usize = 256;
+
 /// After this long without a new head block, the loop warns (again every this many seconds).
 const STALLED_HEAD_SECS: u64 = 60;
 
@@ -168,12 +171,18 @@ impl Indexer {
                 return Err(IndexerError::DeepReorg { chain_id: self.deployment.chain_id, below: to_u64(cursor.number) });
             }
         }
-        let range = self.source.range().max(1);
         let concurrency = self.options.concurrency.max(1);
-        let ranges: Vec<(u64, u64)> = (0..concurrency as u64 * 4)
-            .map(|i| (from + i * range, (from + (i + 1) * range - 1).min(to)))
-            .take_while(|(start, _)| *start <= to)
-            .collect();
+        // Ranges are cut as the fetches start, each at the size the provider accepts by then, up to `to` or
+        // RANGES_PER_STEP ranges: one step keeps the fetch and commit pipeline full from its first range to its
+        // last (a step drains it: it ends with commits only and the next begins with fetches only), and still
+        // ends often enough to refresh the head and the finalized block on a long backfill.
+        let (mut next, mut cut) = (Some(from), 0);
+        let ranges = std::iter::from_fn(move || {
+            let start = next.filter(|start| *start <= to && cut < RANGES_PER_STEP)?;
+            let end = start.saturating_add(self.source.range().max(1) - 1).min(to);
+            (next, cut) = (end.checked_add(1), cut + 1);
+            Some((start, end))
+        });
         // Each range is fetched and turned into rows while earlier ranges commit: the stream is polled together
         // with the commit, so up to `concurrency` ranges are in flight whatever the database is doing.
         let mut fetched = stream::iter(ranges)
