@@ -547,13 +547,18 @@ async fn raw_pass(
     }
     let count = ranges.len();
     let started = Instant::now();
-    let source = &source;
+    // Each fetch is a task of its own, as in the backfill, so the JSON parses of different ranges run on
+    // every worker thread.
+    let source = std::sync::Arc::new(source);
     let mut fetched = stream::iter(ranges)
-        .map(|(start, end)| async move { source.logs(start, end).await.map(|logs| (end, logs)) })
+        .map(|(start, end)| {
+            let source = std::sync::Arc::clone(&source);
+            tokio::spawn(async move { source.logs(start, end).await.map(|logs| (end, logs)) })
+        })
         .buffered(concurrency);
     let (mut events, mut decode_time, mut with_timestamps, mut kept) = (0, Duration::ZERO, true, Vec::new());
     while let Some(item) = fetched.next().await {
-        let (end, logs) = item?;
+        let (end, logs) = item??;
         let t = Instant::now();
         for log in &logs {
             let row = decode(source_of(log, d)?, position(log, d.chain_id), &log.inner)?;

@@ -2,7 +2,14 @@
 //! then follow the head block by block, checking each block's parent hash against the stored one and rolling back
 //! to the fork point when they differ.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use alloy::{primitives::Address, rpc::types::Log};
 use futures::{StreamExt, stream};
@@ -57,7 +64,7 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct Indexer {
     deployment: Deployment,
-    source: ChainSource,
+    source: Arc<ChainSource>,
     store: Store,
     options: SyncOptions,
     metrics: Metrics,
@@ -66,7 +73,7 @@ pub struct Indexer {
 impl Indexer {
     /// An indexer of `deployment` reading `source` and writing `store`.
     pub fn new(deployment: Deployment, source: ChainSource, store: Store, options: SyncOptions, metrics: Metrics) -> Self {
-        Self { deployment, source, store, options, metrics }
+        Self { deployment, source: Arc::new(source), store, options, metrics }
     }
 
     /// Checks that the node serves the deployment's chain and registers the deployment.
@@ -185,13 +192,18 @@ impl Indexer {
         });
         // Each range is fetched and turned into rows while earlier ranges commit: the stream is polled together
         // with the commit, so up to `concurrency` ranges are in flight whatever the database is doing.
+        // Fetches and commits run as tasks of their own, so the JSON parse, the row building and the COPY
+        // encoding of different ranges use every worker thread instead of the one polling this loop.
         let mut fetched = stream::iter(ranges)
-            .map(|(start, end)| async move {
-                let logs = self.source.logs(start, end).await?;
-                let header = self.source.header(end).await?;
-                let mut batch = self.batch(&logs, None).await?;
-                batch.blocks.push(block_ref(&header));
-                Ok::<_, IndexerError>((batch, header))
+            .map(|(start, end)| {
+                let (source, deployment) = (Arc::clone(&self.source), self.deployment.clone());
+                Task::spawn(async move {
+                    let logs = source.logs(start, end).await?;
+                    let header = source.header(end).await?;
+                    let mut batch = batch(&source, &deployment, &logs, None).await?;
+                    batch.blocks.push(block_ref(&header));
+                    Ok::<_, IndexerError>((batch, header))
+                })
             })
             .buffered(concurrency);
         // Fetching goes on while up to COMMITS_IN_FLIGHT range commits overlap (`Store::commit` makes
@@ -210,7 +222,11 @@ impl Indexer {
                 let expected = cursor.replace(next_cursor.clone());
                 let (done, next_wait) = tokio::sync::oneshot::channel();
                 let turn = CursorTurn { wait: wait.replace(next_wait), done: Some(done) };
-                commits.push_back(self.commit_range(expected, batch, next_cursor, turn));
+                let (store, deployment) = (self.store.clone(), self.deployment.clone());
+                commits.push_back(Task::spawn(async move {
+                    store.commit(&deployment, expected.as_ref(), &batch, &next_cursor, turn).await?;
+                    Ok::<_, IndexerError>((to_u64(next_cursor.number), batch.raw.len() as u64))
+                }));
             }
             tokio::select! {
                 fetched = fetched.next(), if fetching && ready.len() < concurrency => match fetched {
@@ -228,12 +244,6 @@ impl Indexer {
         }
     }
 
-    /// Commits one fetched range on its own connection; returns its last block and its number of events.
-    async fn commit_range(&self, expected: Option<Cursor>, batch: Batch, cursor: Cursor, turn: CursorTurn) -> Result<(u64, u64), IndexerError> {
-        self.store.commit(&self.deployment, expected.as_ref(), &batch, &cursor, turn).await?;
-        Ok((to_u64(cursor.number), batch.raw.len() as u64))
-    }
-
     /// Indexes block `number` above the finalized block, or rolls back a reorg found there.
     async fn follow(&self, cursor: Option<Cursor>, number: u64) -> Result<Progress, IndexerError> {
         let header = self.source.header(number).await?;
@@ -243,7 +253,7 @@ impl Indexer {
             return self.roll_back(cursor).await;
         }
         let logs = self.source.logs_at(header.hash).await?;
-        let mut batch = self.batch(&logs, Some(&header)).await?;
+        let mut batch = batch(&self.source, &self.deployment, &logs, Some(&header)).await?;
         batch.blocks.push(block_ref(&header));
         let events = batch.raw.len() as u64;
         let next_cursor = Cursor { number: to_i64(number), hash: header.hash.to_vec() };
@@ -275,63 +285,88 @@ impl Indexer {
         warn!(fork = fork.number, depth, removed_logs = removed, "reorg: rolled back to the fork point");
         Ok(Progress { indexed: Some(to_u64(fork.number)), rolled_back: depth, ..Progress::default() })
     }
+}
 
-    /// Turns logs into raw and typed rows, validating what the node returned.
-    async fn batch(&self, logs: &[Log], header: Option<&Header>) -> Result<Batch, IndexerError> {
-        let mut batch = Batch::default();
-        let mut times: HashMap<u64, u64> = HashMap::new();
-        if let Some(header) = header {
-            times.insert(header.number, header.timestamp);
-        }
-        for log in logs {
-            let invalid = |what: &str| IndexerError::InvalidRpcAnswer(format!("a log without {what}: {log:?}"));
-            if log.removed {
-                return Err(IndexerError::InvalidRpcAnswer(format!("a removed log in a canonical range: {log:?}")));
-            }
-            let source = self.source_of(log.address())?;
-            let block_number = log.block_number.ok_or_else(|| invalid("a block number"))?;
-            let block_time = match (log.block_timestamp, times.get(&block_number)) {
-                (Some(time), _) => time,
-                (None, Some(time)) => *time,
-                (None, None) => {
-                    let time = self.source.header(block_number).await?.timestamp;
-                    times.insert(block_number, time);
-                    time
-                }
-            };
-            let position = LogPosition {
-                chain_id: to_i64(self.deployment.chain_id),
-                block_number: to_i64(block_number),
-                log_index: i32::try_from(log.log_index.ok_or_else(|| invalid("a log index"))?)
-                    .map_err(|_| invalid("a log index that fits 32 bits"))?,
-                tx_hash: log.transaction_hash.ok_or_else(|| invalid("a transaction hash"))?.to_vec(),
-                block_time: to_i64(block_time),
-            };
-            batch.raw.push(RawLog {
-                block_number: position.block_number,
-                log_index: position.log_index,
-                block_hash: log.block_hash.ok_or_else(|| invalid("a block hash"))?.to_vec(),
-                block_time: position.block_time,
-                tx_hash: position.tx_hash.clone(),
-                tx_index: i32::try_from(log.transaction_index.ok_or_else(|| invalid("a transaction index"))?)
-                    .map_err(|_| invalid("a transaction index that fits 32 bits"))?,
-                address: log.address().to_vec(),
-                topics: log.topics().iter().map(|t| t.to_vec()).collect(),
-                data: log.data().data.to_vec(),
-            });
-            batch.typed.push(decode(source, position, &log.inner)?);
-        }
-        Ok(batch)
+/// Turns logs into raw and typed rows, validating what the node returned.
+async fn batch(source: &ChainSource, deployment: &Deployment, logs: &[Log], header: Option<&Header>) -> Result<Batch, IndexerError> {
+    let mut batch = Batch::default();
+    let mut times: HashMap<u64, u64> = HashMap::new();
+    if let Some(header) = header {
+        times.insert(header.number, header.timestamp);
     }
-
-    fn source_of(&self, address: Address) -> Result<Source, IndexerError> {
-        if address == self.deployment.subscriptions {
-            Ok(Source::Subscriptions)
-        } else if address == self.deployment.escrow {
-            Ok(Source::Escrow)
-        } else {
-            Err(IndexerError::InvalidRpcAnswer(format!("a log from {address}, which this deployment does not follow")))
+    for log in logs {
+        let invalid = |what: &str| IndexerError::InvalidRpcAnswer(format!("a log without {what}: {log:?}"));
+        if log.removed {
+            return Err(IndexerError::InvalidRpcAnswer(format!("a removed log in a canonical range: {log:?}")));
         }
+        let contract = source_of(deployment, log.address())?;
+        let block_number = log.block_number.ok_or_else(|| invalid("a block number"))?;
+        let block_time = match (log.block_timestamp, times.get(&block_number)) {
+            (Some(time), _) => time,
+            (None, Some(time)) => *time,
+            (None, None) => {
+                let time = source.header(block_number).await?.timestamp;
+                times.insert(block_number, time);
+                time
+            }
+        };
+        let position = LogPosition {
+            chain_id: to_i64(deployment.chain_id),
+            block_number: to_i64(block_number),
+            log_index: i32::try_from(log.log_index.ok_or_else(|| invalid("a log index"))?)
+                .map_err(|_| invalid("a log index that fits 32 bits"))?,
+            tx_hash: log.transaction_hash.ok_or_else(|| invalid("a transaction hash"))?.to_vec(),
+            block_time: to_i64(block_time),
+        };
+        batch.raw.push(RawLog {
+            block_number: position.block_number,
+            log_index: position.log_index,
+            block_hash: log.block_hash.ok_or_else(|| invalid("a block hash"))?.to_vec(),
+            block_time: position.block_time,
+            tx_hash: position.tx_hash.clone(),
+            tx_index: i32::try_from(log.transaction_index.ok_or_else(|| invalid("a transaction index"))?)
+                .map_err(|_| invalid("a transaction index that fits 32 bits"))?,
+            address: log.address().to_vec(),
+            topics: log.topics().iter().map(|t| t.to_vec()).collect(),
+            data: log.data().data.to_vec(),
+        });
+        batch.typed.push(decode(contract, position, &log.inner)?);
+    }
+    Ok(batch)
+}
+
+fn source_of(deployment: &Deployment, address: Address) -> Result<Source, IndexerError> {
+    if address == deployment.subscriptions {
+        Ok(Source::Subscriptions)
+    } else if address == deployment.escrow {
+        Ok(Source::Escrow)
+    } else {
+        Err(IndexerError::InvalidRpcAnswer(format!("a log from {address}, which this deployment does not follow")))
+    }
+}
+
+/// A spawned task, aborted when dropped: a backfill that stops at an error leaves no fetch or commit running.
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Task<T> {
+    fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(future))
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        // A task is only cancelled by our own `Drop`, after which it is never polled, so an error here is a panic
+        // of the task, passed on as the panic it was.
+        Pin::new(&mut self.0).poll(cx).map(|joined| joined.unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic())))
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -346,4 +381,28 @@ fn to_i64(value: u64) -> i64 {
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_task_stops_running() {
+        let (keep_alive, closed) = tokio::sync::oneshot::channel::<()>();
+        let task = Task::spawn(async move {
+            let _held = keep_alive;
+            std::future::pending::<()>().await;
+        });
+        drop(task);
+        // The sender is dropped only if the task was aborted; a detached task would hold it forever.
+        tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the task kept running").unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn a_task_returns_its_output_and_passes_its_panic_on() {
+        assert_eq!(Task::spawn(async { 7 }).await, 7);
+        let panicked = tokio::spawn(Task::spawn(async { panic!("range task failed") })).await.unwrap_err();
+        assert!(panicked.is_panic());
+    }
 }
