@@ -7,6 +7,7 @@ import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
 import {MockERC20Permit} from "../mocks/MockERC20Permit.sol";
+import {MinimalPull} from "../mocks/MinimalPull.sol";
 
 /// @notice Gas benchmarks of the batch operations, whole transactions (run under the `gas` profile, which isolates
 /// every top-level call as its own transaction, so figures include the 21,000 intrinsic gas, calldata and refunds).
@@ -71,6 +72,22 @@ contract GasBenchmarks is Test {
         subs.renew(batch);
         vm.snapshotGasLastCall("gas", "renew_1_tx");
         assertEq(subs.subscription(ids[0]).periodIndex, 1);
+    }
+
+    /// @dev Not a target: the same single pull by `MinimalPull` (one slot, `transferFrom`, one event), with the same
+    /// token, payer and payee state as `test_gas_renew_1`: the floor under one renewal as its own transaction.
+    function test_gas_minimalPull_reference() public {
+        MinimalPull minimal = new MinimalPull(token, address(escrow), 79 * USDC);
+        address payer = address(uint160(0x10000));
+        vm.prank(payer);
+        token.approve(address(minimal), 5_000 * USDC);
+        uint256 id = minimal.add(payer, uint64(vm.getBlockTimestamp()), uint32(MONTH));
+        minimal.pull(id); // the first period, as `subscribe` pulls it: the allowance is then non-zero but not full
+        vm.warp(vm.getBlockTimestamp() + MONTH);
+        minimal.pull(id);
+        vm.snapshotGasLastCall("gas", "minimal_pull_tx");
+        (, uint64 paidThrough,) = minimal.pulls(id);
+        assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
     }
 
     function _charges(uint256 cumulative) internal view returns (ISubscriptions.Charge[] memory charges) {
