@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: deployments to follow and loop settings, from a TOML file, flags and the environment.
 //! - [`source`]: the chain over JSON-RPC: heads, headers, logs in adaptive ranges, retries.
-//! - [`decode`]: contract logs into typed rows, one table per kind of event.
+//! - [`decode`]: contract logs into typed rows, one table per kind of event; `logs`: a range's logs, checked, into
+//!   the raw and typed rows of one commit.
 //! - [`rows`]: typed rows and their bulk insertion; [`copy`]: the binary `COPY` encoding they are sent in.
 //! - [`store`]: one transaction per step (raw logs, typed rows, block hashes, cursor) and rollbacks.
 //! - [`sync`]: the loop: backfill below the finalized block, follow above it, roll back reorgs.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod copy;
 pub mod decode;
 pub mod http;
+mod logs;
 pub mod metrics;
 pub mod rows;
 pub mod source;
