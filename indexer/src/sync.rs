@@ -187,10 +187,9 @@ impl Indexer {
             (next, cut) = (end.checked_add(1), cut + 1);
             Some((start, end))
         });
-        // Each range is fetched and turned into rows while earlier ranges commit: the stream is polled together
-        // with the commit, so up to `concurrency` ranges are in flight whatever the database is doing.
-        // Fetches and commits run as tasks of their own, so the JSON parse, the row building and the COPY
-        // encoding of different ranges use every worker thread instead of the one polling this loop.
+        // Each range is fetched and turned into rows while earlier ranges commit, up to `concurrency` ranges in
+        // flight whatever the database is doing. Fetches and commits run as tasks of their own, so the JSON parse,
+        // the row building and the COPY encoding of different ranges use every worker thread, not only this one.
         let mut fetched = stream::iter(ranges)
             .map(|(start, end)| {
                 let (source, deployment) = (Arc::clone(&self.source), self.deployment.clone());
@@ -220,9 +219,10 @@ impl Indexer {
                 let (done, next_wait) = tokio::sync::oneshot::channel();
                 let turn = CursorTurn { wait: wait.replace(next_wait), done: Some(done) };
                 let (store, deployment) = (self.store.clone(), self.deployment.clone());
+                let committed = (header.number, batch.raw.len() as u64);
                 commits.push_back(Task::spawn(async move {
                     store.commit(&deployment, expected.as_ref(), &batch, &next_cursor, turn).await?;
-                    Ok::<_, IndexerError>((to_u64(next_cursor.number), batch.raw.len() as u64))
+                    Ok::<_, IndexerError>(committed)
                 }));
             }
             tokio::select! {
