@@ -2,12 +2,15 @@
 pragma solidity 0.8.30;
 
 import {Test} from "forge-std/Test.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 
 import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
 import {MockERC20Permit} from "../mocks/MockERC20Permit.sol";
 import {MinimalPull} from "../mocks/MinimalPull.sol";
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
+import {FloorRenewal, PAUSE_AND_REVENUE, PLAN, CREDIT, BALANCE_CHECK, ALL_FEATURES} from "../mocks/FloorRenewal.sol";
 
 /// @notice Gas benchmarks of the batch operations, whole transactions (run under the `gas` profile, which isolates
 /// every top-level call as its own transaction, so figures include the 21,000 intrinsic gas, calldata and refunds).
@@ -88,6 +91,84 @@ contract GasBenchmarks is Test {
         vm.snapshotGasLastCall("gas", "minimal_pull_tx");
         (, uint64 paidThrough,) = minimal.pulls(id);
         assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
+    }
+
+    /// @dev Not a target: one renewal by `FloorRenewal` with the given requirement `features` on, with the same token,
+    /// payer and payee state as `test_gas_renew_1`: what a single renewal costs at the least with those features.
+    function _measureFloorRenewal(uint256 features, string memory name) internal {
+        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
+        FloorRenewal floor = new FloorRenewal(token, address(escrow), features, plan);
+        address payer = address(uint160(0x10000));
+        vm.prank(payer);
+        token.approve(address(floor), 5_000 * USDC);
+        uint256[] memory batch = new uint256[](1);
+        batch[0] = floor.add(payer, uint40(vm.getBlockTimestamp()));
+        floor.renew(batch); // the first period, as `subscribe` pulls it: the revenue total and allowance are non-zero
+        vm.warp(vm.getBlockTimestamp() + MONTH);
+        floor.renew(batch);
+        vm.snapshotGasLastCall("gas", name);
+        (, uint40 paidThrough,,) = floor.subscriptions(batch[0]);
+        assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
+    }
+
+    /// @dev Every requirement kept: the least one renewal can cost under issue #3 and PRODUCT.md.
+    function test_gas_floorRenewal_reference() public {
+        _measureFloorRenewal(ALL_FEATURES, "floor_renewal_tx");
+    }
+
+    /// @dev Each requirement priced by leaving it out alone, then all four together.
+    function test_gas_floorRenewal_withoutPauseAndRevenue() public {
+        _measureFloorRenewal(ALL_FEATURES & ~PAUSE_AND_REVENUE, "floor_renewal_without_pause_and_revenue_tx");
+    }
+
+    function test_gas_floorRenewal_withoutPlan() public {
+        _measureFloorRenewal(ALL_FEATURES & ~PLAN, "floor_renewal_without_plan_tx");
+    }
+
+    function test_gas_floorRenewal_withoutCredit() public {
+        _measureFloorRenewal(ALL_FEATURES & ~CREDIT, "floor_renewal_without_credit_tx");
+    }
+
+    function test_gas_floorRenewal_withoutBalanceCheck() public {
+        _measureFloorRenewal(ALL_FEATURES & ~BALANCE_CHECK, "floor_renewal_without_balance_check_tx");
+    }
+
+    function test_gas_floorRenewal_withoutAny() public {
+        _measureFloorRenewal(0, "floor_renewal_without_any_tx");
+    }
+
+    /// @dev The yardstick keeps the requirements it claims to: a failed pull is isolated and leaves its period alone.
+    function test_floorRenewal_isolatesAFailedPull() public {
+        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
+        FloorRenewal floor = new FloorRenewal(token, address(escrow), ALL_FEATURES, plan);
+        address payer = address(uint160(0x10000));
+        vm.prank(payer);
+        token.approve(address(floor), 5_000 * USDC);
+        uint256[] memory batch = new uint256[](2);
+        batch[0] = floor.add(address(uint160(0x10001)), uint40(vm.getBlockTimestamp())); // never approved the floor
+        batch[1] = floor.add(payer, uint40(vm.getBlockTimestamp()));
+        uint256 escrowBefore = token.balanceOf(address(escrow));
+        assertEq(floor.renew(batch), 1);
+        (, uint40 failedPaidThrough,,) = floor.subscriptions(batch[0]);
+        (, uint40 paidThrough,,) = floor.subscriptions(batch[1]);
+        assertEq(failedPaidThrough, vm.getBlockTimestamp());
+        assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
+        assertEq(token.balanceOf(address(escrow)) - escrowBefore, 79 * USDC);
+    }
+
+    /// @dev ...and its balance check rejects a fee-on-transfer token.
+    function test_floorRenewal_rejectsAFeeOnTransferToken() public {
+        FeeOnTransferToken feeToken = new FeeOnTransferToken();
+        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
+        FloorRenewal floor = new FloorRenewal(IERC20(address(feeToken)), address(escrow), ALL_FEATURES, plan);
+        address payer = address(uint160(0x10000));
+        feeToken.mint(payer, 1_000 * USDC);
+        vm.prank(payer);
+        feeToken.approve(address(floor), 1_000 * USDC);
+        uint256[] memory batch = new uint256[](1);
+        batch[0] = floor.add(payer, uint40(vm.getBlockTimestamp()));
+        vm.expectPartialRevert(FloorRenewal.FeeOnTransferToken.selector);
+        floor.renew(batch);
     }
 
     function _charges(uint256 cumulative) internal view returns (ISubscriptions.Charge[] memory charges) {
