@@ -93,14 +93,18 @@ contract GasBenchmarks is Test {
         assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
     }
 
+    /// @dev A `FloorRenewal` of `token_` paying the escrow, with the 79 USDC monthly plan, which `payer` approved.
+    function _floorRenewal(IERC20 token_, uint256 features, address payer) internal returns (FloorRenewal floor) {
+        floor = new FloorRenewal(token_, address(escrow), features, FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days));
+        vm.prank(payer);
+        token_.approve(address(floor), 5_000 * USDC);
+    }
+
     /// @dev Not a target: one renewal by `FloorRenewal` with the given requirement `features` on, with the same token,
     /// payer and payee state as `test_gas_renew_1`: what a single renewal costs at the least with those features.
     function _measureFloorRenewal(uint256 features, string memory name) internal {
-        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
-        FloorRenewal floor = new FloorRenewal(token, address(escrow), features, plan);
         address payer = address(uint160(0x10000));
-        vm.prank(payer);
-        token.approve(address(floor), 5_000 * USDC);
+        FloorRenewal floor = _floorRenewal(IERC20(address(token)), features, payer);
         uint256[] memory batch = new uint256[](1);
         batch[0] = floor.add(payer, uint40(vm.getBlockTimestamp()));
         floor.renew(batch); // the first period, as `subscribe` pulls it: the revenue total and allowance are non-zero
@@ -139,11 +143,8 @@ contract GasBenchmarks is Test {
 
     /// @dev The yardstick keeps the requirements it claims to: a failed pull is isolated and leaves its period alone.
     function test_floorRenewal_isolatesAFailedPull() public {
-        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
-        FloorRenewal floor = new FloorRenewal(token, address(escrow), ALL_FEATURES, plan);
         address payer = address(uint160(0x10000));
-        vm.prank(payer);
-        token.approve(address(floor), 5_000 * USDC);
+        FloorRenewal floor = _floorRenewal(IERC20(address(token)), ALL_FEATURES, payer);
         uint256[] memory batch = new uint256[](2);
         batch[0] = floor.add(address(uint160(0x10001)), uint40(vm.getBlockTimestamp())); // never approved the floor
         batch[1] = floor.add(payer, uint40(vm.getBlockTimestamp()));
@@ -159,12 +160,9 @@ contract GasBenchmarks is Test {
     /// @dev ...and its balance check rejects a fee-on-transfer token.
     function test_floorRenewal_rejectsAFeeOnTransferToken() public {
         FeeOnTransferToken feeToken = new FeeOnTransferToken();
-        FloorRenewal.Plan memory plan = FloorRenewal.Plan(uint96(79 * USDC), uint32(MONTH), 3 days);
-        FloorRenewal floor = new FloorRenewal(IERC20(address(feeToken)), address(escrow), ALL_FEATURES, plan);
         address payer = address(uint160(0x10000));
         feeToken.mint(payer, 1_000 * USDC);
-        vm.prank(payer);
-        feeToken.approve(address(floor), 1_000 * USDC);
+        FloorRenewal floor = _floorRenewal(IERC20(address(feeToken)), ALL_FEATURES, payer);
         uint256[] memory batch = new uint256[](1);
         batch[0] = floor.add(payer, uint40(vm.getBlockTimestamp()));
         vm.expectPartialRevert(FloorRenewal.FeeOnTransferToken.selector);
