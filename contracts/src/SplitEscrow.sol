@@ -27,6 +27,9 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     uint256 public constant MAX_RECIPIENTS = 32;
     /// @notice After a hold ends, no new hold may start for this long: the recipient's window to claim.
     uint256 public constant HOLD_COOLDOWN = 1 days;
+    /// @notice The most gas one payout of a batch claim may use: far above a USDC transfer through its proxy to a
+    /// new holder (about 50,000), and bounded so that no recipient can take the gas of the others.
+    uint256 public constant PAYOUT_GAS = 150_000;
 
     /* IMMUTABLES */
 
@@ -54,6 +57,11 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// @dev Used settlement ids, 256 to a word: the keeper numbers its epochs in sequence, so marking an id
     /// usually rewrites a non-zero word instead of filling a new slot.
     mapping(uint256 word => uint256 bits) internal _settlementsUsed;
+    /// @dev Where the last settled epoch ended; the next one must start there.
+    uint256 internal _lastEpochEnd;
+    /// @dev Refunded so far per subscription and period; written only by refunds, so pulls pay nothing for it.
+    mapping(uint256 subscriptionId => mapping(uint256 periodIndex => uint256)) internal _refunded;
+    mapping(bytes32 refundId => bool) internal _refundIdsUsed;
 
     /* CONSTRUCTOR */
 
@@ -66,6 +74,9 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         Ownable(owner_)
     {
         if (token_ == address(0) || keeper_ == address(0)) revert ZeroAddress();
+        // Both are added to 40-bit timestamps in storage: bounded here so that no sum is ever truncated.
+        if (splitChangeDelay_ > type(uint32).max) revert InvalidDuration(splitChangeDelay_);
+        if (maxHold_ > type(uint32).max) revert InvalidDuration(maxHold_);
         TOKEN = IERC20(token_);
         SPLIT_CHANGE_DELAY = splitChangeDelay_;
         MAX_HOLD = maxHold_;
@@ -79,7 +90,10 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     function setSubscriptions(address subscriptions_) external onlyOwner {
         if (subscriptions_ == address(0)) revert ZeroAddress();
         if (address(_subscriptions) != address(0)) revert SubscriptionsAlreadySet();
-        _subscriptions = ISubscriptions(subscriptions_);
+        ISubscriptions candidate = ISubscriptions(subscriptions_);
+        (address payee, address token_) = (candidate.escrow(), candidate.token());
+        if (payee != address(this) || token_ != address(TOKEN)) revert SubscriptionsMismatch(payee, token_);
+        _subscriptions = candidate;
         emit SubscriptionsSet(subscriptions_);
     }
 
@@ -97,7 +111,9 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         returns (uint256 splitId)
     {
         splitId = ++_splitCount;
-        _storeVersion(splitId, 0, block.timestamp, recipients, bps, remainderIndex);
+        // Like a change: a new split takes settlements only for epochs starting after the delay, so that the keeper
+        // cannot route revenue to a split nobody had notice of.
+        _storeVersion(splitId, 0, block.timestamp + SPLIT_CHANGE_DELAY, recipients, bps, remainderIndex);
     }
 
     /// @inheritdoc ISplitEscrow
@@ -116,8 +132,8 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// @inheritdoc ISplitEscrow
     function cancelSplitChange(uint256 splitId) external onlyOwner {
         uint256 head = _requireSplit(splitId);
-        if (head.effectiveAt() <= block.timestamp) revert NoPendingChange(splitId);
         uint256 version = head.version();
+        if (head.effectiveAt() <= block.timestamp || version == 0) revert NoPendingChange(splitId);
         mapping(uint256 => uint256) storage latest = _latest[splitId];
         mapping(uint256 => uint256) storage pending = _versions[splitId][version];
         mapping(uint256 => uint256) storage previous = _versions[splitId][version - 1];
@@ -146,6 +162,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
             since = block.timestamp;
         }
         uint256 limit = since + MAX_HOLD;
+        if (limit > type(uint40).max) limit = type(uint40).max; // refused beyond what storage holds, not truncated
         if (until > limit || until <= block.timestamp) revert HoldTooLong(until, limit);
         account.heldUntil = uint40(until);
         account.holdSince = uint40(since);
@@ -161,17 +178,21 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc ISplitEscrow
-    function refund(address subscriber, uint256 amount, bool toCredit, bytes32 refundId)
+    function refund(uint256 subscriptionId, uint256 periodIndex, uint256 amount, bool toCredit, bytes32 refundId)
         external
         onlyOwner
         nonReentrant
     {
-        if (subscriber == address(0)) revert ZeroAddress();
         if (amount == 0) revert ZeroAmount();
+        if (_refundIdsUsed[refundId]) revert RefundIdUsed(refundId);
+        (address subscriber, uint256 left) = _refundable(subscriptionId, periodIndex);
+        if (amount > left) revert RefundExceedsPaid(left, amount);
         uint256 available = unallocated();
         if (amount > available) revert InsufficientUnallocated(available, amount);
+        _refundIdsUsed[refundId] = true;
+        _refunded[subscriptionId][periodIndex] += amount;
         _totals.consumed += amount.toUint128();
-        emit Refunded(subscriber, amount, toCredit, refundId);
+        emit Refunded(subscriber, subscriptionId, periodIndex, amount, toCredit, refundId);
         if (toCredit) {
             ISubscriptions subscriptions_ = _subscriptions;
             TOKEN.safeTransfer(address(subscriptions_), amount);
@@ -203,8 +224,11 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         bytes32 usageRoot
     ) external {
         if (msg.sender != _keeper) revert NotKeeper(msg.sender);
-        if (epochEnd > block.timestamp || epochStart > epochEnd) revert InvalidEpoch(epochStart, epochEnd);
+        if (epochEnd > block.timestamp || epochStart >= epochEnd) revert InvalidEpoch(epochStart, epochEnd);
         if (splitIds.length != amounts.length) revert LengthMismatch();
+        uint256 expectedStart = _lastEpochEnd;
+        if (expectedStart != 0 && epochStart != expectedStart) revert EpochNotConsecutive(expectedStart, epochStart);
+        _lastEpochEnd = epochEnd;
 
         _useSettlementId(settlementId);
         // One pass: credit each split and add up the total; the check against unallocated revenue comes after
@@ -214,7 +238,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         for (uint256 i; i < splitIds.length; ++i) {
             uint256 amount = amounts[i];
             total += amount;
-            _distribute(settlementId, splitIds[i], amount, epochEnd);
+            _distribute(settlementId, splitIds[i], amount, epochStart, epochEnd);
         }
         uint256 available = unallocated();
         if (total > available) revert InsufficientUnallocated(available, total);
@@ -226,11 +250,15 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         emit Settled(settlementId, epochStart, epochEnd, usageRoot, total, splitIds.length);
     }
 
-    /// @dev Credits `amount` to the recipients of the version of `splitId` in force at `epochEnd`: each gets
-    /// `amount * bps / 10_000` rounded down, and the remainder recipient gets everything the others did not (its
-    /// own share plus the rounding remainder).
-    function _distribute(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochEnd) internal {
-        (mapping(uint256 => uint256) storage words, uint256 word) = _versionAt(splitId, epochEnd);
+    /// @dev Credits `amount` to the recipients of the version of `splitId` in force for the whole epoch
+    /// `[epochStart, epochEnd)`: each gets `amount * bps / 10_000` rounded down, and the remainder recipient gets
+    /// everything the others did not (its own share plus the rounding remainder).
+    function _distribute(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochStart, uint256 epochEnd)
+        internal
+    {
+        // The version in force at the epoch's last second must already have been in force at its first.
+        (mapping(uint256 => uint256) storage words, uint256 word) = _versionAt(splitId, epochEnd - 1);
+        if (word.effectiveAt() > epochStart) revert SplitChangedInEpoch(splitId, word.effectiveAt());
         if (amount == 0) return;
         (uint256 count, uint256 remainderIndex) = (word.count(), word.remainderIndex());
         uint256 remainderShare = amount;
@@ -306,7 +334,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
             address payout = account.hasPayout ? _payouts[recipient] : recipient;
             // Effects first; a refused transfer restores the balance.
             _accounts[recipient].claimable = 0;
-            if (TOKEN.trySafeTransfer(payout, account.claimable)) {
+            if (_tryPayout(payout, account.claimable)) {
                 totalPaid += account.claimable;
                 ++paid;
                 emit Claimed(recipient, payout, account.claimable);
@@ -316,6 +344,25 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
             }
         }
         if (totalPaid != 0) _totals.totalClaimable -= uint128(totalPaid);
+    }
+
+    /// @dev `TOKEN.transfer(to, amount)` with at most `PAYOUT_GAS` and at most 32 bytes of return data copied;
+    /// success as SafeERC20 counts it (no return data from a contract, or `true`). Reverts the whole call when the
+    /// transfer may have failed only because the caller left it less than `PAYOUT_GAS` (the 63/64 rule), so that
+    /// a caller cannot mark a payable recipient as failed by starving it.
+    function _tryPayout(address to, uint256 amount) internal returns (bool ok) {
+        bytes memory data = abi.encodeCall(IERC20.transfer, (to, amount));
+        address token_ = address(TOKEN);
+        uint256 returnSize;
+        uint256 returnValue;
+        // slither-disable-next-line assembly -- a gas-bounded call with bounded return data has no Solidity form
+        assembly ("memory-safe") {
+            ok := call(PAYOUT_GAS, token_, 0, add(data, 0x20), mload(data), 0, 0x20)
+            returnSize := returndatasize()
+            returnValue := mload(0)
+        }
+        if (!ok && gasleft() < PAYOUT_GAS / 63) revert InsufficientGasForPayout();
+        if (ok) ok = returnSize == 0 ? token_.code.length != 0 : (returnSize >= 32 && returnValue == 1);
     }
 
     /* VIEWS */
@@ -387,6 +434,26 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc ISplitEscrow
+    function lastEpochEnd() external view returns (uint256) {
+        return _lastEpochEnd;
+    }
+
+    /// @inheritdoc ISplitEscrow
+    function refundedFor(uint256 subscriptionId, uint256 periodIndex) external view returns (uint256) {
+        return _refunded[subscriptionId][periodIndex];
+    }
+
+    /// @inheritdoc ISplitEscrow
+    function refundable(uint256 subscriptionId, uint256 periodIndex) external view returns (uint256 left) {
+        (, left) = _refundable(subscriptionId, periodIndex);
+    }
+
+    /// @inheritdoc ISplitEscrow
+    function refundIdUsed(bytes32 refundId) external view returns (bool) {
+        return _refundIdsUsed[refundId];
+    }
+
+    /// @inheritdoc ISplitEscrow
     function splitCount() external view returns (uint256) {
         return _splitCount;
     }
@@ -426,6 +493,22 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     }
 
     /* INTERNAL */
+
+    /// @dev The payer of period `periodIndex` of `subscriptionId` and what is left to refund it: what the
+    /// Subscriptions contract records as paid for the period, net of refunds so far (never below zero: a period
+    /// whose record has moved out of the ledger has nothing left).
+    function _refundable(uint256 subscriptionId, uint256 periodIndex)
+        internal
+        view
+        returns (address subscriber, uint256 left)
+    {
+        ISubscriptions subscriptions_ = _subscriptions;
+        if (address(subscriptions_) == address(0)) revert ZeroAddress();
+        uint256 paid;
+        (subscriber, paid) = subscriptions_.paidFor(subscriptionId, periodIndex);
+        uint256 refunded = _refunded[subscriptionId][periodIndex];
+        left = paid > refunded ? paid - refunded : 0;
+    }
 
     /// @dev The words and header of the version of `splitId` in force at `timestamp`: the latest one unless it
     /// takes effect later, then the newest older version that had taken effect by then.
@@ -519,7 +602,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// widened for the event.
     function _validateSplit(address[] calldata recipients, uint16[] calldata bps, uint256 remainderIndex)
         internal
-        pure
+        view
         returns (uint256[] memory bpsWide)
     {
         uint256 count = recipients.length;
@@ -532,6 +615,7 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         for (uint256 i; i < count; ++i) {
             address recipient = recipients[i];
             if (recipient == address(0)) revert ZeroAddress();
+            if (recipient == address(this)) revert InvalidRecipient(recipient);
             for (uint256 j; j < i; ++j) {
                 if (recipients[j] == recipient) revert DuplicateRecipient(recipient);
             }

@@ -21,6 +21,8 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
 
     /// @notice The shortest plan period. Keeps 24-bit period indexes good for centuries.
     uint256 public constant MIN_PERIOD = 1 hours;
+    /// @notice The largest overage cap per period (the ledger keeps caps and charged totals in 56 bits).
+    uint256 public constant MAX_OVERAGE_CAP = type(uint56).max;
 
     /* IMMUTABLES */
 
@@ -53,6 +55,8 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     mapping(address subscriber => uint256) internal _credit;
     /// @dev Credit already spent by charges but not yet transferred to the escrow (the token refused it).
     uint256 internal _creditOwedToEscrow;
+    /// @dev Every pause, oldest first; read only when a grace period or charge window would otherwise have run out.
+    PauseSpan[] internal _pauses;
 
     /* CONSTRUCTOR */
 
@@ -65,6 +69,8 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         Ownable(owner_)
     {
         if (token_ == address(0) || escrow_ == address(0) || keeper_ == address(0)) revert ZeroAddress();
+        // A window this long could never fit under a plan period (plans are at most 2^32 - 1 seconds).
+        if (chargeWindow_ >= type(uint32).max) revert InvalidPeriod(chargeWindow_);
         TOKEN = IERC20(token_);
         ESCROW = escrow_;
         CHARGE_WINDOW = chargeWindow_;
@@ -88,7 +94,9 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         returns (uint256 planId)
     {
         if (price > type(uint96).max) revert PriceTooLarge(price);
-        if (period < MIN_PERIOD || period > type(uint32).max || period < CHARGE_WINDOW) revert InvalidPeriod(period);
+        // Longer than the charge window: when a period ends, the one before it is out of its window, so the ledger's
+        // two periods are all that can ever be charged.
+        if (period < MIN_PERIOD || period > type(uint32).max || period <= CHARGE_WINDOW) revert InvalidPeriod(period);
         // A zero grace period would lapse a subscription at the very second it falls due, before any renewal.
         if (gracePeriod == 0 || gracePeriod >= period) revert InvalidGracePeriod(gracePeriod, period);
         Globals storage globals = _globals;
@@ -115,13 +123,17 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
 
     /// @inheritdoc ISubscriptions
     function pause() external onlyOwner {
+        if (_globals.paused) return;
         _globals.paused = true;
+        _pauses.push(PauseSpan({start: uint40(block.timestamp), end: 0}));
         emit ChargingPausedSet(true);
     }
 
     /// @inheritdoc ISubscriptions
     function unpause() external onlyOwner {
+        if (!_globals.paused) return;
         _globals.paused = false;
+        _pauses[_pauses.length - 1].end = uint40(block.timestamp);
         emit ChargingPausedSet(false);
     }
 
@@ -149,7 +161,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     }
 
     /// @inheritdoc ISubscriptions
-    function cancel(uint256 id) external {
+    function cancel(uint256 id) external nonReentrant {
         Subscription storage sub = _ownedSubscription(id);
         Status status = sub.status;
         if (status != Status.Active && status != Status.PastDue) revert SubscriptionEnded(id, status);
@@ -159,15 +171,19 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     }
 
     /// @inheritdoc ISubscriptions
-    function setOverageCap(uint256 id, uint256 overageCapPerPeriod) external {
-        _ownedSubscription(id);
-        if (overageCapPerPeriod > type(uint64).max) revert OverageCapTooLarge(overageCapPerPeriod);
-        _ledgers[id].overageCap = uint96(overageCapPerPeriod);
-        emit OverageCapSet(id, overageCapPerPeriod);
+    function setOverageCap(uint256 id, uint256 overageCapPerPeriod) external nonReentrant {
+        Subscription storage sub = _ownedSubscription(id);
+        if (overageCapPerPeriod > MAX_OVERAGE_CAP) revert OverageCapTooLarge(overageCapPerPeriod);
+        // The period in progress: the last paid one until it ends, then the next (due, or never to come).
+        uint256 fromPeriod = block.timestamp < sub.paidThrough ? sub.periodIndex : uint256(sub.periodIndex) + 1;
+        UsageLedger memory ledger = _ledgerAt(_ledgers[id], fromPeriod);
+        ledger.overageCap = uint56(overageCapPerPeriod);
+        _ledgers[id] = ledger;
+        emit OverageCapSet(id, overageCapPerPeriod, ledger.period);
     }
 
     /// @inheritdoc ISubscriptions
-    function changePlan(uint256 id, uint256 newPlanId) external {
+    function changePlan(uint256 id, uint256 newPlanId) external nonReentrant {
         Subscription storage sub = _ownedSubscription(id);
         Status status = sub.status;
         if (status != Status.Active && status != Status.PastDue) revert SubscriptionEnded(id, status);
@@ -224,7 +240,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         if (block.timestamp < sub.paidThrough) return false;
 
         Plan memory current = _plans[sub.planId];
-        if (block.timestamp >= uint256(sub.paidThrough) + current.gracePeriod) {
+        if (_graceOver(sub.paidThrough, current.gracePeriod)) {
             _subscriptions[id].status = Status.Lapsed;
             emit Lapsed(id, sub.paidThrough);
             return false;
@@ -236,7 +252,9 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         uint256 periodIndex = uint256(sub.periodIndex) + 1;
 
         // The pull comes before the state change because the item's outcome depends on it and a failed pull must
-        // leave no trace; every external entry point is nonReentrant, so no call can observe the gap.
+        // leave no trace. `sub` is written back below as read before the pull: that is safe only because every
+        // external function that writes a subscription (cancel, setOverageCap, changePlan, subscribe, renew,
+        // chargeUsage) is nonReentrant, so a token calling back during the pull cannot change it in between.
         (bool ok, uint256 fromCredit, FailureReason reason) = _collect(sub.subscriber, next.price, batch);
         if (!ok) {
             if (sub.status != Status.PastDue) _subscriptions[id].status = Status.PastDue;
@@ -276,19 +294,23 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         FailureReason failure = _chargeablePeriod(id, charge.periodIndex);
         if (failure != FailureReason.None) return _chargeFailed(charge, failure);
 
-        UsageLedger memory ledger = _ledgers[id];
-        (bool known, uint256 charged) = _chargedSoFar(ledger, charge.periodIndex);
-        // Older than the previous charged period: outside every charge window (periods are at least the window).
+        UsageLedger memory ledger = _ledgerAt(_ledgers[id], charge.periodIndex);
+        (bool known, uint256 cap, uint256 charged) = _periodEntry(ledger, charge.periodIndex);
+        // Older than the ledger's two periods: only after a pause longer than a period can such a period still be
+        // in its window, and its cap is no longer known, so it is not charged.
         if (!known) return _chargeFailed(charge, FailureReason.ChargeWindowClosed);
 
-        uint256 target = charge.cumulativeOverage < ledger.overageCap ? charge.cumulativeOverage : ledger.overageCap;
+        uint256 target = charge.cumulativeOverage < cap ? charge.cumulativeOverage : cap;
         if (target <= charged) return false; // a resend, or the cap was lowered: nothing more to collect
 
         (bool ok, uint256 fromCredit, FailureReason reason) =
             _collect(_subscriptions[id].subscriber, target - charged, batch);
         if (!ok) return _chargeFailed(charge, reason);
 
-        _ledgers[id] = _recordCharge(ledger, charge.periodIndex, target);
+        // target <= cap <= MAX_OVERAGE_CAP: the casts below never truncate.
+        if (charge.periodIndex == ledger.period) ledger.chargedInPeriod = uint56(target);
+        else ledger.chargedInPreviousPeriod = uint56(target);
+        _ledgers[id] = ledger;
         _chargeCollected(charge, target - charged, fromCredit, target);
         return true;
     }
@@ -312,29 +334,28 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         return false;
     }
 
-    /// @dev What the ledger says was charged for period `k`; `known` is false for periods it no longer tracks.
-    function _chargedSoFar(UsageLedger memory ledger, uint256 k) internal pure returns (bool known, uint256 charged) {
-        if (k == ledger.period) return (true, ledger.chargedInPeriod);
-        if (k + 1 == ledger.period) return (true, ledger.chargedInPreviousPeriod);
-        return (k > ledger.period, 0);
+    /// @dev The ledger moved forward so that its newest period is at least `k`. A period the ledger had not reached
+    /// yet has nothing charged, and the cap of the newest period it knew (caps apply until changed).
+    function _ledgerAt(UsageLedger memory ledger, uint256 k) internal pure returns (UsageLedger memory) {
+        if (k <= ledger.period) return ledger;
+        bool adjacent = k == uint256(ledger.period) + 1;
+        ledger.chargedInPreviousPeriod = adjacent ? ledger.chargedInPeriod : 0;
+        ledger.previousOverageCap = ledger.overageCap;
+        ledger.chargedInPeriod = 0;
+        ledger.period = k.toUint24();
+        return ledger;
     }
 
-    /// @dev The ledger after period `k`'s charged total became `target` (<= overageCap <= 2^64 - 1: no truncation).
-    function _recordCharge(UsageLedger memory ledger, uint256 k, uint256 target)
+    /// @dev Cap and charged total of period `k` in `ledger`; `known` is false for periods it no longer holds.
+    function _periodEntry(UsageLedger memory ledger, uint256 k)
         internal
         pure
-        returns (UsageLedger memory)
+        returns (bool known, uint256 cap, uint256 charged)
     {
-        if (k > ledger.period) {
-            ledger.chargedInPreviousPeriod = k == uint256(ledger.period) + 1 ? ledger.chargedInPeriod : 0;
-            ledger.period = uint24(k);
-            ledger.chargedInPeriod = uint64(target);
-        } else if (k == ledger.period) {
-            ledger.chargedInPeriod = uint64(target);
-        } else {
-            ledger.chargedInPreviousPeriod = uint64(target);
-        }
-        return ledger;
+        if (k == ledger.period) return (true, ledger.overageCap, ledger.chargedInPeriod);
+        if (k > ledger.period) return (true, ledger.overageCap, 0);
+        if (k + 1 == ledger.period) return (true, ledger.previousOverageCap, ledger.chargedInPreviousPeriod);
+        return (false, 0, 0);
     }
 
     /// @dev Whether usage of period `k` of `id` may be charged now: the current (last paid) period, or the previous
@@ -351,8 +372,31 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         // slither-disable-next-line incorrect-equality -- period indexes, not a balance or a time
         else if (k + 1 == current) periodEnd = sub.paidThrough - _plans[sub.planId].period;
         else return FailureReason.ChargeWindowClosed;
-        if (block.timestamp > periodEnd + CHARGE_WINDOW) return FailureReason.ChargeWindowClosed;
+        if (_windowOver(periodEnd, CHARGE_WINDOW + 1)) return FailureReason.ChargeWindowClosed;
         return FailureReason.None;
+    }
+
+    /* PAUSES */
+
+    /// @dev Whether `length` seconds have run since `from`, not counting time paused: a grace period or a charge
+    /// window. The pause log is read only when the plain clock says the time is up.
+    function _windowOver(uint256 from, uint256 length) internal view returns (bool) {
+        if (block.timestamp < from + length) return false;
+        return block.timestamp >= from + length + _pausedSince(from);
+    }
+
+    function _graceOver(uint256 paidThrough, uint256 gracePeriod) internal view returns (bool) {
+        return _windowOver(paidThrough, gracePeriod);
+    }
+
+    /// @dev Seconds paused between `from` and now; walks the log from the newest pause back to `from`.
+    function _pausedSince(uint256 from) internal view returns (uint256 paused) {
+        for (uint256 i = _pauses.length; i > 0; --i) {
+            PauseSpan memory span = _pauses[i - 1];
+            uint256 end = span.end == 0 ? block.timestamp : span.end;
+            if (end <= from) break;
+            paused += end - (span.start > from ? span.start : from);
+        }
     }
 
     /* ESCROW */
@@ -370,7 +414,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     function _subscribe(uint256 planId, uint256 overageCap) internal whenCharging returns (uint256 id) {
         Plan memory plan_ = _requirePlan(planId);
         if (!plan_.active) revert PlanInactive(planId);
-        if (overageCap > type(uint64).max) revert OverageCapTooLarge(overageCap);
+        if (overageCap > MAX_OVERAGE_CAP) revert OverageCapTooLarge(overageCap);
 
         Batch memory batch = Batch({pulled: 0, creditUsed: 0});
         uint256 escrowBefore = TOKEN.balanceOf(ESCROW);
@@ -387,7 +431,13 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
             status: Status.Active,
             planChangePending: false
         });
-        _ledgers[id] = UsageLedger({overageCap: uint96(overageCap), period: 0, chargedInPeriod: 0, chargedInPreviousPeriod: 0});
+        _ledgers[id] = UsageLedger({
+            period: 0,
+            overageCap: uint56(overageCap),
+            chargedInPeriod: 0,
+            previousOverageCap: 0,
+            chargedInPreviousPeriod: 0
+        });
         emit Subscribed(id, msg.sender, planId, overageCap, paidThrough, plan_.price, fromCredit);
         _finishBatch(batch, escrowBefore);
     }
@@ -537,11 +587,34 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     }
 
     /// @inheritdoc ISubscriptions
-    function chargedInPeriod(uint256 id, uint256 periodIndex) external view returns (uint256) {
-        UsageLedger memory ledger = _ledgers[id];
-        if (periodIndex == ledger.period) return ledger.chargedInPeriod;
-        if (periodIndex < ledger.period && periodIndex + 1 == ledger.period) return ledger.chargedInPreviousPeriod;
-        return 0;
+    function chargedInPeriod(uint256 id, uint256 periodIndex) public view returns (uint256 charged) {
+        (,, charged) = _periodEntry(_ledgers[id], periodIndex);
+    }
+
+    /// @inheritdoc ISubscriptions
+    function overageCapOf(uint256 id, uint256 periodIndex) external view returns (bool known, uint256 cap) {
+        if (_subscriptions[id].status == Status.None) revert UnknownSubscription(id);
+        (known, cap,) = _periodEntry(_ledgers[id], periodIndex);
+    }
+
+    /// @inheritdoc ISubscriptions
+    function paidFor(uint256 id, uint256 periodIndex) external view returns (address subscriber, uint256 paid) {
+        Subscription memory sub = _subscriptions[id];
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
+        if (sub.status == Status.None) revert UnknownSubscription(id);
+        // slither-disable-next-line incorrect-equality -- period indexes, not a balance or a time
+        if (periodIndex == sub.periodIndex) paid = _plans[sub.planId].price;
+        return (sub.subscriber, paid + chargedInPeriod(id, periodIndex));
+    }
+
+    /// @inheritdoc ISubscriptions
+    function pauses() external view returns (PauseSpan[] memory) {
+        return _pauses;
+    }
+
+    /// @inheritdoc ISubscriptions
+    function pausedSince(uint256 from) external view returns (uint256) {
+        return _pausedSince(from);
     }
 
     /// @inheritdoc ISubscriptions
@@ -563,7 +636,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         Subscription memory sub = _subscriptions[id];
         // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.Active || sub.status == Status.PastDue) {
-            return block.timestamp < uint256(sub.paidThrough) + _plans[sub.planId].gracePeriod;
+            return !_graceOver(sub.paidThrough, _plans[sub.planId].gracePeriod);
         }
         // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (sub.status == Status.Cancelled) return block.timestamp < sub.paidThrough;
@@ -582,7 +655,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
         Subscription memory sub = _subscriptions[id];
         if (sub.status != Status.Active && sub.status != Status.PastDue) return false;
         if (block.timestamp < sub.paidThrough) return false;
-        if (block.timestamp >= uint256(sub.paidThrough) + _plans[sub.planId].gracePeriod) return false;
+        if (_graceOver(sub.paidThrough, _plans[sub.planId].gracePeriod)) return false;
         uint256 price = _plans[sub.planChangePending ? _nextPlan[id] : sub.planId].price;
         uint256 credit = _credit[sub.subscriber];
         if (credit >= price) return true;

@@ -80,8 +80,15 @@ abstract contract BaseTest is Test {
         return subs.chargeUsage(charges);
     }
 
-    /// @dev creator 70% / platform 20% / host 10%, remainder to the platform.
+    /// @dev creator 70% / platform 20% / host 10%, remainder to the platform; the clock then moves past the split
+    /// change delay (and one second), so that the split is in force for an epoch starting now.
     function _createSplit() internal returns (uint256 splitId) {
+        splitId = _createSplitPending();
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1);
+    }
+
+    /// @dev The split of {_createSplit}, created without moving the clock: in force only after the change delay.
+    function _createSplitPending() internal returns (uint256 splitId) {
         address[] memory recipients = new address[](3);
         (recipients[0], recipients[1], recipients[2]) = (creator, platform, host);
         uint16[] memory bps = new uint16[](3);
@@ -90,12 +97,22 @@ abstract contract BaseTest is Test {
         splitId = escrow.createSplit(recipients, bps, 1);
     }
 
+    /// @dev The next epoch: from where the last settlement ended (one second back from now for the first) to now;
+    /// the clock moves a second when the last epoch ended now.
+    function _nextEpoch() internal returns (uint256 start, uint256 end) {
+        start = escrow.lastEpochEnd();
+        if (start == 0) start = vm.getBlockTimestamp() - 1;
+        if (start >= vm.getBlockTimestamp()) vm.warp(start + 1);
+        end = vm.getBlockTimestamp();
+    }
+
     function _settle(uint256 settlementId, uint256 splitId, uint256 amount) internal {
         uint256[] memory splitIds = new uint256[](1);
         splitIds[0] = splitId;
         uint256[] memory amounts = new uint256[](1);
         amounts[0] = amount;
+        (uint256 start, uint256 end) = _nextEpoch();
         vm.prank(keeper);
-        escrow.settle(settlementId, vm.getBlockTimestamp() - 1 days, vm.getBlockTimestamp(), splitIds, amounts, keccak256("usage"));
+        escrow.settle(settlementId, start, end, splitIds, amounts, keccak256("usage"));
     }
 }

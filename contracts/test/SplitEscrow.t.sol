@@ -214,7 +214,7 @@ contract SplitEscrowTest is BaseTest {
         SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 0, 1));
-        fresh.refund(alice, 1, true, bytes32(0));
+        fresh.refund(1, 0, 1, true, bytes32(0));
     }
 
     function test_setKeeper_changesKeeperAndEmits() public {
@@ -1155,9 +1155,9 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         uint256 walletBefore = usdc.balanceOf(alice);
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.Refunded(alice, 30 * USDC, false, keccak256("r1"));
+        emit ISplitEscrow.Refunded(alice, 1, 0, 30 * USDC, false, keccak256("r1"));
         vm.prank(owner);
-        escrow.refund(alice, 30 * USDC, false, keccak256("r1"));
+        escrow.refund(1, 0, 30 * USDC, false, keccak256("r1"));
         assertEq(usdc.balanceOf(alice), walletBefore + 30 * USDC);
         assertEq(escrow.unallocated(), PRICE - 30 * USDC);
         assertEq(usdc.balanceOf(address(escrow)), PRICE - 30 * USDC);
@@ -1170,9 +1170,9 @@ contract SplitEscrowTest is BaseTest {
         uint256 walletBefore = usdc.balanceOf(alice);
         uint256 subsBefore = usdc.balanceOf(address(subs));
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.Refunded(alice, PRICE, true, keccak256("r2"));
+        emit ISplitEscrow.Refunded(alice, 1, 0, PRICE, true, keccak256("r2"));
         vm.prank(owner);
-        escrow.refund(alice, PRICE, true, keccak256("r2"));
+        escrow.refund(1, 0, PRICE, true, keccak256("r2"));
         assertEq(subs.creditOf(alice), PRICE);
         assertEq(usdc.balanceOf(address(subs)), subsBefore + PRICE);
         assertEq(usdc.balanceOf(alice), walletBefore);
@@ -1195,10 +1195,10 @@ contract SplitEscrowTest is BaseTest {
         subs.pause();
         assertTrue(subs.chargingPaused());
         vm.prank(owner);
-        escrow.refund(alice, 10 * USDC, true, bytes32(0));
+        escrow.refund(1, 0, 10 * USDC, true, bytes32(0));
         assertEq(subs.creditOf(alice), 10 * USDC);
         vm.prank(owner);
-        escrow.refund(alice, 10 * USDC, false, bytes32(0));
+        escrow.refund(1, 0, 10 * USDC, false, bytes32(0));
         assertEq(escrow.unallocated(), PRICE - 20 * USDC);
         _assertSolvent();
     }
@@ -1208,7 +1208,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
-        escrow.refund(alice, PRICE + 1, false, bytes32(0));
+        escrow.refund(1, 0, PRICE + 1, false, bytes32(0));
 
         // Settled revenue is owed to recipients and cannot be refunded.
         _settle(1, splitId, 50 * USDC);
@@ -1216,9 +1216,9 @@ contract SplitEscrowTest is BaseTest {
         vm.expectRevert(
             abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 29 * USDC, 29 * USDC + 1)
         );
-        escrow.refund(alice, 29 * USDC + 1, true, bytes32(0));
+        escrow.refund(1, 0, 29 * USDC + 1, true, bytes32(0));
         vm.prank(owner);
-        escrow.refund(alice, 29 * USDC, false, bytes32(0));
+        escrow.refund(1, 0, 29 * USDC, false, bytes32(0));
         assertEq(escrow.unallocated(), 0);
         assertEq(escrow.totalClaimable(), 50 * USDC);
         _assertSolvent();
@@ -1228,21 +1228,21 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.ZeroAmount.selector);
-        escrow.refund(alice, 0, false, bytes32(0));
+        escrow.refund(1, 0, 0, false, bytes32(0));
     }
 
     function test_refund_revertsOnZeroAddress() public {
         _subscribe(alice, monthly, 0);
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
-        escrow.refund(address(0), 1, false, bytes32(0));
+        escrow.refund(1, 0, 1, false, bytes32(0));
     }
 
     function test_refund_revertsForNonOwner() public {
         _subscribe(alice, monthly, 0);
         vm.prank(alice);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, alice));
-        escrow.refund(alice, 1, false, bytes32(0));
+        escrow.refund(1, 0, 1, false, bytes32(0));
     }
 
     /* SURPLUS */
@@ -1273,7 +1273,7 @@ contract SplitEscrowTest is BaseTest {
         // Everything owed remains payable.
         escrow.claimMany(_a3(creator, platform, host));
         vm.prank(owner);
-        escrow.refund(carol, PRICE, false, bytes32(0));
+        escrow.refund(1, 0, PRICE, false, bytes32(0));
         assertEq(usdc.balanceOf(address(escrow)), 0);
         _assertSolvent();
     }
@@ -1445,10 +1445,10 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(owner);
         if (amount > available) {
             vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
-            escrow.refund(alice, amount, toCredit, bytes32(0));
+            escrow.refund(1, 0, amount, toCredit, bytes32(0));
             assertEq(escrow.unallocated(), available);
         } else {
-            escrow.refund(alice, amount, toCredit, bytes32(0));
+            escrow.refund(1, 0, amount, toCredit, bytes32(0));
             assertEq(escrow.unallocated(), available - amount);
             assertEq(subs.creditOf(alice), creditBefore + (toCredit ? amount : 0));
         }

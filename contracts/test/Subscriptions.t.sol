@@ -322,7 +322,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
         // A refund as credit from the escrow goes on too.
         vm.prank(owner);
-        escrow.refund(alice, 1 * USDC, true, keccak256("r"));
+        escrow.refund(1, 0, 1 * USDC, true, keccak256("r"));
         assertEq(subs.creditOf(alice), 16 * USDC);
     }
 
@@ -671,7 +671,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     function test_setOverageCap_updatesLedger() public {
         uint256 id = _subscribe(alice, payg, 10 * USDC);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.OverageCapSet(id, type(uint64).max);
+        emit ISubscriptions.OverageCapSet(id, subs.MAX_OVERAGE_CAP(), 0);
         vm.prank(alice);
         subs.setOverageCap(id, type(uint64).max);
         assertEq(subs.usageLedger(id).overageCap, type(uint64).max);
@@ -860,7 +860,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         vm.expectEmit(address(subs));
         emit ISubscriptions.CreditRefunded(alice, 30 * USDC, 30 * USDC);
         vm.prank(owner);
-        escrow.refund(alice, 30 * USDC, true, keccak256("refund-1"));
+        escrow.refund(1, 0, 30 * USDC, true, keccak256("refund-1"));
         assertEq(subs.creditOf(alice), 30 * USDC);
         assertEq(usdc.balanceOf(address(subs)), 30 * USDC);
         assertEq(usdc.balanceOf(address(escrow)), PRICE - 30 * USDC);

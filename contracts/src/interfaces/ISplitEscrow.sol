@@ -5,8 +5,9 @@ pragma solidity 0.8.30;
 /// @notice Holds the revenue the Subscriptions contract collects and pays it out by public split rules.
 /// Revenue arrives unallocated; the keeper settles it to splits by the off-chain attribution of usage to models
 /// (committing to that usage with a Merkle root); each split divides its amount among its recipients in basis
-/// points, by the split version in force at the epoch's end; recipients (or anyone for them) claim to their payout
-/// address.
+/// points, by the split version in force for the whole epoch; recipients (or anyone for them) claim to their payout
+/// address. Settlements cover consecutive, non-overlapping epochs in order, so no epoch can be chosen to pick a
+/// split version. Refunds go only to the wallet that paid a subscription period, at most what it paid for it.
 /// @dev Invariant: token balance >= unallocated + total claimable, after every call.
 /// WARNING: the token must be a plain ERC-20 (USDC-like). Shares round down; the rounding remainder of each split
 /// amount goes to the split's remainder recipient, so a settlement credits exactly its amounts.
@@ -92,8 +93,16 @@ interface ISplitEscrow {
     /// @notice The hold on `recipient` was released early.
     event HoldReleased(address indexed recipient);
 
-    /// @notice Unallocated revenue was refunded to `subscriber`, to the wallet or as Subscriptions credit.
-    event Refunded(address indexed subscriber, uint256 amount, bool toCredit, bytes32 indexed refundId);
+    /// @notice Unallocated revenue was refunded to `subscriber` for what it paid for period `periodIndex` of
+    /// subscription `subscriptionId`, to the wallet or as Subscriptions credit.
+    event Refunded(
+        address indexed subscriber,
+        uint256 indexed subscriptionId,
+        uint256 periodIndex,
+        uint256 amount,
+        bool toCredit,
+        bytes32 indexed refundId
+    );
 
     /// @notice Tokens that were never owed to anyone (sent here outside the revenue path) were swept to `to`.
     event SurplusSwept(address indexed to, uint256 amount);
@@ -108,6 +117,22 @@ interface ISplitEscrow {
     error InvalidPayout(address payout);
     /// @notice The Subscriptions contract is already set.
     error SubscriptionsAlreadySet();
+    /// @notice The Subscriptions contract does not pay this escrow in this escrow's token.
+    error SubscriptionsMismatch(address subscriptionsEscrow, address subscriptionsToken);
+    /// @notice The escrow itself cannot be a split recipient (its credits would be owed to itself).
+    error InvalidRecipient(address recipient);
+    /// @notice A deployment parameter (split change delay, maximum hold) is too large for the packed storage.
+    error InvalidDuration(uint256 duration);
+    /// @notice The refund id was used before.
+    error RefundIdUsed(bytes32 refundId);
+    /// @notice The refund is more than the subscriber paid for the period, net of earlier refunds.
+    error RefundExceedsPaid(uint256 refundable, uint256 requested);
+    /// @notice The epoch does not start where the previous settlement's epoch ended.
+    error EpochNotConsecutive(uint256 expectedStart, uint256 epochStart);
+    /// @notice A version of the split took effect inside the epoch (at `effectiveAt`): the epoch must end there.
+    error SplitChangedInEpoch(uint256 splitId, uint256 effectiveAt);
+    /// @notice Too little gas was left for a payout in a batch claim.
+    error InsufficientGasForPayout();
     /// @notice Array arguments differ in length.
     error LengthMismatch();
     /// @notice A split needs between 1 and `MAX_RECIPIENTS` recipients.
@@ -129,12 +154,12 @@ interface ISplitEscrow {
     error NoPendingChange(uint256 splitId);
     /// @notice The settlement id was used before.
     error SettlementIdUsed(uint256 settlementId);
-    /// @notice The epoch ends in the future or before it starts.
+    /// @notice The epoch ends in the future, or does not end after it starts.
     error InvalidEpoch(uint256 epochStart, uint256 epochEnd);
     /// @notice The settlement allocates more than is unallocated.
     error InsufficientUnallocated(uint256 available, uint256 requested);
-    /// @notice The split has no version in force at the epoch's end.
-    error SplitNotInForce(uint256 splitId, uint256 epochEnd);
+    /// @notice The split has no version in force at `timestamp` (it was created less than the change delay before).
+    error SplitNotInForce(uint256 splitId, uint256 timestamp);
     /// @notice The recipient's claims are held until `until`.
     error RecipientHeld(address recipient, uint256 until);
     /// @notice The hold would end after `limit` (the maximum hold, or the current hold's start plus it).
@@ -154,14 +179,16 @@ interface ISplitEscrow {
 
     /* OWNER */
 
-    /// @notice Sets the Subscriptions contract, once. Only it may report revenue.
+    /// @notice Sets the Subscriptions contract, once. Only it may report revenue. It must pay this escrow in this
+    /// escrow's token.
     function setSubscriptions(address subscriptions_) external;
 
     /// @notice Sets the keeper allowed to settle.
     function setKeeper(address keeper_) external;
 
-    /// @notice Creates a split, effective at once (version 0).
-    /// @param recipients Distinct, non-zero addresses (1 to `MAX_RECIPIENTS`).
+    /// @notice Creates a split (version 0), effective `SPLIT_CHANGE_DELAY` from now like any change: only epochs
+    /// that start after that can be settled to it.
+    /// @param recipients Distinct, non-zero addresses other than the escrow (1 to `MAX_RECIPIENTS`).
     /// @param bps Basis points per recipient, summing to 10,000.
     /// @param remainderIndex Index of the recipient who receives the rounding remainder.
     /// @return splitId The new split's id (1-based).
@@ -179,26 +206,35 @@ interface ISplitEscrow {
         uint256 remainderIndex
     ) external returns (uint256 version);
 
-    /// @notice Withdraws the pending change of `splitId` before it takes effect.
+    /// @notice Withdraws the pending change of `splitId` before it takes effect. A new split's first version cannot
+    /// be withdrawn (leave the split unused).
     function cancelSplitChange(uint256 splitId) external;
 
-    /// @notice Holds `recipient`'s claims until `until` for a dispute; at most `MAX_HOLD` after the hold started.
+    /// @notice Holds `recipient`'s claims until `until` for a dispute; at most `MAX_HOLD` after the hold started,
+    /// and `until` must fit 40 bits (it is refused, never truncated).
     function hold(address recipient, uint256 until, bytes32 reasonHash) external;
 
     /// @notice Releases the hold on `recipient` early.
     function release(address recipient) external;
 
-    /// @notice Refunds `amount` of unallocated revenue to `subscriber`: to the wallet, or as Subscriptions credit.
-    /// @param refundId The operator's reference for the refund (e.g. a dispute id hash), recorded in the event.
-    function refund(address subscriber, uint256 amount, bool toCredit, bytes32 refundId) external;
+    /// @notice Refunds `amount` of unallocated revenue to the subscriber of `subscriptionId` for what it paid for
+    /// period `periodIndex`, to the wallet or as Subscriptions credit. At most what {ISubscriptions-paidFor} reports
+    /// for that period net of earlier refunds for it: the plan fee while it is the subscription's last paid period,
+    /// and the usage charges of the two periods the usage ledger holds.
+    /// @param refundId The operator's reference for the refund (e.g. a dispute id hash); each id is used once.
+    function refund(uint256 subscriptionId, uint256 periodIndex, uint256 amount, bool toCredit, bytes32 refundId)
+        external;
 
     /// @notice Sends tokens that are owed to no one (balance above unallocated + total claimable) to `to`.
     function sweepSurplus(address to) external returns (uint256 amount);
 
     /* KEEPER */
 
-    /// @notice Allocates unallocated revenue to splits for the epoch `[epochStart, epochEnd)`. Each split's amount
-    /// is divided by the split version in force at `epochEnd` and credited to its recipients.
+    /// @notice Allocates unallocated revenue to splits for the epoch `[epochStart, epochEnd)`. Epochs are consecutive:
+    /// `epochStart` must equal the previous settlement's `epochEnd` (any start for the first settlement), and
+    /// `epochStart < epochEnd <= now`. Each split's amount is divided by the one version of the split in force for
+    /// the whole epoch and credited to its recipients; a split with a version taking effect inside the epoch, or
+    /// none in force at its start, is refused.
     /// @param settlementId Unique id chosen by the keeper; a used id is refused, so a resend cannot apply twice.
     function settle(
         uint256 settlementId,
@@ -218,7 +254,9 @@ interface ISplitEscrow {
     function claim(address recipient) external returns (uint256 amount);
 
     /// @notice Claims for each recipient; held recipients and empty balances are skipped, a refused transfer emits
-    /// `ClaimFailed` and leaves that balance claimable. No item reverts the batch.
+    /// `ClaimFailed` and leaves that balance claimable. No item reverts the batch, and each transfer may use at most
+    /// `PAYOUT_GAS`, so no recipient can starve the others (the call reverts only if the caller gave too little
+    /// gas for a payout to have its share).
     /// @return paid How many recipients were paid.
     function claimMany(address[] calldata recipients) external returns (uint256 paid);
 
@@ -259,6 +297,19 @@ interface ISplitEscrow {
 
     /// @notice Whether `settlementId` was used.
     function settlementUsed(uint256 settlementId) external view returns (bool);
+
+    /// @notice Where the last settlement's epoch ended: the next epoch starts here (0 before the first settlement).
+    function lastEpochEnd() external view returns (uint256);
+
+    /// @notice What was refunded so far for period `periodIndex` of subscription `subscriptionId`.
+    function refundedFor(uint256 subscriptionId, uint256 periodIndex) external view returns (uint256);
+
+    /// @notice What can still be refunded for period `periodIndex` of `subscriptionId` (before the unallocated
+    /// revenue limit).
+    function refundable(uint256 subscriptionId, uint256 periodIndex) external view returns (uint256);
+
+    /// @notice Whether `refundId` was used.
+    function refundIdUsed(bytes32 refundId) external view returns (bool);
 
     /// @notice The number of splits created; split ids run from 1 to this.
     function splitCount() external view returns (uint256);

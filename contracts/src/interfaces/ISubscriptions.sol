@@ -55,14 +55,24 @@ interface ISubscriptions {
         bool planChangePending;
     }
 
-    /// @notice The usage side of a subscription, one storage slot: the cap and what was charged in the last two
-    /// periods (only those can still be inside the charge window).
-    /// @dev `chargedInPeriod` belongs to period `period`, `chargedInPreviousPeriod` to `period - 1`.
+    /// @notice The usage side of a subscription, one storage slot: for the newest period it knows (`period`) and
+    /// the one before it, the overage cap that applies to that period and what was charged in it. Only those two
+    /// periods can still be inside the charge window.
+    /// @dev `overageCap` applies to `period` and every later period until the subscriber changes it;
+    /// `previousOverageCap` is the cap of `period - 1`. A cap change applies from the period in progress when it is
+    /// made (the last paid period while it runs, the next one once it ended), never to a period that ended before.
     struct UsageLedger {
-        uint96 overageCap;
         uint24 period;
-        uint64 chargedInPeriod;
-        uint64 chargedInPreviousPeriod;
+        uint56 overageCap;
+        uint56 chargedInPeriod;
+        uint56 previousOverageCap;
+        uint56 chargedInPreviousPeriod;
+    }
+
+    /// @notice An interval during which charging was paused; `end` is 0 while the pause lasts.
+    struct PauseSpan {
+        uint40 start;
+        uint40 end;
     }
 
     /// @notice One usage charge posted by the keeper.
@@ -123,8 +133,9 @@ interface ISubscriptions {
     /// @notice The subscriber cancelled; access continues until `paidThrough`.
     event Cancelled(uint256 indexed id, uint256 paidThrough);
 
-    /// @notice The subscriber set a new overage cap per period.
-    event OverageCapSet(uint256 indexed id, uint256 overageCap);
+    /// @notice The subscriber set a new overage cap per period, for period `fromPeriod` and every later one; periods
+    /// before `fromPeriod` keep the cap they had.
+    event OverageCapSet(uint256 indexed id, uint256 overageCap, uint256 fromPeriod);
 
     /// @notice The subscriber asked to move to `newPlanId` at the next renewal (equal to the current plan: the
     /// pending change was withdrawn).
@@ -190,7 +201,7 @@ interface ISubscriptions {
     error PlanInactive(uint256 planId);
     /// @notice No subscription has this id.
     error UnknownSubscription(uint256 id);
-    /// @notice The cap does not fit 64 bits.
+    /// @notice The cap does not fit 56 bits (`MAX_OVERAGE_CAP`).
     error OverageCapTooLarge(uint256 cap);
     /// @notice The subscription is cancelled or lapsed.
     error SubscriptionEnded(uint256 id, Status status);
@@ -207,7 +218,8 @@ interface ISubscriptions {
 
     /// @notice Creates a plan. Price 0 with a subscriber-set overage cap is pay-as-you-go.
     /// @param price Base units pulled per period (at most 2^96 - 1).
-    /// @param period Seconds per period: at least one hour and at least the charge window.
+    /// @param period Seconds per period: at least one hour and longer than the charge window (so that only the
+    /// last two periods of a subscription can ever be charged).
     /// @param gracePeriod Seconds a due subscription keeps access while renewal is retried; more than 0 and shorter
     /// than `period`, so at most one period is ever owed.
     /// @return planId The new plan's id (1-based).
@@ -220,6 +232,8 @@ interface ISubscriptions {
     function setKeeper(address keeper_) external;
 
     /// @notice Pauses renewals, subscriptions and usage charges. Cancels, credit withdrawals and escrow claims go on.
+    /// Time spent paused does not count against any grace period or charge window: a subscription due during a
+    /// pause keeps its whole grace period after it, and a period's usage stays chargeable as long again.
     function pause() external;
 
     /// @notice Resumes renewals, subscriptions and usage charges.
@@ -228,7 +242,7 @@ interface ISubscriptions {
     /* SUBSCRIBER */
 
     /// @notice Subscribes the caller to `planId` and pays the first period now (credit first, then the wallet).
-    /// @param overageCapPerPeriod The most usage charges may collect per period (at most 2^64 - 1).
+    /// @param overageCapPerPeriod The most usage charges may collect per period (at most `MAX_OVERAGE_CAP`).
     /// @return id The new subscription's id (1-based).
     function subscribe(uint256 planId, uint256 overageCapPerPeriod) external returns (uint256 id);
 
@@ -247,8 +261,10 @@ interface ISubscriptions {
     /// @notice Cancels subscription `id`: no further renewals; access and usage charges for paid periods remain.
     function cancel(uint256 id) external;
 
-    /// @notice Sets the overage cap per period of `id`. Lowering it below what a period already paid stops further
-    /// charges for that period; nothing is refunded automatically.
+    /// @notice Sets the overage cap per period of `id`, from the period in progress on: the last paid period while
+    /// it runs (so a lowering protects the subscriber at once, and a raise gives headroom at once), else the next
+    /// period. A period that ended keeps its cap. Lowering it below what the period already paid stops further
+    /// charges for it; nothing is refunded automatically.
     function setOverageCap(uint256 id, uint256 overageCapPerPeriod) external;
 
     /// @notice Moves `id` to `newPlanId` at its next renewal. Passing the current plan withdraws a pending change.
@@ -269,7 +285,9 @@ interface ISubscriptions {
     function renew(uint256[] calldata ids) external returns (uint256 renewed);
 
     /// @notice Collects usage charges. Keeper only. Each item collects `min(cumulativeOverage, cap) - charged` for
-    /// its period, so a resend is a no-op; items are isolated as in `renew`.
+    /// its period, with the cap that applies to that period, so a resend is a no-op; items are isolated as in
+    /// `renew`. A period can be charged while it is the last paid period or the one before it, until the charge
+    /// window after its end has run (not counting time paused).
     /// @return collected How many items collected a non-zero amount.
     function chargeUsage(Charge[] calldata charges) external returns (uint256 collected);
 
@@ -323,8 +341,25 @@ interface ISubscriptions {
     function nextPlanOf(uint256 id) external view returns (uint256);
 
     /// @notice What was charged for usage in period `periodIndex` of `id`; 0 for periods outside the last two
-    /// charged (see the `UsageCharged` events for the full history).
+    /// the ledger knows (see the `UsageCharged` events for the full history).
     function chargedInPeriod(uint256 id, uint256 periodIndex) external view returns (uint256);
+
+    /// @notice The overage cap that applies to period `periodIndex` of `id`; `known` is false for a period older
+    /// than the two the ledger holds (no such period can be charged).
+    function overageCapOf(uint256 id, uint256 periodIndex) external view returns (bool known, uint256 cap);
+
+    /// @notice What the subscriber of `id` paid for period `periodIndex`, as far as this contract still records
+    /// it: the plan fee while it is the last paid period, and the usage charges of the two periods the ledger holds.
+    /// The escrow bounds refunds by it.
+    /// @return subscriber The wallet that paid (credit included).
+    /// @return paid Plan fee plus usage charges recorded for the period.
+    function paidFor(uint256 id, uint256 periodIndex) external view returns (address subscriber, uint256 paid);
+
+    /// @notice Every pause so far, oldest first.
+    function pauses() external view returns (PauseSpan[] memory);
+
+    /// @notice Seconds charging was paused between `from` and now.
+    function pausedSince(uint256 from) external view returns (uint256);
 
     /// @notice Start and end of the current (last paid) period of `id`.
     function currentPeriod(uint256 id) external view returns (uint256 index, uint256 start, uint256 end);
@@ -332,8 +367,8 @@ interface ISubscriptions {
     /// @notice Prepaid credit of `subscriber`.
     function creditOf(address subscriber) external view returns (uint256);
 
-    /// @notice Whether the marketplace should serve `id` now: active or past due within grace, or cancelled but
-    /// paid through a time still ahead.
+    /// @notice Whether the marketplace should serve `id` now: active or past due within grace (time paused does not
+    /// count), or cancelled but paid through a time still ahead.
     function isEntitled(uint256 id) external view returns (bool);
 
     /// @notice For each id, whether `renew` would collect it now: due (or past due within grace), and the

@@ -987,7 +987,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         _begin();
         bool ok;
         vm.prank(owner);
-        try escrow.refund(s, amount, toCredit, keccak256(abi.encode("refund", amountSeed))) {
+        try escrow.refund(1, 0, amount, toCredit, keccak256(abi.encode("refund", amountSeed))) {
             ok = true;
             _stat("refund");
         } catch {}
