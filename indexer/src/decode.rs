@@ -29,7 +29,7 @@ table!(RENEWALS, "renewals", [
 ]);
 table!(RENEWAL_FAILURES, "renewal_failures", [("subscription_id", Numeric), ("period_index", Numeric), ("reason", Text)]);
 table!(SUBSCRIPTION_ENDS, "subscription_ends", [("subscription_id", Numeric), ("kind", Text), ("paid_through", Numeric)]);
-table!(OVERAGE_CAP_CHANGES, "overage_cap_changes", [("subscription_id", Numeric), ("overage_cap", Numeric)]);
+table!(OVERAGE_CAP_CHANGES, "overage_cap_changes", [("subscription_id", Numeric), ("overage_cap", Numeric), ("from_period", Numeric)]);
 table!(PLAN_CHANGE_REQUESTS, "plan_change_requests", [("subscription_id", Numeric), ("new_plan_id", Numeric)]);
 table!(USAGE_CHARGES, "usage_charges", [
     ("subscription_id", Numeric), ("period_index", Numeric), ("cumulative_overage", Numeric), ("amount", Numeric),
@@ -53,7 +53,10 @@ table!(CREDITS, "credits", [("recipient", Bytes), ("settlement_id", Numeric), ("
 table!(CLAIMS, "claims", [("recipient", Bytes), ("payout", Bytes), ("amount", Numeric), ("succeeded", Bool)]);
 table!(PAYOUT_ADDRESSES, "payout_addresses", [("recipient", Bytes), ("payout", Bytes)]);
 table!(HOLDS, "holds", [("recipient", Bytes), ("kind", Text), ("held_until", Numeric), ("reason_hash", Bytes)]);
-table!(REFUNDS, "refunds", [("subscriber", Bytes), ("amount", Numeric), ("to_credit", Bool), ("refund_id", Bytes)]);
+table!(REFUNDS, "refunds", [
+    ("subscriber", Bytes), ("amount", Numeric), ("to_credit", Bool), ("refund_id", Bytes), ("subscription_id", Numeric),
+    ("period_index", Numeric),
+]);
 table!(SURPLUS_SWEEPS, "surplus_sweeps", [("to_address", Bytes), ("amount", Numeric)]);
 table!(ADMIN_EVENTS, "admin_events", [("contract", Text), ("kind", Text), ("account", Bytes), ("flag", Bool)]);
 
@@ -164,7 +167,7 @@ fn subscriptions_row(event: SubscriptionsEvents) -> (&'static Table, Vec<Value>)
         E::RenewalFailed(e) => (&RENEWAL_FAILURES, vec![num(e.id), num(e.periodIndex), failure_reason(e.reason)]),
         E::Lapsed(e) => (&SUBSCRIPTION_ENDS, vec![num(e.id), text("lapsed"), num(e.paidThrough)]),
         E::Cancelled(e) => (&SUBSCRIPTION_ENDS, vec![num(e.id), text("cancelled"), num(e.paidThrough)]),
-        E::OverageCapSet(e) => (&OVERAGE_CAP_CHANGES, vec![num(e.id), num(e.overageCap)]),
+        E::OverageCapSet(e) => (&OVERAGE_CAP_CHANGES, vec![num(e.id), num(e.overageCap), num(e.fromPeriod)]),
         E::PlanChangeScheduled(e) => (&PLAN_CHANGE_REQUESTS, vec![num(e.id), num(e.newPlanId)]),
         E::UsageCharged(e) => (&USAGE_CHARGES, vec![
             num(e.id), num(e.periodIndex), num(e.cumulativeOverage), num(e.amount), num(e.fromCredit),
@@ -222,7 +225,9 @@ fn escrow_row(event: SplitEscrowEvents) -> Result<(&'static Table, Vec<Value>), 
         E::PayoutAddressSet(e) => (&PAYOUT_ADDRESSES, vec![addr(e.recipient), addr(e.payout)]),
         E::HoldPlaced(e) => (&HOLDS, vec![addr(e.recipient), text("placed"), num(e.until), hash(e.reasonHash)]),
         E::HoldReleased(e) => (&HOLDS, vec![addr(e.recipient), text("released"), Value::Null, Value::Null]),
-        E::Refunded(e) => (&REFUNDS, vec![addr(e.subscriber), num(e.amount), Value::Bool(e.toCredit), hash(e.refundId)]),
+        E::Refunded(e) => (&REFUNDS, vec![
+            addr(e.subscriber), num(e.amount), Value::Bool(e.toCredit), hash(e.refundId), num(e.subscriptionId), num(e.periodIndex),
+        ]),
         E::SurplusSwept(e) => (&SURPLUS_SWEEPS, vec![addr(e.to), num(e.amount)]),
         E::SubscriptionsSet(e) => admin("subscriptions_set", e.subscriptions),
         E::KeeperSet(e) => admin("keeper_set", e.keeper),

@@ -77,6 +77,8 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
 
     // Splits, a proposal and its cancellation, a settlement, payouts, holds, refunds, a surplus sweep.
     confirm!(escrow.createSplit(vec![creator, platform, host], vec![7_000, 2_000, 1_000], u(1)));
+    // A new split takes settlements for epochs starting once the change delay has passed.
+    advance(&operator, 8 * DAY + 1).await;
     confirm!(escrow.proposeSplitChange(u(1), vec![creator, platform], vec![8_000, 2_000], u(1)));
     confirm!(escrow.cancelSplitChange(u(1)));
     let now = operator.get_block(alloy::eips::BlockId::latest()).await.unwrap().unwrap().header.timestamp;
@@ -86,8 +88,10 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     confirm!(escrow.hold(host, u(now + 5 * DAY), B256::repeat_byte(1)));
     confirm!(escrow.release(host));
     confirm!(escrow.claimMany(vec![platform, host]));
-    confirm!(escrow.refund(bob, u(5 * USDC), false, B256::repeat_byte(2)));
-    confirm!(escrow.refund(carol, u(4 * USDC), true, B256::repeat_byte(3)));
+    // Refunds return what a subscriber paid for a period: part of bob's usage charge of period 0, part of carol's
+    // first fee (period 0, her last paid period).
+    confirm!(escrow.refund(u(2), u(0), u(5 * USDC), false, B256::repeat_byte(2)));
+    confirm!(escrow.refund(u(3), u(0), u(4 * USDC), true, B256::repeat_byte(3)));
     confirm!(token.mint(d.escrow, u(7)));
     confirm!(escrow.sweepSurplus(chain.address(9)));
     confirm!(subs.pause());
@@ -165,6 +169,24 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
         .await
         .unwrap_or_else(|| "0".into());
         assert_eq!(charged, subs.chargedInPeriod(u(id), u(0)).call().await.unwrap().to_string());
+        // The cap of each period the ledger holds, as the keeper reads it, equals the contract's.
+        for period in [on_chain.periodIndex.to::<u64>(), on_chain.periodIndex.to::<u64>() + 1] {
+            let (known, cap) = subs.overageCapOf(u(id), u(period)).call().await.map(|r| (r.known, r.cap)).unwrap();
+            assert!(known, "subscription {id} period {period}");
+            let indexed = numeric(&pool, &format!("SELECT chain.overage_cap_for(31337, $1::numeric, {period})::TEXT"), u(id)).await;
+            assert_eq!(indexed, Some(cap.to_string()), "cap of subscription {id} period {period}");
+        }
+    }
+
+    // Refunds carry the subscription and period they return, and add up to the escrow's record of them.
+    for (id, period) in [(2u64, 0u64), (3, 0)] {
+        let indexed = numeric(
+            &pool,
+            &format!("SELECT SUM(amount)::TEXT FROM chain.refunds WHERE subscription_id = $1::numeric AND period_index = {period}"),
+            u(id),
+        )
+        .await;
+        assert_eq!(indexed, Some(escrow.refundedFor(u(id), u(period)).call().await.unwrap().to_string()), "refunds of {id}/{period}");
     }
 
     // Credit per subscriber and claimable per recipient equal the contracts' balances.

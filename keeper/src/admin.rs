@@ -77,10 +77,12 @@ pub enum AdminAction {
         /// Recipient.
         recipient: Address,
     },
-    /// Refunds a subscriber from unallocated revenue.
+    /// Refunds what the subscriber of a subscription paid for one period, from unallocated revenue.
     Refund {
-        /// Subscriber.
-        subscriber: Address,
+        /// Subscription id.
+        subscription: u64,
+        /// Period index.
+        period: u64,
         /// Amount, base units.
         amount: u128,
         /// As prepaid credit instead of to the wallet.
@@ -156,12 +158,12 @@ impl AdminAction {
                 }
                 Ok(())
             }
-            Self::Refund { amount, reference, subscriber, .. } => {
+            Self::Refund { amount, reference, subscription, .. } => {
                 if *amount == 0 {
                     return Err(invalid("amount", "must be more than 0"));
                 }
-                if subscriber.is_zero() {
-                    return Err(invalid("subscriber", "the zero address"));
+                if *subscription == 0 {
+                    return Err(invalid("subscription", "subscription ids start at 1"));
                 }
                 if reference.trim().is_empty() {
                     return Err(invalid("reference", "give the refund's reference (it makes the refund apply once)"));
@@ -231,17 +233,18 @@ impl AdminAction {
             Self::Release { recipient } => {
                 vec![call("release", escrow, SplitEscrow::releaseCall { recipient: *recipient }.abi_encode(), json!({ "recipient": recipient }))]
             }
-            Self::Refund { subscriber, amount, to_credit, reference } => vec![call(
+            Self::Refund { subscription, period, amount, to_credit, reference } => vec![call(
                 "refund",
                 escrow,
                 SplitEscrow::refundCall {
-                    subscriber: *subscriber,
+                    subscriptionId: u(*subscription),
+                    periodIndex: u(*period),
                     amount: U256::from(*amount),
                     toCredit: *to_credit,
                     refundId: keccak256(reference.as_bytes()),
                 }
                 .abi_encode(),
-                json!({ "subscriber": subscriber, "amount": amount.to_string(), "to_credit": to_credit }),
+                json!({ "subscription": subscription, "period": period, "amount": amount.to_string(), "to_credit": to_credit }),
             )],
             Self::Pause => vec![call("pause", subs, Subscriptions::pauseCall {}.abi_encode(), json!([]))],
             Self::Unpause => vec![call("unpause", subs, Subscriptions::unpauseCall {}.abi_encode(), json!([]))],

@@ -445,11 +445,15 @@ pub enum AdminCommand {
         #[arg(long)]
         recipient: Address,
     },
-    /// Refund a subscriber from unallocated revenue.
+    /// Refund what a subscriber paid for one period of a subscription (its plan fee while it is the last paid
+    /// period, its usage charges while the contract still records them), from unallocated revenue.
     Refund {
-        /// Subscriber.
+        /// Subscription id; the refund goes to its subscriber.
         #[arg(long)]
-        subscriber: Address,
+        subscription: u64,
+        /// Period index of the subscription.
+        #[arg(long)]
+        period: u64,
         /// Amount in token units.
         #[arg(long)]
         amount: rust_decimal::Decimal,

@@ -143,8 +143,8 @@ impl OnChain {
             Ok(ChainSubscription {
                 summary: summary(sub.subscriber, sub.periodIndex.to::<u64>(), sub.paidThrough.to::<u64>(), status_name(sub.status)),
                 ledger_period: ledger.period.to::<u64>(),
-                charged_in_period: ledger.chargedInPeriod,
-                charged_in_previous_period: ledger.chargedInPreviousPeriod,
+                charged_in_period: ledger.chargedInPeriod.to::<u64>(),
+                charged_in_previous_period: ledger.chargedInPreviousPeriod.to::<u64>(),
             })
         })
         .await

@@ -67,8 +67,8 @@ pub(crate) async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::CancelSplitChange { split } => AdminAction::CancelSplitChange { split },
         AdminCommand::Hold { recipient, until, reason } => AdminAction::Hold { recipient, until, reason },
         AdminCommand::Release { recipient } => AdminAction::Release { recipient },
-        AdminCommand::Refund { subscriber, amount, to_credit, reference } => {
-            AdminAction::Refund { subscriber, amount: base_units("amount", amount, decimals)?, to_credit, reference }
+        AdminCommand::Refund { subscription, period, amount, to_credit, reference } => {
+            AdminAction::Refund { subscription, period, amount: base_units("amount", amount, decimals)?, to_credit, reference }
         }
         AdminCommand::Pause => AdminAction::Pause,
         AdminCommand::Unpause => AdminAction::Unpause,
