@@ -21,3 +21,20 @@ RETURNS NUMERIC(78,0) LANGUAGE sql STABLE AS $$
         (SELECT s.overage_cap FROM chain.subscribed s
          WHERE s.chain_id = p_chain_id AND s.subscription_id = p_subscription_id))
 $$;
+
+-- Every pause of charging: from a ChargingPausedSet(true) to the next ChargingPausedSet(false) (NULL while it lasts).
+-- The contract emits the flag only when it changes, so the events alternate.
+CREATE VIEW chain.pauses AS
+SELECT chain_id, started_at, ended_at FROM (
+    SELECT chain_id, flag, block_time AS started_at,
+           LEAD(block_time) OVER (PARTITION BY chain_id ORDER BY block_number, log_index) AS ended_at
+    FROM chain.admin_events WHERE contract = 'subscriptions' AND kind = 'charging_paused_set'
+) e WHERE flag;
+
+-- Seconds charging was paused between p_from and p_to: what the contract adds to a grace period or a charge window
+-- that started at p_from (Subscriptions.pausedSince).
+CREATE FUNCTION chain.paused_seconds(p_chain_id BIGINT, p_from BIGINT, p_to BIGINT)
+RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(SUM(GREATEST(0, LEAST(COALESCE(p.ended_at, p_to), p_to) - GREATEST(p.started_at, p_from))), 0)::BIGINT
+    FROM chain.pauses p WHERE p.chain_id = p_chain_id AND p.started_at < p_to AND COALESCE(p.ended_at, p_to) > p_from
+$$;

@@ -190,14 +190,115 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
     Ok(Some(classified.into_iter().filter(|(_, class)| *class == Collection::Collected).map(|(id, _)| id).collect()))
 }
 
+/// The split versions the chain knows (not cancelled): split id -> every version's effective time, ascending.
+async fn split_effective_times(tx: &mut sqlx::PgConnection, chain_id: u64) -> Result<BTreeMap<u64, Vec<i64>>, KeeperError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT split_id::TEXT, effective_at::TEXT FROM chain.split_versions_live WHERE chain_id = $1 ORDER BY 1, 2",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut times: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for (split, at) in rows {
+        let at = i64::try_from(crate::store::numeric_u64(&at, "effective_at")?)
+            .map_err(|_| KeeperError::ChainData(format!("split {split}: effective time {at} is out of range")))?;
+        times.entry(crate::store::numeric_u64(&split, "split_id")?).or_default().push(at);
+    }
+    for list in times.values_mut() {
+        list.sort_unstable();
+    }
+    Ok(times)
+}
+
+/// The window of an epoch, as the escrow accepts it: consecutive epochs, and one version of every split in force
+/// for the whole window. `start` is the previous epoch's end, or (for the first epoch) chosen so that every split the
+/// closes credit is in force for the whole window. The window ends `now`, or earlier at the first split version that
+/// takes effect inside it (any split: the next epoch then starts there, under the new version). Closes that credit a
+/// split with no version in force at `start` wait for a later epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochWindow {
+    /// Start (inclusive).
+    pub start: i64,
+    /// End (exclusive).
+    pub end: i64,
+    /// The closes it may gather, in order.
+    pub closes: Vec<i64>,
+}
+
+/// See [`EpochWindow`]. `closes` are (close id, the splits its lines credit, its earliest period start);
+/// `effective` every split's version effective times; `previous_end` the last epoch's end.
+pub fn epoch_window(closes: &[(i64, Vec<u64>, i64)], effective: &BTreeMap<u64, Vec<i64>>, previous_end: Option<i64>, now: i64) -> Option<EpochWindow> {
+    // The newest version of `split` in force at `t`.
+    let in_force = |split: &u64, t: i64| effective.get(split).and_then(|times| times.iter().rev().find(|at| **at <= t).copied());
+    let start = match previous_end {
+        Some(end) => end,
+        None => {
+            // The first epoch may start anywhere: at the earliest period it settles, but no earlier than the newest
+            // version (in force now) of any split it credits, so that each is in force for the whole window.
+            let ready: Vec<_> = closes.iter().filter(|(_, splits, _)| splits.iter().all(|s| in_force(s, now - 1).is_some())).collect();
+            let first_period = ready.iter().map(|(_, _, period_start)| *period_start).min()?;
+            let newest_version = ready.iter().flat_map(|(_, splits, _)| splits.iter().filter_map(|s| in_force(s, now - 1))).max();
+            newest_version.map_or(first_period, |at| first_period.max(at))
+        }
+    };
+    let end = effective.values().flatten().copied().filter(|at| *at > start && *at < now).min().unwrap_or(now);
+    if end <= start {
+        return None;
+    }
+    let chosen: Vec<i64> = closes
+        .iter()
+        .filter(|(_, splits, _)| splits.iter().all(|s| in_force(s, start).is_some()))
+        .map(|(id, _, _)| *id)
+        .collect();
+    Some(EpochWindow { start, end, closes: chosen })
+}
+
+/// The splits each gatherable close credits and its earliest period start.
+async fn close_splits(tx: &mut sqlx::PgConnection, gatherable: &[i64]) -> Result<Vec<(i64, Vec<u64>, i64)>, KeeperError> {
+    let rows: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT c.close_id, c.period_start, l.split_id::TEXT
+         FROM keeper.period_closes c LEFT JOIN keeper.usage_lines l ON l.close_id = c.close_id AND l.attributed > 0
+         WHERE c.close_id = ANY($1) ORDER BY 1, 3",
+    )
+    .bind(gatherable)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut closes: Vec<(i64, Vec<u64>, i64)> = Vec::new();
+    for (close_id, period_start, split) in rows {
+        if closes.last().is_none_or(|(id, _, _)| *id != close_id) {
+            closes.push((close_id, Vec::new(), period_start));
+        }
+        if let Some(split) = split {
+            let split = crate::store::numeric_u64(&split, "split_id")?;
+            let entry = closes.last_mut().expect("pushed above");
+            if !entry.1.contains(&split) {
+                entry.1.push(split);
+            }
+        }
+    }
+    Ok(closes)
+}
+
 /// Gathers the closes not yet in an epoch that `scope` allows, as many as `room` lets one `settle` credit, into a
-/// new epoch; `None` when there is none (or, under [`EpochScope::Collected`], while a charge is still on its way).
+/// new epoch whose window the escrow accepts ([`EpochWindow`]); `None` when there is none (or, under
+/// [`EpochScope::Collected`], while a charge is still on its way).
 pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochScope, room: SettleRoom) -> Result<Option<Epoch>, KeeperError> {
     let mut tx = pool.begin().await?;
     // One epoch closer at a time: the epoch number and the set of closes are decided under this lock.
     sqlx::query("LOCK TABLE keeper.epochs IN EXCLUSIVE MODE").execute(&mut *tx).await?;
     let Some(gatherable) = gatherable_closes(&mut tx, chain_id, now, scope).await? else { return Ok(None) };
-    let (gatherable, more) = fit_room(&mut tx, gatherable, room).await?;
+    if gatherable.is_empty() {
+        return Ok(None);
+    }
+    let (epoch_id, previous_end): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COALESCE(MAX(epoch_id), 0) + 1, MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
+            .bind(chain_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+    let effective = split_effective_times(&mut tx, chain_id).await?;
+    let closes = close_splits(&mut tx, &gatherable).await?;
+    let Some(window) = epoch_window(&closes, &effective, previous_end, now) else { return Ok(None) };
+    let (gatherable, more) = fit_room(&mut tx, window.closes, room).await?;
     let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
         "SELECT c.close_id, l.split_id::TEXT, l.attributed::TEXT, l.leaf
          FROM keeper.period_closes c JOIN keeper.usage_lines l USING (close_id)
@@ -206,7 +307,9 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
     .bind(&gatherable)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
+    // Nothing to gather in this window: wait, unless the window was cut at a split change, in which case an empty
+    // epoch moves the escrow's epoch start past it (the closes waiting for that split go into the next one).
+    if rows.is_empty() && window.end == now {
         return Ok(None);
     }
     let mut splits: BTreeMap<u64, u128> = BTreeMap::new();
@@ -224,23 +327,14 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
     close_ids.dedup();
     let total: u128 = splits.values().sum();
     let usage_root = MerkleTree::new(&leaves).root();
-    let (epoch_id, previous_end): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COALESCE(MAX(epoch_id), 0) + 1, MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
-            .bind(chain_id as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-    let first_start: i64 = sqlx::query_scalar("SELECT MIN(period_start) FROM keeper.period_closes WHERE close_id = ANY($1)")
-        .bind(&close_ids)
-        .fetch_one(&mut *tx)
-        .await?;
-    let start = previous_end.unwrap_or(first_start).min(now);
+    let (start, end) = (window.start, window.end);
     sqlx::query(
         "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5, $6::NUMERIC)",
     )
         .bind(epoch_id)
         .bind(chain_id as i64)
         .bind(start)
-        .bind(now)
+        .bind(end)
         .bind(usage_root.as_slice())
         .bind(total.to_string())
         .execute(&mut *tx)
@@ -259,12 +353,35 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end: now, usage_root, splits, total, closes: close_ids.len(), more }))
+    Ok(Some(Epoch { epoch_id: epoch_id as u64, start, end, usage_root, splits, total, closes: close_ids.len(), more }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_epoch_starts_where_every_split_it_credits_is_in_force() {
+        let effective = BTreeMap::from([(1, vec![100]), (2, vec![90, 130])]);
+        let closes = vec![(10, vec![1], 50), (11, vec![2], 60)];
+        let window = epoch_window(&closes, &effective, None, 200).unwrap();
+        assert_eq!(window, EpochWindow { start: 130, end: 200, closes: vec![10, 11] }, "split 2's version 1 took effect at 130");
+        // Before any split is in force there is no epoch.
+        assert_eq!(epoch_window(&closes, &BTreeMap::from([(1, vec![300]), (2, vec![300])]), None, 200), None);
+    }
+
+    #[test]
+    fn an_epoch_ends_where_a_split_version_takes_effect_and_new_splits_wait() {
+        let effective = BTreeMap::from([(1, vec![0, 150]), (2, vec![140])]);
+        let closes = vec![(10, vec![1], 50), (11, vec![2], 60), (12, vec![], 70)];
+        // From the previous end (120): cut at split 2's first version (140); its close waits.
+        assert_eq!(epoch_window(&closes, &effective, Some(120), 200), Some(EpochWindow { start: 120, end: 140, closes: vec![10, 12] }));
+        // The next window: cut again at split 1's change (150); split 2 is in force now.
+        assert_eq!(epoch_window(&closes, &effective, Some(140), 200), Some(EpochWindow { start: 140, end: 150, closes: vec![10, 11, 12] }));
+        assert_eq!(epoch_window(&closes, &effective, Some(150), 200), Some(EpochWindow { start: 150, end: 200, closes: vec![10, 11, 12] }));
+        // A window that would be empty is no window.
+        assert_eq!(epoch_window(&closes, &effective, Some(200), 200), None);
+    }
 
     #[test]
     fn an_epoch_is_cut_at_a_close_when_its_settlement_would_not_fit() {

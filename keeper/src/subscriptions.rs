@@ -128,7 +128,7 @@ pub struct Period {
     pub fee: u128,
     /// The subscriber.
     pub subscriber: Address,
-    /// The subscriber's cap now.
+    /// The overage cap that applied to this period (`Subscriptions.overageCapOf`), base units.
     pub overage_cap: u128,
 }
 
@@ -172,10 +172,9 @@ async fn periods(pool: &PgPool, chain_id: u64, filter: &str, offset: i64, now: i
          )
          SELECT o.subscription_id::TEXT, o.period_index, o.plan_id::TEXT, (o.paid_through - pl.period)::BIGINT,
                 o.paid_through::BIGINT, o.amount::TEXT, o.subscriber,
-                -- The cap in force now: the last OverageCapSet, else the one given at subscribe.
-                COALESCE((SELECT c.overage_cap FROM chain.overage_cap_changes c
-                          WHERE c.chain_id = o.chain_id AND c.subscription_id = o.subscription_id
-                          ORDER BY c.block_number DESC, c.log_index DESC LIMIT 1), o.overage_cap)::TEXT
+                -- The cap that applied to this period (a change made after it ended never touches it), as the
+                -- contract caps its charges.
+                chain.overage_cap_for(o.chain_id, o.subscription_id, o.period_index)::TEXT
          FROM open o
          JOIN chain.plans pl ON pl.chain_id = o.chain_id AND pl.plan_id = o.plan_id
          WHERE {filter}

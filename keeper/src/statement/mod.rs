@@ -490,8 +490,8 @@ fn version_at(versions: &[SplitVersion], at: i64) -> Option<&SplitVersion> {
     versions.iter().filter(|v| v.effective_at <= at).max_by_key(|v| v.version)
 }
 
-/// A creator's statement: the lines of every epoch in scope whose split (version in force at the epoch's end)
-/// credits them.
+/// A creator's statement: the lines of every epoch in scope whose split (the version in force for the whole epoch,
+/// i.e. at its last second, `end - 1`, as the escrow applies it) credits them.
 pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, creator: Address, scope: Scope) -> Result<Statement, KeeperError> {
     let versions = split_versions(pool, chain_id).await?;
     let epochs: Vec<(i64, i64)> = sqlx::query_as("SELECT epoch_id, closed_at FROM keeper.epochs WHERE chain_id = $1 ORDER BY epoch_id")
@@ -510,7 +510,7 @@ pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, crea
     let mut kept = Vec::new();
     for line in lines {
         let (Some(epoch), split) = (line.line.epoch_id, line.line.split_id) else { continue };
-        let Some(version) = versions.get(&split).and_then(|v| version_at(v, epoch_end[&epoch])) else { continue };
+        let Some(version) = versions.get(&split).and_then(|v| version_at(v, epoch_end[&epoch] - 1)) else { continue };
         if !version.recipients.contains(&creator) {
             continue;
         }
@@ -521,7 +521,7 @@ pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, crea
     let mut credits = Vec::new();
     let mut total = 0u128;
     for ((epoch, split), members) in &groups {
-        let version = version_at(&versions[split], epoch_end[epoch]).expect("kept lines have a version");
+        let version = version_at(&versions[split], epoch_end[epoch] - 1).expect("kept lines have a version");
         let amounts: Vec<u128> =
             members.iter().map(|i| numeric_u128(&kept[*i].line.attributed, "attributed")).collect::<Result<_, _>>()?;
         let split_amount: u128 = amounts.iter().sum();
