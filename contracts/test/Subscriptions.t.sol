@@ -144,11 +144,17 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         assertEq(s.createPlan(PRICE, 1 hours, 1), 1);
     }
 
-    function test_createPlan_periodBelowChargeWindow_reverts() public {
+    /// A period must be longer than the charge window (strictly): when a period ends, the one before it is out of
+    /// its window, so the ledger's two periods are all that can be charged.
+    function test_createPlan_periodNotAboveChargeWindow_reverts() public {
         vm.expectRevert(abi.encodeWithSelector(ISubscriptions.InvalidPeriod.selector, CHARGE_WINDOW - 1));
         vm.prank(owner);
         subs.createPlan(PRICE, CHARGE_WINDOW - 1, 1);
-        assertEq(_createPlan(PRICE, CHARGE_WINDOW, 1), 3);
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.InvalidPeriod.selector, CHARGE_WINDOW));
+        vm.prank(owner);
+        subs.createPlan(PRICE, CHARGE_WINDOW, 1);
+        assertEq(_createPlan(PRICE, CHARGE_WINDOW + 1, 1), 3);
+        assertEq(subs.plan(3).period, CHARGE_WINDOW + 1);
     }
 
     function test_createPlan_periodAboveUint32_reverts() public {
@@ -320,9 +326,9 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         subs.cancel(id);
         assertEq(uint8(_sub(id).status), uint8(ISubscriptions.Status.Cancelled));
 
-        // A refund as credit from the escrow goes on too.
+        // A refund as credit from the escrow goes on too: to the subscriber of `id`, for its paid period 0.
         vm.prank(owner);
-        escrow.refund(1, 0, 1 * USDC, true, keccak256("r"));
+        escrow.refund(id, 0, 1 * USDC, true, keccak256("r"));
         assertEq(subs.creditOf(alice), 16 * USDC);
     }
 
@@ -505,12 +511,15 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     }
 
     function test_subscribe_overageCapTooLarge_reverts() public {
-        uint256 cap = uint256(type(uint64).max) + 1;
+        uint256 cap = uint256(type(uint56).max) + 1;
         vm.expectRevert(abi.encodeWithSelector(ISubscriptions.OverageCapTooLarge.selector, cap));
         vm.prank(alice);
         subs.subscribe(monthly, cap);
-        uint256 id = _subscribe(alice, monthly, type(uint64).max);
-        assertEq(subs.usageLedger(id).overageCap, type(uint64).max);
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.OverageCapTooLarge.selector, type(uint64).max));
+        vm.prank(alice);
+        subs.subscribe(monthly, type(uint64).max);
+        uint256 id = _subscribe(alice, monthly, type(uint56).max);
+        assertEq(subs.usageLedger(id).overageCap, type(uint56).max);
     }
 
     function test_subscribe_feeOnTransferToken_reverts() public {
@@ -670,19 +679,28 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
     function test_setOverageCap_updatesLedger() public {
         uint256 id = _subscribe(alice, payg, 10 * USDC);
+        assertEq(subs.MAX_OVERAGE_CAP(), type(uint56).max);
         vm.expectEmit(address(subs));
-        emit ISubscriptions.OverageCapSet(id, subs.MAX_OVERAGE_CAP(), 0);
+        emit ISubscriptions.OverageCapSet(id, type(uint56).max, 0);
         vm.prank(alice);
-        subs.setOverageCap(id, type(uint64).max);
-        assertEq(subs.usageLedger(id).overageCap, type(uint64).max);
+        subs.setOverageCap(id, type(uint56).max);
+        assertEq(subs.usageLedger(id).overageCap, type(uint56).max);
+        (bool known, uint256 cap) = subs.overageCapOf(id, 0);
+        assertTrue(known);
+        assertEq(cap, type(uint56).max);
     }
 
     function test_setOverageCap_tooLarge_reverts() public {
         uint256 id = _subscribe(alice, payg, 10 * USDC);
-        uint256 cap = uint256(type(uint64).max) + 1;
+        uint256 cap = uint256(type(uint56).max) + 1;
         vm.expectRevert(abi.encodeWithSelector(ISubscriptions.OverageCapTooLarge.selector, cap));
         vm.prank(alice);
         subs.setOverageCap(id, cap);
+        // What fitted the old 64-bit ledger does not fit the 56-bit one.
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.OverageCapTooLarge.selector, type(uint64).max));
+        vm.prank(alice);
+        subs.setOverageCap(id, type(uint64).max);
+        assertEq(subs.usageLedger(id).overageCap, 10 * USDC);
     }
 
     function test_setOverageCap_notSubscriber_reverts() public {
@@ -860,8 +878,10 @@ contract SubscriptionsTest is SubscriptionsHelpers {
         vm.expectEmit(address(subs));
         emit ISubscriptions.CreditRefunded(alice, 30 * USDC, 30 * USDC);
         vm.prank(owner);
-        escrow.refund(1, 0, 30 * USDC, true, keccak256("refund-1"));
+        escrow.refund(id, 0, 30 * USDC, true, keccak256("refund-1"));
         assertEq(subs.creditOf(alice), 30 * USDC);
+        assertEq(escrow.refundedFor(id, 0), 30 * USDC);
+        assertEq(escrow.refundable(id, 0), PRICE - 30 * USDC);
         assertEq(usdc.balanceOf(address(subs)), 30 * USDC);
         assertEq(usdc.balanceOf(address(escrow)), PRICE - 30 * USDC);
         assertEq(escrow.unallocated(), PRICE - 30 * USDC);

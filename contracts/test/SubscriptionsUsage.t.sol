@@ -9,6 +9,7 @@ import {SplitEscrow} from "../src/SplitEscrow.sol";
 import {ISubscriptions} from "../src/interfaces/ISubscriptions.sol";
 import {FeeOnTransferToken} from "./mocks/FeeOnTransferToken.sol";
 import {ReentrantToken} from "./mocks/ReentrantToken.sol";
+import {ReentrantPullToken, ReentrantSubscriberWallet} from "./mocks/ReentrantPullToken.sol";
 
 /// @notice Usage (overage) charges: keeper access, cap arithmetic, charge windows, isolation; and the money-path fuzz
 /// tests (cap, credit then wallet). Renewals follow in {SubscriptionsRenewTest}.
@@ -470,6 +471,78 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
         assertEq(subs.chargedInPeriod(id, 3), 0);
         assertEq(_charge(id, 3, 2 * USDC, ROOT), 1); // period 3 is the previous one, inside its window
         assertEq(subs.chargedInPeriod(id, 3), 2 * USDC);
+    }
+
+    /// paidFor: the plan fee only for the last paid period, plus the usage charged for the periods the ledger holds.
+    function test_paidFor_feeForLastPaidPeriodPlusLedgerUsage() public {
+        uint256 id = _subscribe(alice, monthly, CAP);
+        (address subscriber, uint256 paid) = subs.paidFor(id, 0);
+        assertEq(subscriber, alice);
+        assertEq(paid, PRICE);
+        _charge(id, 0, 10 * USDC, ROOT);
+        (, paid) = subs.paidFor(id, 0);
+        assertEq(paid, PRICE + 10 * USDC);
+        (, paid) = subs.paidFor(id, 1); // not paid yet
+        assertEq(paid, 0);
+
+        vm.warp(_sub(id).paidThrough);
+        _renew(id);
+        (, paid) = subs.paidFor(id, 0); // no longer the last paid period: its usage only
+        assertEq(paid, 10 * USDC);
+        (, paid) = subs.paidFor(id, 1);
+        assertEq(paid, PRICE);
+        _charge(id, 1, 4 * USDC, ROOT);
+        (, paid) = subs.paidFor(id, 1);
+        assertEq(paid, PRICE + 4 * USDC);
+        (, paid) = subs.paidFor(id, 0);
+        assertEq(paid, 10 * USDC); // the ledger's previous period
+
+        vm.warp(_sub(id).paidThrough);
+        _renew(id);
+        _charge(id, 2, 1 * USDC, ROOT); // the ledger moves to period 2 and forgets period 0
+        (, paid) = subs.paidFor(id, 0);
+        assertEq(paid, 0);
+        (, paid) = subs.paidFor(id, 1);
+        assertEq(paid, 4 * USDC);
+        (, paid) = subs.paidFor(id, 2);
+        assertEq(paid, PRICE + 1 * USDC);
+
+        // The escrow bounds refunds by it.
+        assertEq(escrow.refundable(id, 2), PRICE + 1 * USDC);
+        assertEq(escrow.refundable(id, 0), 0);
+    }
+
+    function test_paidFor_planChangeAndPayAsYouGo() public {
+        uint256 pro = _createPlan(199 * USDC, MONTH, GRACE);
+        uint256 id = _subscribe(alice, monthly, CAP);
+        vm.prank(alice);
+        subs.changePlan(id, pro);
+        (, uint256 paid) = subs.paidFor(id, 0);
+        assertEq(paid, PRICE); // the pending plan is not paid yet
+        vm.warp(_sub(id).paidThrough);
+        _renew(id);
+        (, paid) = subs.paidFor(id, 1);
+        assertEq(paid, 199 * USDC);
+
+        uint256 p = _subscribe(bob, payg, CAP);
+        (address subscriber, uint256 paidPayg) = subs.paidFor(p, 0);
+        assertEq(subscriber, bob);
+        assertEq(paidPayg, 0);
+        _charge(p, 0, 7 * USDC, ROOT);
+        (, paidPayg) = subs.paidFor(p, 0);
+        assertEq(paidPayg, 7 * USDC);
+
+        // Cancelled: the subscriber and what the last period paid stay.
+        vm.prank(bob);
+        subs.cancel(p);
+        (subscriber, paidPayg) = subs.paidFor(p, 0);
+        assertEq(subscriber, bob);
+        assertEq(paidPayg, 7 * USDC);
+    }
+
+    function test_paidFor_unknownSubscription_reverts() public {
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.UnknownSubscription.selector, 4));
+        subs.paidFor(4, 0);
     }
 
     function test_chargedInPeriod_unknownIsZero() public view {
@@ -993,5 +1066,164 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         assertEq(subs.totalRevenue(), 3 * PRICE);
         assertEq(usdc.balanceOf(address(escrow)), 3 * PRICE);
         assertEq(usdc.balanceOf(address(subs)), subs.creditOf(alice));
+    }
+}
+
+/// @notice A token that hands control to the subscriber in the middle of a pull (issue #15, property 6). `renew` and
+/// `chargeUsage` read a subscription's slot (or its usage ledger) before the pull and write it back after it; a
+/// subscriber action made in between would be overwritten by that stale copy. Every subscriber action that writes
+/// those slots (`cancel`, `setOverageCap`, `changePlan`) is `nonReentrant`, so it is refused inside the pull, and the
+/// same action made after the batch sticks.
+///
+/// How these tests fail without the guard (checked by removing `nonReentrant` from `cancel` in a scratch copy): the
+/// wallet's `cancel` inside the renewal's pull succeeds and writes `Cancelled`; the renewal then writes back the
+/// subscription read before the pull, with the new period and status `Active`. The cancel is lost (and the next
+/// period would be pulled too). The first assertion after the batch, "a cancel accepted during the pull was lost",
+/// fails: the wallet's call succeeded but the status is `Active`. The same holds for `setOverageCap` (the charge
+/// writes back the ledger with the old cap) and `changePlan` (the renewal clears the pending change).
+contract SubscriptionsReentrancyTest is SubscriptionsHelpers {
+    bytes32 internal constant ROOT = keccak256("usage-root");
+
+    ReentrantPullToken internal token;
+    ReentrantSubscriberWallet internal wallet;
+    Subscriptions internal s;
+    SplitEscrow internal e;
+    uint256 internal planId;
+
+    function setUp() public override {
+        super.setUp();
+        token = new ReentrantPullToken();
+        (s, e, planId) = _deployPair(address(token), PRICE);
+        wallet = new ReentrantSubscriberWallet();
+        token.mint(address(wallet), 1_000 * USDC);
+        wallet.execute(address(token), abi.encodeCall(token.approve, (address(s), type(uint256).max)));
+        wallet.execute(address(token), abi.encodeCall(ReentrantPullToken.registerHook, ()));
+    }
+
+    function _walletSubscribe(uint256 plan_, uint256 cap) internal returns (uint256 id) {
+        bytes memory ret = wallet.execute(address(s), abi.encodeCall(ISubscriptions.subscribe, (plan_, cap)));
+        id = abi.decode(ret, (uint256));
+    }
+
+    function _assertRefusedByGuard() internal view {
+        assertTrue(wallet.attackAttempted(), "the token called the wallet during the pull");
+        assertFalse(wallet.attackSucceeded(), "the call from inside the pull was accepted");
+        assertEq(
+            wallet.attackReturn(),
+            abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector)
+        );
+    }
+
+    function test_reentrantCancel_duringRenewalPull_refused_cancelAfterBatchSticks() public {
+        uint256 id = _walletSubscribe(planId, 0);
+        vm.warp(s.subscription(id).paidThrough);
+        wallet.arm(address(s), abi.encodeCall(ISubscriptions.cancel, (id)));
+        assertEq(s.renew(_ids(id)), 1);
+
+        // Whatever the guard does, a call that succeeded must not be undone by the renewal's write-back.
+        if (wallet.attackSucceeded()) {
+            assertEq(
+                uint8(s.subscription(id).status),
+                uint8(ISubscriptions.Status.Cancelled),
+                "a cancel accepted during the pull was lost"
+            );
+        }
+        _assertRefusedByGuard();
+        assertEq(uint8(s.subscription(id).status), uint8(ISubscriptions.Status.Active));
+        assertEq(s.subscription(id).periodIndex, 1);
+
+        // The cancel made after the batch sticks: no further renewal, no further pull.
+        wallet.execute(address(s), abi.encodeCall(ISubscriptions.cancel, (id)));
+        assertEq(uint8(s.subscription(id).status), uint8(ISubscriptions.Status.Cancelled));
+        vm.warp(s.subscription(id).paidThrough);
+        assertEq(s.renew(_ids(id)), 0);
+        assertEq(uint8(s.subscription(id).status), uint8(ISubscriptions.Status.Cancelled));
+        assertEq(s.totalRevenue(), 2 * PRICE);
+        assertEq(token.balanceOf(address(e)), 2 * PRICE);
+        assertEq(token.balanceOf(address(wallet)), 1_000 * USDC - 2 * PRICE);
+    }
+
+    function test_reentrantChangePlan_duringRenewalPull_refused_changeAfterBatchSticks() public {
+        vm.prank(owner);
+        uint256 pro = s.createPlan(199 * USDC, MONTH, GRACE);
+        uint256 id = _walletSubscribe(planId, 0);
+        vm.warp(s.subscription(id).paidThrough);
+        wallet.arm(address(s), abi.encodeCall(ISubscriptions.changePlan, (id, pro)));
+        assertEq(s.renew(_ids(id)), 1);
+
+        if (wallet.attackSucceeded()) {
+            assertEq(s.nextPlanOf(id), pro, "a plan change accepted during the pull was lost");
+        }
+        _assertRefusedByGuard();
+        assertEq(s.nextPlanOf(id), planId);
+        assertFalse(s.subscription(id).planChangePending);
+
+        wallet.execute(address(s), abi.encodeCall(ISubscriptions.changePlan, (id, pro)));
+        assertEq(s.nextPlanOf(id), pro);
+        vm.warp(s.subscription(id).paidThrough);
+        assertEq(s.renew(_ids(id)), 1);
+        assertEq(s.subscription(id).planId, pro);
+        assertEq(token.balanceOf(address(e)), 2 * PRICE + 199 * USDC);
+    }
+
+    function test_reentrantSetOverageCap_duringChargePull_refused_capAfterBatchSticks() public {
+        vm.prank(owner);
+        uint256 free = s.createPlan(0, MONTH, GRACE);
+        uint256 id = _walletSubscribe(free, 50 * USDC);
+        ISubscriptions.Charge[] memory charges = new ISubscriptions.Charge[](1);
+        charges[0] = ISubscriptions.Charge(id, 0, 10 * USDC, ROOT);
+        wallet.arm(address(s), abi.encodeCall(ISubscriptions.setOverageCap, (id, 0)));
+        vm.prank(keeper);
+        assertEq(s.chargeUsage(charges), 1);
+
+        if (wallet.attackSucceeded()) {
+            assertEq(s.usageLedger(id).overageCap, 0, "a cap lowered during the pull was lost");
+        }
+        _assertRefusedByGuard();
+        assertEq(s.usageLedger(id).overageCap, 50 * USDC);
+        assertEq(s.chargedInPeriod(id, 0), 10 * USDC);
+
+        // The lowering made after the batch sticks: nothing more is collected for the period.
+        wallet.execute(address(s), abi.encodeCall(ISubscriptions.setOverageCap, (id, 0)));
+        (bool known, uint256 cap) = s.overageCapOf(id, 0);
+        assertTrue(known);
+        assertEq(cap, 0);
+        charges[0].cumulativeOverage = 40 * USDC;
+        vm.prank(keeper);
+        assertEq(s.chargeUsage(charges), 0);
+        assertEq(s.chargedInPeriod(id, 0), 10 * USDC);
+        assertEq(token.balanceOf(address(e)), 10 * USDC);
+    }
+
+    /// The same three actions attempted from inside a renewal pull and a charge pull: all refused, none changes
+    /// anything.
+    function test_reentrantSubscriberActions_refusedInEveryPull() public {
+        vm.prank(owner);
+        uint256 pro = s.createPlan(199 * USDC, MONTH, GRACE);
+        bytes[3] memory attacks = [
+            abi.encodeCall(ISubscriptions.cancel, (uint256(1))),
+            abi.encodeCall(ISubscriptions.setOverageCap, (uint256(1), uint256(0))),
+            abi.encodeCall(ISubscriptions.changePlan, (uint256(1), pro))
+        ];
+        uint256 id = _walletSubscribe(planId, 50 * USDC);
+        assertEq(id, 1);
+        for (uint256 i; i < attacks.length; ++i) {
+            vm.warp(s.subscription(id).paidThrough);
+            wallet.arm(address(s), attacks[i]);
+            assertEq(s.renew(_ids(id)), 1);
+            _assertRefusedByGuard();
+
+            ISubscriptions.Charge[] memory charges = new ISubscriptions.Charge[](1);
+            charges[0] = ISubscriptions.Charge(id, s.subscription(id).periodIndex, 5 * USDC, ROOT);
+            wallet.arm(address(s), attacks[i]);
+            vm.prank(keeper);
+            assertEq(s.chargeUsage(charges), 1);
+            _assertRefusedByGuard();
+
+            ISubscriptions.Subscription memory sub = s.subscription(id);
+            assertEq(uint8(sub.status), uint8(ISubscriptions.Status.Active));
+            assertFalse(sub.planChangePending);
+            assertEq(s.usageLedger(id).overageCap, 50 * USDC);
+        }
     }
 }
