@@ -154,11 +154,13 @@ impl Engine {
     }
 
     async fn epoch_due(&self, now: i64) -> Result<bool, KeeperError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(closed_at) FROM keeper.epochs WHERE chain_id = $1")
-            .bind(self.deployment.chain_id as i64)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(last.is_none_or(|last| now - last >= self.epoch_interval))
+        // The last epoch, and whether closes that did not fit it are waiting: they make the next epoch at once.
+        let last: Option<(i64, bool)> =
+            sqlx::query_as("SELECT closed_at, more FROM keeper.epochs WHERE chain_id = $1 ORDER BY epoch_id DESC LIMIT 1")
+                .bind(self.deployment.chain_id as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(last.is_none_or(|(last, more)| more || now - last >= self.epoch_interval))
     }
 
     /// One step. With `dry_run`, nothing is written or sent: the report lists what would be planned.
@@ -177,12 +179,10 @@ impl Engine {
         if self.epoch_due(now).await? {
             let scope = EpochScope::Collected { charge_window: self.settlement.charge_window };
             let room = SettleRoom { gas: (gas_limit / 2).saturating_sub(100_000), per_split: SETTLE_GAS_PER_SPLIT, per_credit: SETTLE_GAS_PER_CREDIT };
-            // One `settle` per epoch; closes that did not fit make further epochs now, not an interval later.
-            while let Some(epoch) = epoch::close_epoch(&self.pool, self.deployment.chain_id, now, scope, room).await? {
+            // One `settle` per epoch. Epochs are consecutive and never empty, so closes that did not fit make the
+            // next epoch at the next step (`epoch_due` sees `more`), not an interval later.
+            if let Some(epoch) = epoch::close_epoch(&self.pool, self.deployment.chain_id, now, scope, room).await? {
                 report.epoch = Some(epoch.epoch_id);
-                if !epoch.more {
-                    break;
-                }
             }
         }
         let actions = self.plan_all(now, gas_limit, false).await?;

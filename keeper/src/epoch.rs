@@ -329,7 +329,8 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
     let usage_root = MerkleTree::new(&leaves).root();
     let (start, end) = (window.start, window.end);
     sqlx::query(
-        "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total) VALUES ($1, $2, $3, $4, $5, $6::NUMERIC)",
+        "INSERT INTO keeper.epochs (epoch_id, chain_id, epoch_start, closed_at, usage_root, total, more)
+         VALUES ($1, $2, $3, $4, $5, $6::NUMERIC, $7)",
     )
         .bind(epoch_id)
         .bind(chain_id as i64)
@@ -337,6 +338,7 @@ pub async fn close_epoch(pool: &PgPool, chain_id: u64, now: i64, scope: EpochSco
         .bind(end)
         .bind(usage_root.as_slice())
         .bind(total.to_string())
+        .bind(more)
         .execute(&mut *tx)
         .await?;
     sqlx::query("INSERT INTO keeper.epoch_closes (epoch_id, close_id) SELECT $1, UNNEST($2::BIGINT[])")

@@ -296,6 +296,9 @@ async fn an_epoch_too_large_for_one_settlement_is_cut_at_a_close_and_the_rest_ma
     let chain = market.deployment.chain_id;
     let first = close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap().expect("an epoch");
     assert_eq!((first.epoch_id, first.closes, first.more, first.splits.len()), (1, 1, true, 1), "{first:?}");
+    // Epochs are consecutive and never empty: the rest waits for the clock to move, then makes the next epoch.
+    assert_eq!(close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap(), None);
+    market.advance(1).await;
     let second = close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, room).await.unwrap().expect("the rest");
     assert_eq!((second.epoch_id, second.closes, second.more, second.splits.len()), (2, 1, false, 1), "{second:?}");
     assert_ne!(first.splits.keys().next(), second.splits.keys().next());
