@@ -6,8 +6,12 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 
 import {BaseTest} from "./Base.t.sol";
 import {SplitEscrow} from "../src/SplitEscrow.sol";
+import {Subscriptions} from "../src/Subscriptions.sol";
+import {TestUSDC} from "../src/TestUSDC.sol";
 import {ISplitEscrow} from "../src/interfaces/ISplitEscrow.sol";
+import {ISubscriptions} from "../src/interfaces/ISubscriptions.sol";
 import {ITestUSDC} from "../src/interfaces/ITestUSDC.sol";
+import {GasGuzzlerToken} from "./mocks/GasGuzzlerToken.sol";
 
 contract SplitEscrowTest is BaseTest {
     uint256 internal constant PRICE = 79 * USDC;
@@ -93,9 +97,29 @@ contract SplitEscrowTest is BaseTest {
         }
     }
 
+    /// @dev Settles `amount` to `splitId` for the next consecutive epoch, ending at `epochEnd` (the first epoch
+    /// starts a second before it).
     function _settleAt(uint256 settlementId, uint256 splitId, uint256 amount, uint256 epochEnd) internal {
+        uint256 start = escrow.lastEpochEnd();
+        if (start == 0) start = epochEnd - 1;
         vm.prank(keeper);
-        escrow.settle(settlementId, epochEnd - 1 days, epochEnd, _u1(splitId), _u1(amount), ROOT);
+        escrow.settle(settlementId, start, epochEnd, _u1(splitId), _u1(amount), ROOT);
+    }
+
+    /// @dev An empty settlement (no split) for the next consecutive epoch, ending at `epochEnd`: how the keeper
+    /// moves the epochs past a split change when it has nothing to credit.
+    function _skipTo(uint256 settlementId, uint256 epochEnd) internal {
+        uint256 start = escrow.lastEpochEnd();
+        if (start == 0) start = epochEnd - 1;
+        vm.prank(keeper);
+        escrow.settle(settlementId, start, epochEnd, new uint256[](0), new uint256[](0), ROOT);
+    }
+
+    function _settleEpoch(uint256 settlementId, uint256 start, uint256 end, uint256 splitId, uint256 amount)
+        internal
+    {
+        vm.prank(keeper);
+        escrow.settle(settlementId, start, end, _u1(splitId), _u1(amount), ROOT);
     }
 
     function _propose(uint256 splitId, address[] memory r, uint16[] memory b, uint256 ri)
@@ -176,17 +200,73 @@ contract SplitEscrowTest is BaseTest {
 
     function test_setSubscriptions_setsOnceAndEmits() public {
         SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        // A Subscriptions contract wired to the fresh escrow (the fixture's pays the fixture's escrow).
+        Subscriptions freshSubs = new Subscriptions(address(usdc), address(fresh), owner, keeper, CHARGE_WINDOW);
         assertEq(fresh.subscriptions(), address(0));
         assertEq(fresh.unallocated(), 0, "no revenue source yet");
         vm.expectEmit(address(fresh));
-        emit ISplitEscrow.SubscriptionsSet(address(subs));
+        emit ISplitEscrow.SubscriptionsSet(address(freshSubs));
         vm.prank(owner);
-        fresh.setSubscriptions(address(subs));
-        assertEq(fresh.subscriptions(), address(subs));
+        fresh.setSubscriptions(address(freshSubs));
+        assertEq(fresh.subscriptions(), address(freshSubs));
 
+        // Set once: not even another correctly wired contract replaces it.
+        Subscriptions another = new Subscriptions(address(usdc), address(fresh), owner, keeper, CHARGE_WINDOW);
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.SubscriptionsAlreadySet.selector);
-        fresh.setSubscriptions(address(0xBEEF));
+        fresh.setSubscriptions(address(another));
+        assertEq(fresh.subscriptions(), address(freshSubs));
+    }
+
+    function test_setSubscriptions_revertsWhenItPaysAnotherEscrow() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        // The fixture's Subscriptions pays the fixture's escrow: its revenue is not the fresh escrow's to settle.
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SubscriptionsMismatch.selector, address(escrow), address(usdc)));
+        fresh.setSubscriptions(address(subs));
+        assertEq(fresh.subscriptions(), address(0));
+        assertEq(fresh.unallocated(), 0);
+    }
+
+    function test_setSubscriptions_revertsWhenItUsesAnotherToken() public {
+        SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        TestUSDC otherToken = new TestUSDC(owner);
+        Subscriptions otherSubs = new Subscriptions(address(otherToken), address(fresh), owner, keeper, CHARGE_WINDOW);
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.SubscriptionsMismatch.selector, address(fresh), address(otherToken))
+        );
+        fresh.setSubscriptions(address(otherSubs));
+
+        // Both wrong.
+        Subscriptions bothWrong = new Subscriptions(address(otherToken), address(escrow), owner, keeper, CHARGE_WINDOW);
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.SubscriptionsMismatch.selector, address(escrow), address(otherToken))
+        );
+        fresh.setSubscriptions(address(bothWrong));
+        assertEq(fresh.subscriptions(), address(0));
+
+        // The refusals set nothing: the right one is still accepted.
+        Subscriptions right = new Subscriptions(address(usdc), address(fresh), owner, keeper, CHARGE_WINDOW);
+        vm.prank(owner);
+        fresh.setSubscriptions(address(right));
+        assertEq(fresh.subscriptions(), address(right));
+    }
+
+    function test_constructor_revertsOnDurationsBeyondUint32() public {
+        uint256 tooLong = uint256(type(uint32).max) + 1;
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidDuration.selector, tooLong));
+        new SplitEscrow(address(usdc), owner, keeper, tooLong, MAX_HOLD);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidDuration.selector, tooLong));
+        new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, tooLong);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidDuration.selector, type(uint256).max));
+        new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, type(uint256).max);
+
+        // 2^32 - 1 is the largest accepted for both.
+        SplitEscrow longest = new SplitEscrow(address(usdc), owner, keeper, type(uint32).max, type(uint32).max);
+        assertEq(longest.splitChangeDelay(), type(uint32).max);
+        assertEq(longest.maxHold(), type(uint32).max);
     }
 
     function test_setSubscriptions_revertsWhenAlreadySet() public {
@@ -211,10 +291,13 @@ contract SplitEscrowTest is BaseTest {
     }
 
     function test_refund_revertsBeforeSubscriptionsSet() public {
+        // Without a Subscriptions contract there is no record of who paid what: nothing can be refunded.
         SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
         vm.prank(owner);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 0, 1));
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
         fresh.refund(1, 0, 1, true, bytes32(0));
+        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
+        fresh.refundable(1, 0);
     }
 
     function test_setKeeper_changesKeeperAndEmits() public {
@@ -254,15 +337,23 @@ contract SplitEscrowTest is BaseTest {
     function test_createSplit_storesVersionZeroAndEmits() public {
         address[] memory r = _a3(creator, platform, host);
         uint16[] memory b = _b3(7_000, 2_000, 1_000);
+        // Version 0 takes effect after the change delay, like a change: nobody had notice of the split before.
+        uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.SplitVersionAdded(1, 0, vm.getBlockTimestamp(), r, _wide(b), 1);
+        emit ISplitEscrow.SplitVersionAdded(1, 0, effectiveAt, r, _wide(b), 1);
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(r, b, 1);
         assertEq(splitId, 1);
         assertEq(escrow.splitCount(), 1);
         assertEq(escrow.latestVersion(splitId), 0);
-        assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp()), 0);
-        _assertVersion(splitId, 0, r, b, 1, vm.getBlockTimestamp());
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, vm.getBlockTimestamp())
+        );
+        escrow.versionAt(splitId, vm.getBlockTimestamp());
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, effectiveAt - 1));
+        escrow.versionAt(splitId, effectiveAt - 1);
+        assertEq(escrow.versionAt(splitId, effectiveAt), 0);
+        _assertVersion(splitId, 0, r, b, 1, effectiveAt);
     }
 
     function test_createSplit_idsIncrement() public {
@@ -270,14 +361,37 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(owner);
         assertEq(escrow.createSplit(_a1(creator), _b1(10_000), 0), 2);
         assertEq(escrow.splitCount(), 2);
-        _assertVersion(2, 0, _a1(creator), _b1(10_000), 0, vm.getBlockTimestamp());
+        _assertVersion(2, 0, _a1(creator), _b1(10_000), 0, vm.getBlockTimestamp() + SPLIT_DELAY);
     }
 
     function test_createSplit_acceptsMaxRecipients() public {
         (address[] memory r, uint16[] memory b) = _many(32, 1);
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(r, b, 31);
-        _assertVersion(splitId, 0, r, b, 31, vm.getBlockTimestamp());
+        _assertVersion(splitId, 0, r, b, 31, vm.getBlockTimestamp() + SPLIT_DELAY);
+    }
+
+    function test_createSplit_revertsOnEscrowAsRecipient() public {
+        // Revenue credited to the escrow itself could never be claimed by anyone.
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipient.selector, address(escrow)));
+        escrow.createSplit(_a2(creator, address(escrow)), _b2(5_000, 5_000), 0);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipient.selector, address(escrow)));
+        escrow.createSplit(_a1(address(escrow)), _b1(10_000), 0);
+        assertEq(escrow.splitCount(), 0);
+    }
+
+    function test_createSplit_pendingVersionZeroCannotBeCancelled() public {
+        uint256 splitId = _createSplitPending();
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.NoPendingChange.selector, splitId));
+        escrow.cancelSplitChange(splitId);
+        assertEq(escrow.latestVersion(splitId), 0);
+        // Nor replaced while pending: a change waits for it to take effect.
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.ChangeAlreadyPending.selector, splitId));
+        escrow.proposeSplitChange(splitId, _a1(carol), _b1(10_000), 0);
     }
 
     function test_createSplit_revertsOnZeroRecipients() public {
@@ -304,7 +418,9 @@ contract SplitEscrowTest is BaseTest {
         // One new recipient still gets the last id; known recipients need none.
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(_a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0);
-        _assertVersion(splitId, 0, _a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0, vm.getBlockTimestamp());
+        _assertVersion(
+            splitId, 0, _a3(creator, platform, bob), _b3(5_000, 3_000, 2_000), 0, vm.getBlockTimestamp() + SPLIT_DELAY
+        );
         vm.prank(owner);
         vm.expectRevert(ISplitEscrow.TooManyRecipients.selector);
         escrow.createSplit(_a2(creator, carol), _b2(5_000, 5_000), 0);
@@ -356,7 +472,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_proposeSplitChange_storesPendingVersionAndEmits() public {
         uint256 splitId = _createSplit();
-        uint256 created = vm.getBlockTimestamp();
+        uint256 v0Effective = vm.getBlockTimestamp() - 1; // _createSplit moves a second past version 0's effectiveAt
         vm.warp(vm.getBlockTimestamp() + 1 hours);
         address[] memory r = _a2(creator, bob);
         uint16[] memory b = _b2(9_000, 1_000);
@@ -369,7 +485,7 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + SPLIT_DELAY - 1), 0);
         assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp() + SPLIT_DELAY), 1);
         _assertVersion(splitId, 1, r, b, 0, vm.getBlockTimestamp() + SPLIT_DELAY);
-        _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, created);
+        _assertVersion(splitId, 0, _a3(creator, platform, host), _b3(7_000, 2_000, 1_000), 1, v0Effective);
     }
 
     function test_proposeSplitChange_settleBeforeEffectiveUsesOldVersion() public {
@@ -388,17 +504,26 @@ contract SplitEscrowTest is BaseTest {
         _assertSolvent();
     }
 
-    function test_proposeSplitChange_settleAtEffectiveUsesNewVersion() public {
+    function test_proposeSplitChange_epochEndingAtEffectiveUsesOldVersionNextUsesNew() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
+        _subscribe(bob, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
         uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
-        vm.warp(effectiveAt);
+        vm.warp(effectiveAt + 1);
+        // An epoch [.., effectiveAt) ends as the change takes effect: its last second is the old version's.
         vm.expectEmit(address(escrow));
-        emit ISplitEscrow.Credited(bob, 1, splitId, PRICE);
+        emit ISplitEscrow.Credited(creator, 1, splitId, 55_300_000);
         _settleAt(1, splitId, PRICE, effectiveAt);
+        assertEq(escrow.claimableOf(bob), 0);
+        // The next epoch starts at effectiveAt: the new version's.
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Credited(bob, 2, splitId, PRICE);
+        _settleAt(2, splitId, PRICE, effectiveAt + 1);
         assertEq(escrow.claimableOf(bob), PRICE);
-        assertEq(escrow.claimableOf(creator) + escrow.claimableOf(platform) + escrow.claimableOf(host), 0);
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        assertEq(escrow.claimableOf(platform), 15_800_000);
+        assertEq(escrow.claimableOf(host), 7_900_000);
         _assertSolvent();
     }
 
@@ -418,6 +543,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         _subscribe(bob, monthly, 0);
         _propose(splitId, _a1(bob), _b1(10_000), 0);
+        uint256 effectiveAt = created + SPLIT_DELAY;
         vm.warp(created + SPLIT_DELAY + 10 days);
         assertEq(escrow.versionAt(splitId, vm.getBlockTimestamp()), 1);
         // An epoch that ended before the change took effect, settled long after: old version.
@@ -426,8 +552,9 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.claimableOf(platform), 15_800_000);
         assertEq(escrow.claimableOf(host), 7_900_000);
         assertEq(escrow.claimableOf(bob), 0);
-        // A current epoch: new version.
-        _settleAt(2, splitId, PRICE, vm.getBlockTimestamp());
+        // The epochs go on consecutively: up to the change (nothing to credit), then a current epoch: new version.
+        _skipTo(2, effectiveAt);
+        _settleAt(3, splitId, PRICE, vm.getBlockTimestamp());
         assertEq(escrow.claimableOf(bob), PRICE);
         assertEq(escrow.totalClaimable(), 2 * PRICE);
         _assertSolvent();
@@ -448,14 +575,14 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.versionAt(splitId, t2), 2);
         _assertVersion(splitId, 1, _a1(bob), _b1(10_000), 0, t0 + SPLIT_DELAY);
 
-        // Settle the three eras after the last change took effect.
+        // Settle the three eras after the last change took effect, one epoch each, cut at the changes.
         for (uint256 i; i < 3; ++i) {
             _subscribe(alice, monthly, 0);
         }
         vm.warp(t2 + 1 days);
-        _settleAt(1, splitId, 100, t0 + 1); // v0: 70/20/10
-        _settleAt(2, splitId, 100, t2 - 1); // v1: bob
-        _settleAt(3, splitId, 101, t2); // v2: carol 50, bob 50 + 1
+        _settleEpoch(1, t0, t0 + SPLIT_DELAY, splitId, 100); // v0: 70/20/10
+        _settleAt(2, splitId, 100, t2); // v1: bob
+        _settleAt(3, splitId, 101, t2 + 1 days); // v2: carol 50, bob 50 + 1
         assertEq(escrow.claimableOf(creator), 70);
         assertEq(escrow.claimableOf(platform), 20);
         assertEq(escrow.claimableOf(host), 10);
@@ -494,6 +621,14 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.latestVersion(splitId), 0);
     }
 
+    function test_proposeSplitChange_revertsOnEscrowAsRecipient() public {
+        uint256 splitId = _createSplit();
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidRecipient.selector, address(escrow)));
+        escrow.proposeSplitChange(splitId, _a2(address(escrow), bob), _b2(5_000, 5_000), 1);
+        assertEq(escrow.latestVersion(splitId), 0);
+    }
+
     function test_proposeSplitChange_revertsForNonOwner() public {
         uint256 splitId = _createSplit();
         vm.prank(keeper);
@@ -503,7 +638,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_cancelSplitChange_restoresPreviousWhenProposalHadMoreRecipients() public {
         uint256 splitId = _createSplit();
-        uint256 created = vm.getBlockTimestamp();
+        uint256 created = vm.getBlockTimestamp() - 1; // version 0's effectiveAt
         (address[] memory r, uint16[] memory b) = _many(6, 7);
         _propose(splitId, r, b, 5);
         vm.warp(vm.getBlockTimestamp() + 1 days);
@@ -534,9 +669,11 @@ contract SplitEscrowTest is BaseTest {
 
         // A new proposal reuses the version number, with no leftovers of the cancelled one.
         assertEq(_propose(splitId, _a2(carol, bob), _b2(4_000, 6_000), 0), 1);
-        _assertVersion(splitId, 1, _a2(carol, bob), _b2(4_000, 6_000), 0, vm.getBlockTimestamp() + SPLIT_DELAY);
-        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY);
-        _settle(2, splitId, 11);
+        uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
+        _assertVersion(splitId, 1, _a2(carol, bob), _b2(4_000, 6_000), 0, effectiveAt);
+        vm.warp(effectiveAt + 1);
+        _skipTo(2, effectiveAt);
+        _settle(3, splitId, 11);
         assertEq(escrow.claimableOf(carol), 4 + 1);
         assertEq(escrow.claimableOf(bob), 6);
         _assertSolvent();
@@ -544,7 +681,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_cancelSplitChange_restoresPreviousWhenProposalHadFewerRecipients() public {
         uint256 splitId = _createSplit();
-        uint256 created = vm.getBlockTimestamp();
+        uint256 created = vm.getBlockTimestamp() - 1; // version 0's effectiveAt
         _propose(splitId, _a1(carol), _b1(10_000), 0);
         vm.prank(owner);
         escrow.cancelSplitChange(splitId);
@@ -607,12 +744,17 @@ contract SplitEscrowTest is BaseTest {
         escrow.cancelSplitChange(splitId);
     }
 
-    function test_versionAt_revertsBeforeCreation() public {
+    function test_versionAt_revertsBeforeVersionZeroEffective() public {
         uint256 splitId = _createSplit();
+        uint256 effectiveAt = vm.getBlockTimestamp() - 1; // _createSplit moves a second past it
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, effectiveAt - 1));
+        escrow.versionAt(splitId, effectiveAt - 1);
+        // Nor at creation, before the delay ran.
         vm.expectRevert(
-            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, vm.getBlockTimestamp() - 1)
+            abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, effectiveAt - SPLIT_DELAY)
         );
-        escrow.versionAt(splitId, vm.getBlockTimestamp() - 1);
+        escrow.versionAt(splitId, effectiveAt - SPLIT_DELAY);
+        assertEq(escrow.versionAt(splitId, effectiveAt), 0);
     }
 
     function test_views_revertOnUnknownSplit() public {
@@ -640,7 +782,7 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(alice, monthly, 0);
         _subscribe(bob, monthly, 0);
         assertEq(escrow.unallocated(), 2 * PRICE);
-        uint256 start = vm.getBlockTimestamp() - 1 days;
+        uint256 start = vm.getBlockTimestamp() - 1; // the first epoch of _settle
 
         // The remainder recipient (the platform) is credited last.
         vm.expectEmit(address(escrow));
@@ -655,6 +797,7 @@ contract SplitEscrowTest is BaseTest {
 
         assertTrue(escrow.settlementUsed(7));
         assertFalse(escrow.settlementUsed(8));
+        assertEq(escrow.lastEpochEnd(), vm.getBlockTimestamp());
         assertEq(escrow.unallocated(), PRICE);
         assertEq(escrow.totalClaimable(), PRICE);
         assertEq(escrow.claimableOf(creator), 55_300_000);
@@ -668,6 +811,8 @@ contract SplitEscrowTest is BaseTest {
         uint256 s1 = _createSplit();
         vm.prank(owner);
         uint256 s2 = escrow.createSplit(_a2(carol, creator), _b2(3_333, 6_667), 0);
+        // The epoch starts once s2 is in force too.
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 2 days);
         _subscribe(alice, monthly, 0);
         _subscribe(bob, monthly, 0);
         _subscribe(carol, monthly, 0);
@@ -724,8 +869,10 @@ contract SplitEscrowTest is BaseTest {
         vm.recordLogs();
         _settle(1, splitId, 0);
         assertEq(_countCredited(vm.getRecordedLogs()), 0);
+        (uint256 start, uint256 end) = _nextEpoch();
         vm.prank(keeper);
-        escrow.settle(2, vm.getBlockTimestamp(), vm.getBlockTimestamp(), new uint256[](0), new uint256[](0), ROOT);
+        escrow.settle(2, start, end, new uint256[](0), new uint256[](0), ROOT);
+        assertEq(escrow.lastEpochEnd(), end);
         assertTrue(escrow.settlementUsed(1));
         assertTrue(escrow.settlementUsed(2));
         assertEq(escrow.totalClaimable(), 0);
@@ -743,9 +890,10 @@ contract SplitEscrowTest is BaseTest {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
         _settle(1, splitId, 10 * USDC);
+        (uint256 start, uint256 end) = _nextEpoch(); // a valid next epoch: only the id is wrong
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SettlementIdUsed.selector, 1));
-        escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(10 * USDC), ROOT);
+        escrow.settle(1, start, end, _u1(splitId), _u1(10 * USDC), ROOT);
         assertEq(escrow.totalClaimable(), 10 * USDC);
         _assertSolvent();
     }
@@ -766,6 +914,25 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, vm.getBlockTimestamp(), end));
         escrow.settle(1, vm.getBlockTimestamp(), end, _u1(splitId), _u1(PRICE), ROOT);
+    }
+
+    function test_settle_revertsOnEmptyEpoch() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        uint256 t = vm.getBlockTimestamp();
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, t, t));
+        escrow.settle(1, t, t, _u1(splitId), _u1(PRICE), ROOT);
+        // Not even with nothing to settle.
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, t, t));
+        escrow.settle(1, t, t, new uint256[](0), new uint256[](0), ROOT);
+        // After a settlement ending now, the next epoch is refused until the clock moves on.
+        _settle(1, splitId, 1);
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, t, t));
+        escrow.settle(2, t, t, _u1(splitId), _u1(1), ROOT);
+        assertEq(escrow.lastEpochEnd(), t);
     }
 
     function test_settle_revertsOnLengthMismatch() public {
@@ -790,9 +957,11 @@ contract SplitEscrowTest is BaseTest {
         assertFalse(escrow.settlementUsed(1), "a refused settlement does not use its id");
 
         _settle(1, splitId, PRICE - 5);
+        (uint256 start, uint256 end) = _nextEpoch();
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 5, 6));
-        escrow.settle(2, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(6), ROOT);
+        escrow.settle(2, start, end, _u1(splitId), _u1(6), ROOT);
+        assertEq(escrow.lastEpochEnd(), start, "a refused settlement does not move the epochs");
         _settle(2, splitId, 5);
         assertEq(escrow.unallocated(), 0);
         assertEq(escrow.totalClaimable(), PRICE);
@@ -812,9 +981,11 @@ contract SplitEscrowTest is BaseTest {
     function test_settle_revertsOnSplitNotInForce() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
-        uint256 end = vm.getBlockTimestamp() - 1;
+        uint256 effectiveAt = vm.getBlockTimestamp() - 1;
+        // An epoch whose last second (end - 1) is before version 0 took effect.
+        uint256 end = effectiveAt;
         vm.prank(keeper);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end - 1));
         escrow.settle(1, end - 1 days, end, _u1(splitId), _u1(PRICE), ROOT);
     }
 
@@ -828,11 +999,13 @@ contract SplitEscrowTest is BaseTest {
         _subscribe(bob, whale, 0);
         vm.prank(owner);
         uint256 splitId = escrow.createSplit(_a1(creator), _b1(10_000), 0);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1);
         _settle(1, splitId, max);
         assertEq(escrow.claimableOf(creator), max);
+        (uint256 start, uint256 end) = _nextEpoch();
         vm.prank(keeper);
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.AmountTooLarge.selector, max + 1));
-        escrow.settle(2, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(1), ROOT);
+        escrow.settle(2, start, end, _u1(splitId), _u1(1), ROOT);
         assertEq(escrow.totalClaimable(), max);
         _assertSolvent();
     }
@@ -1162,6 +1335,10 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.unallocated(), PRICE - 30 * USDC);
         assertEq(usdc.balanceOf(address(escrow)), PRICE - 30 * USDC);
         assertEq(subs.creditOf(alice), 0);
+        assertEq(escrow.refundedFor(1, 0), 30 * USDC);
+        assertEq(escrow.refundable(1, 0), PRICE - 30 * USDC);
+        assertTrue(escrow.refundIdUsed(keccak256("r1")));
+        assertFalse(escrow.refundIdUsed(keccak256("r2")));
         _assertSolvent();
     }
 
@@ -1174,6 +1351,8 @@ contract SplitEscrowTest is BaseTest {
         vm.prank(owner);
         escrow.refund(1, 0, PRICE, true, keccak256("r2"));
         assertEq(subs.creditOf(alice), PRICE);
+        assertEq(escrow.refundedFor(1, 0), PRICE);
+        assertEq(escrow.refundable(1, 0), 0);
         assertEq(usdc.balanceOf(address(subs)), subsBefore + PRICE);
         assertEq(usdc.balanceOf(alice), walletBefore);
         assertEq(escrow.unallocated(), 0);
@@ -1195,10 +1374,10 @@ contract SplitEscrowTest is BaseTest {
         subs.pause();
         assertTrue(subs.chargingPaused());
         vm.prank(owner);
-        escrow.refund(1, 0, 10 * USDC, true, bytes32(0));
+        escrow.refund(1, 0, 10 * USDC, true, keccak256("p1"));
         assertEq(subs.creditOf(alice), 10 * USDC);
         vm.prank(owner);
-        escrow.refund(1, 0, 10 * USDC, false, bytes32(0));
+        escrow.refund(1, 0, 10 * USDC, false, keccak256("p2"));
         assertEq(escrow.unallocated(), PRICE - 20 * USDC);
         _assertSolvent();
     }
@@ -1206,21 +1385,21 @@ contract SplitEscrowTest is BaseTest {
     function test_refund_revertsOnInsufficientUnallocated() public {
         uint256 splitId = _createSplit();
         _subscribe(alice, monthly, 0);
-        vm.prank(owner);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, PRICE, PRICE + 1));
-        escrow.refund(1, 0, PRICE + 1, false, bytes32(0));
-
-        // Settled revenue is owed to recipients and cannot be refunded.
+        // Within what alice paid, but settled revenue is owed to recipients and cannot be refunded.
         _settle(1, splitId, 50 * USDC);
+        assertEq(escrow.refundable(1, 0), PRICE);
         vm.prank(owner);
         vm.expectRevert(
             abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, 29 * USDC, 29 * USDC + 1)
         );
         escrow.refund(1, 0, 29 * USDC + 1, true, bytes32(0));
+        assertFalse(escrow.refundIdUsed(bytes32(0)), "a refused refund does not use its id");
+        assertEq(escrow.refundedFor(1, 0), 0);
         vm.prank(owner);
         escrow.refund(1, 0, 29 * USDC, false, bytes32(0));
         assertEq(escrow.unallocated(), 0);
         assertEq(escrow.totalClaimable(), 50 * USDC);
+        assertEq(escrow.refundable(1, 0), 50 * USDC);
         _assertSolvent();
     }
 
@@ -1231,11 +1410,15 @@ contract SplitEscrowTest is BaseTest {
         escrow.refund(1, 0, 0, false, bytes32(0));
     }
 
-    function test_refund_revertsOnZeroAddress() public {
+    function test_refund_revertsOnUnknownSubscription() public {
+        // There is no address to refund to: only a subscription, whose subscriber is the payee.
         _subscribe(alice, monthly, 0);
         vm.prank(owner);
-        vm.expectRevert(ISplitEscrow.ZeroAddress.selector);
-        escrow.refund(1, 0, 1, false, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.UnknownSubscription.selector, 2));
+        escrow.refund(2, 0, 1, false, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISubscriptions.UnknownSubscription.selector, 0));
+        escrow.refundable(0, 0);
+        assertEq(escrow.unallocated(), PRICE);
     }
 
     function test_refund_revertsForNonOwner() public {
@@ -1330,7 +1513,8 @@ contract SplitEscrowTest is BaseTest {
         escrow.createSplit(earlier, earlierBps, 0);
         uint256 splitId = escrow.createSplit(r, b, remainderIndex);
         vm.stopPrank();
-        _assertVersion(splitId, 0, r, b, remainderIndex, vm.getBlockTimestamp());
+        _assertVersion(splitId, 0, r, b, remainderIndex, vm.getBlockTimestamp() + SPLIT_DELAY);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1);
         _revenue(amount);
 
         uint256[] memory expected = new uint256[](n);
@@ -1425,32 +1609,43 @@ contract SplitEscrowTest is BaseTest {
         settleAmount = bound(settleAmount, 0, 2e15);
         uint256 splitId = _createSplit();
         _revenue(revenue);
+        uint256 id = subs.subscriptionCount(); // the payer's subscription, paid `revenue` for period 0
         assertEq(escrow.unallocated(), revenue);
 
         if (refundFirst) {
-            _tryRefund(refundAmount, toCredit);
+            _tryRefund(id, refundAmount, toCredit);
             _trySettle(settleAmount, splitId);
         } else {
             _trySettle(settleAmount, splitId);
-            _tryRefund(refundAmount, toCredit);
+            _tryRefund(id, refundAmount, toCredit);
         }
         assertLe(escrow.totalClaimable(), revenue);
         assertEq(usdc.balanceOf(address(escrow)), escrow.unallocated() + escrow.totalClaimable());
         _assertSolvent();
     }
 
-    function _tryRefund(uint256 amount, bool toCredit) internal {
+    /// @dev A refund of `amount` for period 0 of `id`: refused beyond what its subscriber paid (net of refunds),
+    /// then beyond unallocated revenue; otherwise paid to the subscriber, wallet or credit.
+    function _tryRefund(uint256 id, uint256 amount, bool toCredit) internal {
         uint256 available = escrow.unallocated();
-        uint256 creditBefore = subs.creditOf(alice);
+        uint256 left = escrow.refundable(id, 0);
+        address subscriber = subs.subscription(id).subscriber;
+        uint256 creditBefore = subs.creditOf(subscriber);
+        uint256 walletBefore = usdc.balanceOf(subscriber);
         vm.prank(owner);
-        if (amount > available) {
+        if (amount > left) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, left, amount));
+            escrow.refund(id, 0, amount, toCredit, bytes32(0));
+            assertEq(escrow.unallocated(), available);
+        } else if (amount > available) {
             vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
-            escrow.refund(1, 0, amount, toCredit, bytes32(0));
+            escrow.refund(id, 0, amount, toCredit, bytes32(0));
             assertEq(escrow.unallocated(), available);
         } else {
-            escrow.refund(1, 0, amount, toCredit, bytes32(0));
+            escrow.refund(id, 0, amount, toCredit, bytes32(0));
             assertEq(escrow.unallocated(), available - amount);
-            assertEq(subs.creditOf(alice), creditBefore + (toCredit ? amount : 0));
+            assertEq(subs.creditOf(subscriber), creditBefore + (toCredit ? amount : 0));
+            assertEq(usdc.balanceOf(subscriber), walletBefore + (toCredit ? 0 : amount));
         }
         _assertSolvent();
     }
@@ -1458,14 +1653,15 @@ contract SplitEscrowTest is BaseTest {
     function _trySettle(uint256 amount, uint256 splitId) internal {
         uint256 available = escrow.unallocated();
         uint256 claimableBefore = escrow.totalClaimable();
+        (uint256 start, uint256 end) = _nextEpoch();
         vm.prank(keeper);
         if (amount > available) {
             vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, amount));
-            escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(amount), ROOT);
+            escrow.settle(1, start, end, _u1(splitId), _u1(amount), ROOT);
             assertEq(escrow.unallocated(), available);
             assertEq(escrow.totalClaimable(), claimableBefore);
         } else {
-            escrow.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(amount), ROOT);
+            escrow.settle(1, start, end, _u1(splitId), _u1(amount), ROOT);
             assertEq(escrow.unallocated(), available - amount);
             assertEq(escrow.totalClaimable(), claimableBefore + amount);
         }
