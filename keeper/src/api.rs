@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
 };
 
 use alloy::primitives::Address;
@@ -22,9 +25,10 @@ use tokio::sync::watch;
 
 use crate::{
     KeeperError,
-    catalog::{self, NewAllowance, NewModel, NewPrice, Snapshot},
+    catalog::{self, NewAllowance, NewModel, NewPrice, Snapshot, SplitNotice},
     clock::Clock,
-    entitlement::{self, Entitlements},
+    entitlement::{self, Entitlements, RefusalKind},
+    funds::{self, FundsPolicy, FundsReader},
     metering::{self, BatchReport, Outcome, TimePolicy},
     statement,
     subscriptions,
@@ -61,6 +65,33 @@ pub struct Keeper {
     pub entitlements: RwLock<Entitlements>,
     /// Time.
     pub clock: Clock,
+    /// The escrow's split-change delay (seconds), read from the chain by `serve`: the notice a change of a model's
+    /// split mapping must give. Unset: such changes are refused.
+    pub split_notice: OnceLock<u64>,
+    /// Counters for `/metrics`.
+    pub metrics: ServeMetrics,
+}
+
+/// What `serve` counts in memory for `/metrics` (per process).
+#[derive(Debug, Default)]
+pub struct ServeMetrics {
+    /// Events refused with 402, per [`RefusalKind::ALL`] entry.
+    payment_required: [AtomicU64; RefusalKind::ALL.len()],
+    /// Wall clock (Unix ms) of the last refresh that read every live wallet's funds; 0: none yet.
+    last_funds_refresh_ms: AtomicI64,
+}
+
+impl ServeMetrics {
+    fn refused(&self, kind: RefusalKind) {
+        if let Some(i) = RefusalKind::ALL.iter().position(|k| *k == kind) {
+            self.payment_required[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events refused with 402 for `kind` so far.
+    pub fn payment_required(&self, kind: RefusalKind) -> u64 {
+        RefusalKind::ALL.iter().position(|k| *k == kind).map_or(0, |i| self.payment_required[i].load(Ordering::Relaxed))
+    }
 }
 
 impl Keeper {
@@ -72,9 +103,46 @@ impl Keeper {
             catalog: RwLock::new(Arc::new(Snapshot::default())),
             entitlements: RwLock::new(Entitlements::default()),
             clock,
+            split_notice: OnceLock::new(),
+            metrics: ServeMetrics::default(),
         });
         keeper.refresh().await?;
         Ok(keeper)
+    }
+
+    /// Judges billable usage against the wallets' funds from now on (read with [`Self::refresh_funds`]).
+    pub fn enable_funds(&self, policy: FundsPolicy) {
+        self.entitlements.write().expect("entitlement lock").enable_funds(policy);
+    }
+
+    /// Reads the funds of the wallets with a live subscription (with `unread_only`, only of those never read, e.g.
+    /// new subscribers) and what the chain has charged in their open periods; returns how many wallets it read.
+    /// The readings go to `keeper.wallet_funds`, and the view takes the newest stored reading of each wallet,
+    /// which may be another replica's. A failed read still takes the stored readings, then returns the error.
+    pub async fn refresh_funds(&self, reader: &FundsReader, unread_only: bool) -> Result<usize, KeeperError> {
+        let chain_id = self.settings.chain_id;
+        let (wallets, periods) = self.entitlements.read().expect("entitlement lock").live(self.clock.now_secs(), unread_only);
+        if wallets.is_empty() {
+            if !unread_only {
+                self.metrics.last_funds_refresh_ms.store(funds::wall_ms(), Ordering::SeqCst);
+            }
+            return Ok(0);
+        }
+        // The index first, the chain second: a charge the index already shows is then in the balance read too,
+        // so a charge is never counted as both paid and still payable (the other way round only overstates
+        // what is owed until the next refresh).
+        let charged = funds::load_charged(&self.pool, chain_id, &periods).await?;
+        let read = reader.read(&wallets).await;
+        if let Ok(readings) = &read {
+            funds::save(&self.pool, chain_id, readings).await?;
+        }
+        let stored = funds::load(&self.pool, chain_id, &wallets).await?;
+        self.entitlements.write().expect("entitlement lock").set_funds(stored, &periods, &charged);
+        let count = read?.len();
+        if !unread_only {
+            self.metrics.last_funds_refresh_ms.store(funds::wall_ms(), Ordering::SeqCst);
+        }
+        Ok(count)
     }
 
     /// Reloads the catalog and the subscriptions from Postgres.
@@ -98,13 +166,100 @@ impl Keeper {
     pub async fn ingest(&self, items: Vec<Result<Value, Outcome>>) -> Result<BatchReport, KeeperError> {
         let snapshot = self.snapshot();
         let time = TimePolicy { now_ms: self.clock.now_ms(), max_future_ms: self.settings.max_future_ms };
-        let prepared = {
+        let now = time.now_ms.div_euclid(1000);
+        let (mut prepared, mut kinds) = {
             let entitlements = self.entitlements.read().expect("entitlement lock");
-            items.into_iter().map(|item| item.and_then(|raw| metering::validate(&raw, &snapshot, &entitlements, time))).collect()
+            let prepared: Vec<Result<metering::UsageEvent, Outcome>> =
+                items.into_iter().map(|item| item.and_then(|raw| metering::validate(&raw, &snapshot, &entitlements, time))).collect();
+            let kinds: Vec<Option<RefusalKind>> = prepared
+                .iter()
+                .map(|item| match item {
+                    Ok(event) if event.refused.is_some() => Some(entitlements.refusal_kind(event.subscription_id, now)),
+                    Err(Outcome::PaymentRequired { .. }) => Some(RefusalKind::NotEntitled),
+                    _ => None,
+                })
+                .collect();
+            (prepared, kinds)
+        };
+        // Funds are judged and reserved under one write lock, so that concurrent batches of a wallet do not both
+        // spend the same headroom; the reservation ends once the events are recorded (or the request is dropped).
+        let reservation = {
+            let mut entitlements = self.entitlements.write().expect("entitlement lock");
+            let reserved = entitlements.admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
+            Reservation { lock: &self.entitlements, reserved }
         };
         let (report, accepted) = metering::store(&self.pool, prepared).await?;
-        self.entitlements.write().expect("entitlement lock").record(&accepted, &snapshot, self.settings.decimals);
+        {
+            let mut entitlements = self.entitlements.write().expect("entitlement lock");
+            entitlements.record(&accepted, &snapshot, self.settings.decimals);
+            entitlements.release(&reservation.take());
+        }
+        for (outcome, kind) in report.results.iter().zip(&kinds) {
+            if matches!(outcome, Outcome::PaymentRequired { .. }) {
+                self.metrics.refused(kind.unwrap_or(RefusalKind::NotEntitled));
+            }
+        }
         Ok(report)
+    }
+
+    /// The model-to-split notice in force now, if known.
+    fn split_notice_now(&self) -> Result<SplitNotice, KeeperError> {
+        let delay_secs = *self.split_notice.get().ok_or_else(|| KeeperError::Invalid {
+            field: "effective_at".into(),
+            reason: "this keeper does not know the escrow's split-change delay (serve reads it from the chain at start), so it takes no split mapping changes".into(),
+        })?;
+        Ok(SplitNotice { now: self.clock.now_secs(), delay_secs })
+    }
+
+    /// The text exposition of `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP subsettle_keeper_payment_required_total Usage events refused with 402 by this process, by reason.\n\
+             # TYPE subsettle_keeper_payment_required_total counter\n",
+        );
+        for kind in RefusalKind::ALL {
+            out.push_str(&format!("subsettle_keeper_payment_required_total{{reason=\"{}\"}} {}\n", kind.label(), self.metrics.payment_required(kind)));
+        }
+        let entitlements = self.entitlements.read().expect("entitlement lock");
+        if entitlements.funds_policy().is_some() {
+            let age = match self.metrics.last_funds_refresh_ms.load(Ordering::SeqCst) {
+                0 => -1,
+                at => funds::wall_ms().saturating_sub(at) / 1000,
+            };
+            let unknown = entitlements.wallets_with_unknown_funds(self.clock.now_secs());
+            out.push_str(&format!(
+                "# HELP subsettle_keeper_funds_refresh_age_seconds Seconds since this process last read the funds of every wallet with a live subscription (-1: never).\n\
+                 # TYPE subsettle_keeper_funds_refresh_age_seconds gauge\n\
+                 subsettle_keeper_funds_refresh_age_seconds {age}\n\
+                 # HELP subsettle_keeper_funds_unknown_wallets Wallets with a live subscription whose funds are unknown (billable usage refused).\n\
+                 # TYPE subsettle_keeper_funds_unknown_wallets gauge\n\
+                 subsettle_keeper_funds_unknown_wallets {unknown}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Overage reserved for a batch in flight; released when dropped if not taken (the request failed or its
+/// connection closed before the events were recorded).
+struct Reservation<'a> {
+    lock: &'a RwLock<Entitlements>,
+    reserved: Vec<(u64, u128)>,
+}
+
+impl Reservation<'_> {
+    fn take(mut self) -> Vec<(u64, u128)> {
+        std::mem::take(&mut self.reserved)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.reserved.is_empty()
+            && let Ok(mut entitlements) = self.lock.write()
+        {
+            entitlements.release(&self.reserved);
+        }
     }
 }
 
@@ -113,10 +268,11 @@ pub fn router(keeper: Arc<Keeper>) -> Router {
     let limit = keeper.settings.max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(get_metrics))
         .route("/v1/usage", post(post_usage))
         .route("/v1/entitlement/{subscriber}", get(get_entitlement))
         .route("/v1/models", get(list_models).post(add_model))
-        .route("/v1/models/{model_id}/splits", post(set_split))
+        .route("/v1/models/{model_id}/splits", get(get_splits).post(set_split))
         .route("/v1/models/{model_id}/meters", post(add_meter))
         .route("/v1/prices", post(set_price))
         .route("/v1/allowances", post(set_allowance))
@@ -297,9 +453,39 @@ async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<Strin
     authorize(&keeper, &headers)?;
     let body = body_bytes(body, keeper.settings.max_body_bytes)?;
     let change: SplitChange = parse_json(&body)?;
-    catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at).await?;
+    let notice = keeper.split_notice_now()?;
+    catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at, notice).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
+}
+
+/// A model's split mapping history, public like the model list: creators can see which split a model earns for
+/// and from when, and that every change gave the escrow's notice.
+async fn get_splits(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>) -> Result<Response, ApiError> {
+    let Some(history) = catalog::split_history(&keeper.pool, &model_id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown model `{model_id}`")));
+    };
+    let now = keeper.clock.now_secs();
+    let in_force = history.iter().rposition(|m| m.effective_at <= now);
+    let splits: Vec<Value> = history
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let state = if m.effective_at > now { "scheduled" } else if Some(i) == in_force { "in_force" } else { "past" };
+            json!({
+                "split_id": m.split_id,
+                "effective_at": m.effective_at,
+                "recorded_at": m.recorded_at,
+                "notice_secs": m.notice_secs,
+                "state": state,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "model_id": model_id, "notice_secs": keeper.split_notice.get(), "as_of": now, "splits": splits })).into_response())
+}
+
+async fn get_metrics(State(keeper): State<Arc<Keeper>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], keeper.render_metrics()).into_response()
 }
 
 async fn add_meter(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {

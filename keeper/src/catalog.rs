@@ -117,7 +117,8 @@ async fn check_split_exists(pool: &PgPool, chain_id: u64, split_id: u64) -> Resu
     if exists { Ok(()) } else { Err(invalid("split_id", format!("split {split_id} is not on chain {chain_id} (as indexed)"))) }
 }
 
-/// Registers a model with its meters and first split.
+/// Registers a model with its meters and first split (from `effective_at`, which may be any time: a new model
+/// has earned nothing, so its first mapping moves no one's revenue and needs no notice).
 pub async fn add_model(pool: &PgPool, chain_id: u64, model: &NewModel) -> Result<(), KeeperError> {
     check_model_id(&model.model_id)?;
     let name = model.display_name.trim();
@@ -154,7 +155,8 @@ pub async fn add_model(pool: &PgPool, chain_id: u64, model: &NewModel) -> Result
             .await
             .map_err(|e| unique_violation(e, "meter", &meter.meter))?;
     }
-    insert_split(&mut tx, &model.model_id, model.effective_at, model.split_id).await?;
+    // The first mapping needs no notice: nothing has earned under the model yet, so no one's revenue moves.
+    insert_split(&mut tx, &model.model_id, model.effective_at, model.split_id, None, 0).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -178,16 +180,89 @@ pub async fn add_meter(pool: &PgPool, model_id: &str, meter: &NewMeter) -> Resul
     Ok(())
 }
 
-/// Points a model at another split from `effective_at` on.
-pub async fn set_model_split(pool: &PgPool, chain_id: u64, model_id: &str, split_id: u64, effective_at: i64) -> Result<(), KeeperError> {
+/// The notice a change of a model's split mapping gives: the escrow's split-change delay, counted from when the
+/// change is recorded. Creators learn of a change to their split that long before it applies; a mapping moves
+/// a model's revenue between splits just as much, so it waits the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitNotice {
+    /// Now, in the keeper's time (chain time, Unix seconds): when the change is recorded.
+    pub now: i64,
+    /// `SplitEscrow.splitChangeDelay()`, seconds.
+    pub delay_secs: u64,
+}
+
+impl SplitNotice {
+    /// The earliest `effective_at` a change recorded now may have.
+    pub fn earliest(&self) -> i64 {
+        self.now.saturating_add(i64::try_from(self.delay_secs).unwrap_or(i64::MAX))
+    }
+}
+
+/// Points a model at another split from `effective_at` on, which must be at least the notice after now (a
+/// model's first mapping is given at [`add_model`], with no notice: the model has earned nothing yet).
+pub async fn set_model_split(pool: &PgPool, chain_id: u64, model_id: &str, split_id: u64, effective_at: i64, notice: SplitNotice) -> Result<(), KeeperError> {
     check_time("effective_at", effective_at)?;
+    if effective_at < notice.earliest() {
+        return Err(invalid(
+            "effective_at",
+            format!(
+                "{effective_at} is too early: a split mapping takes effect no earlier than the escrow's split-change delay ({} s) after it is recorded; the earliest allowed now is {} ({})",
+                notice.delay_secs,
+                notice.earliest(),
+                crate::metering::show_ms(notice.earliest().saturating_mul(1000))
+            ),
+        ));
+    }
     check_split_exists(pool, chain_id, split_id).await?;
     let mut tx = pool.begin().await?;
     ensure_model(&mut tx, model_id).await?;
     refuse_repricing(&mut tx, model_id, None, effective_at).await?;
-    insert_split(&mut tx, model_id, effective_at, split_id).await?;
+    insert_split(&mut tx, model_id, effective_at, split_id, Some(notice.now), notice.delay_secs).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// One entry of a model's published split mapping history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SplitMapping {
+    /// The split that earns from the model.
+    pub split_id: u64,
+    /// From when (Unix seconds, chain time).
+    pub effective_at: i64,
+    /// When the mapping was recorded (Unix seconds, the keeper's time).
+    pub recorded_at: i64,
+    /// The notice it gave: the split-change delay it was checked against (0 for a model's first mapping and for
+    /// mappings recorded before notice was required).
+    pub notice_secs: u64,
+}
+
+/// A model's split mapping history, oldest first; `None` for an unknown model.
+pub async fn split_history(pool: &PgPool, model_id: &str) -> Result<Option<Vec<SplitMapping>>, KeeperError> {
+    // One statement, so the model and its rows are read at one moment.
+    type Row = (Option<String>, Option<i64>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.split_id::TEXT, s.effective_at, s.recorded_time, s.notice_secs
+         FROM keeper.models m LEFT JOIN keeper.model_splits s USING (model_id)
+         WHERE m.model_id = $1 ORDER BY s.effective_at",
+    )
+    .bind(model_id)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    rows.into_iter()
+        .filter_map(|(split, effective_at, recorded_at, notice)| Some((split?, effective_at?, recorded_at?, notice?)))
+        .map(|(split, effective_at, recorded_at, notice)| {
+            Ok(SplitMapping {
+                split_id: crate::store::numeric_u64(&split, "split_id")?,
+                effective_at,
+                recorded_at,
+                notice_secs: u64::try_from(notice).unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, KeeperError>>()
+        .map(Some)
 }
 
 async fn ensure_model(tx: &mut sqlx::PgConnection, model_id: &str) -> Result<(), KeeperError> {
@@ -198,14 +273,27 @@ async fn ensure_model(tx: &mut sqlx::PgConnection, model_id: &str) -> Result<(),
     if known { Ok(()) } else { Err(invalid("model_id", format!("unknown model `{model_id}`"))) }
 }
 
-async fn insert_split(tx: &mut sqlx::PgConnection, model_id: &str, effective_at: i64, split_id: u64) -> Result<(), KeeperError> {
-    sqlx::query("INSERT INTO keeper.model_splits (model_id, effective_at, split_id) VALUES ($1, $2, $3::NUMERIC)")
-        .bind(model_id)
-        .bind(effective_at)
-        .bind(split_id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, "effective_at", &effective_at.to_string()))?;
+/// Records a mapping at `now` (the keeper's time; `None`: the database's clock) with the notice it gave.
+async fn insert_split(
+    tx: &mut sqlx::PgConnection,
+    model_id: &str,
+    effective_at: i64,
+    split_id: u64,
+    now: Option<i64>,
+    notice_secs: u64,
+) -> Result<(), KeeperError> {
+    sqlx::query(
+        "INSERT INTO keeper.model_splits (model_id, effective_at, split_id, recorded_time, notice_secs)
+         VALUES ($1, $2, $3::NUMERIC, COALESCE($4, EXTRACT(EPOCH FROM now())::BIGINT), $5)",
+    )
+    .bind(model_id)
+    .bind(effective_at)
+    .bind(split_id.to_string())
+    .bind(now)
+    .bind(i64::try_from(notice_secs).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| unique_violation(e, "effective_at", &effective_at.to_string()))?;
     Ok(())
 }
 

@@ -129,9 +129,12 @@ pub enum ModelCommand {
         /// The on-chain split id.
         #[arg(long)]
         split: u64,
-        /// From when (Unix seconds).
+        /// From when (Unix seconds): at least the escrow's split-change delay from now.
         #[arg(long)]
         effective_at: i64,
+        /// JSON-RPC endpoint of the chain, to read the escrow's split-change delay (else `rpc_url` in the config).
+        #[arg(long, env = "SUBSETTLE_RPC_URL")]
+        rpc_url: Option<String>,
     },
     /// Add a meter to a registered model.
     AddMeter {
@@ -318,6 +321,10 @@ pub struct ServeArgs {
     /// the two agree and this is not needed.
     #[arg(long, env = "SUBSETTLE_CHAIN_CLOCK_RPC")]
     pub chain_clock: Option<String>,
+    /// JSON-RPC endpoint of the deployment's chain (required; else `rpc_url` in the config): the wallets' balance,
+    /// allowance and credit that billable usage is judged against, and the escrow's split-change delay.
+    #[arg(long, env = "SUBSETTLE_RPC_URL")]
+    pub rpc_url: Option<String>,
 }
 
 /// `subsettle-keeper run`

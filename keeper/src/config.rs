@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub close_interval: Option<String>,
     /// File holding the operator's API token.
     pub api_token_file: Option<PathBuf>,
+    /// JSON-RPC endpoint of the chain (`serve`, `model set-split`).
+    pub rpc_url: Option<String>,
+    /// Time between two readings of the wallets' funds (`serve`).
+    pub funds_interval: Option<String>,
 }
 
 /// Resolved settings.
@@ -62,6 +66,10 @@ pub struct Settings {
     pub close_interval: u64,
     /// The operator token, when one is configured.
     pub api_token: Option<String>,
+    /// JSON-RPC endpoint from the file (a command's `--rpc-url` / SUBSETTLE_RPC_URL wins).
+    pub rpc_url: Option<String>,
+    /// Seconds between two readings of the wallets' funds.
+    pub funds_interval: u64,
 }
 
 /// Flag and environment values; `None` means "not given".
@@ -103,6 +111,9 @@ pub struct Overrides {
     /// File holding the operator's API token; without it SUBSETTLE_API_TOKEN is read.
     #[arg(long, env = "SUBSETTLE_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Time between two readings of the wallets' balance, allowance and credit by `serve` (default 15s).
+    #[arg(long)]
+    pub funds_interval: Option<String>,
 }
 
 fn bad(key: &str, value: impl std::fmt::Display, why: impl std::fmt::Display) -> KeeperError {
@@ -152,6 +163,11 @@ impl Settings {
         let close_interval = u64::try_from(duration("close_interval", &close_text)?).unwrap_or(60).max(1);
         let token_file = o.api_token_file.clone().or_else(|| file.api_token_file.map(|p| base.join(p)));
         let api_token = read_token(token_file.as_deref())?;
+        let funds_text = o.funds_interval.clone().or(file.funds_interval).unwrap_or_else(|| "15s".into());
+        let funds_interval = u64::try_from(duration("funds_interval", &funds_text)?).unwrap_or(0);
+        if !(1..=600).contains(&funds_interval) {
+            return Err(bad("funds_interval", &funds_text, "between 1s and 10m"));
+        }
         Ok(Self {
             database_url,
             deployment,
@@ -164,6 +180,8 @@ impl Settings {
             refresh_interval_ms,
             close_interval,
             api_token,
+            rpc_url: file.rpc_url,
+            funds_interval,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`catalog`], [`pricing`], [`money`]: models, meters, the price book, and the one rounding rule.
 //! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
 //!   serve a subscriber.
+//! - [`funds`]: what each subscriber's wallet can pay for usage (balance, allowance, credit), read from the chain.
 //! - [`close`], [`merkle`]: period close, attribution to splits, usage roots.
 //! - [`epoch`]: settlement epochs gathered from the closes, one amount per split.
 //! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
@@ -31,6 +32,7 @@ pub mod deploy;
 pub mod engine;
 pub mod entitlement;
 pub mod epoch;
+pub mod funds;
 pub mod import;
 pub mod merkle;
 pub mod metrics;

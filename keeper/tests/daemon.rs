@@ -58,7 +58,7 @@ async fn serve_takes_usage_answers_entitlement_and_stops_on_sigterm() {
     assert!(stderr.contains("api_token") && !stderr.contains("hunter2"), "{stderr}");
 
     let mut child = Daemon::spawn(keeper(&market, &deployment)
-        .args(["serve", "--http-addr", &addr, "--default-split", &market.splits[0].to_string()])
+        .args(["serve", "--http-addr", &addr, "--default-split", &market.splits[0].to_string(), "--rpc-url", &market.chain.endpoint()])
         .env("SUBSETTLE_API_TOKEN", TOKEN)
         .stdout(Stdio::null()));
     let client = reqwest::Client::new();

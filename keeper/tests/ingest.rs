@@ -283,13 +283,44 @@ async fn models_and_prices_over_http_and_no_version_reaches_back_over_accepted_u
     assert!(body["message"].as_str().unwrap().contains("not after the latest accepted usage"), "{body}");
     let (status, body) = market.post("/v1/prices", price(now + 60), "application/json", Some(TOKEN)).await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) =
-        market.post("/v1/models/image-gen/splits", json!({ "split_id": market.splits[1], "effective_at": now - 1 }).to_string(), "application/json", Some(TOKEN)).await;
+    // A model's split mapping changes with the escrow's notice (its split-change delay, 7 days here) from when
+    // it is recorded; a keeper that does not know the delay takes no change.
+    let split = |at: i64| json!({ "split_id": market.splits[2], "effective_at": at }).to_string();
+    let (status, body) = market.post("/v1/models/image-gen/splits", split(now + 8 * 86_400), "application/json", Some(TOKEN)).await;
     assert_eq!(status, 422, "{body}");
-    let (status, _) =
-        market.post("/v1/models/image-gen/splits", json!({ "split_id": market.splits[1], "effective_at": now + 60 }).to_string(), "application/json", Some(TOKEN)).await;
-    assert_eq!(status, 201);
+    assert!(body["message"].as_str().unwrap().contains("split-change delay"), "{body}");
+    market.keeper.split_notice.set(7 * 86_400).unwrap();
+    for early in [now - 1, now + 60, now + 7 * 86_400 - 1] {
+        let (status, body) = market.post("/v1/models/image-gen/splits", split(early), "application/json", Some(TOKEN)).await;
+        assert_eq!(status, 422, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("effective_at: {early} is too early")), "{message}");
+        assert!(message.contains(&format!("the earliest allowed now is {}", now + 7 * 86_400)), "the error names the earliest time: {message}");
+    }
+    let (status, body) = market.post("/v1/models/image-gen/splits", split(now + 7 * 86_400), "application/json", Some(TOKEN)).await;
+    assert_eq!(status, 201, "{body}");
     let (_, models) = market.get("/v1/models").await;
     let image = models.as_array().unwrap().iter().find(|m| m["model_id"] == "image-gen").unwrap().clone();
     assert_eq!(image["splits"].as_array().unwrap().len(), 2, "the split history is kept: {image}");
+
+    // The history is public, with when each mapping was recorded and the notice it gave; a model's first mapping
+    // (given at registration, before it earned anything) gives none.
+    let (status, history) = market.get("/v1/models/image-gen/splits").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["notice_secs"], 7 * 86_400);
+    let splits = history["splits"].as_array().unwrap();
+    assert_eq!((splits[0]["split_id"].as_u64(), splits[0]["effective_at"].as_i64()), (Some(market.splits[1]), Some(0)));
+    assert_eq!((splits[0]["notice_secs"].as_u64(), splits[0]["state"].as_str()), (Some(0), Some("in_force")));
+    assert_eq!((splits[1]["split_id"].as_u64(), splits[1]["effective_at"].as_i64()), (Some(market.splits[2]), Some(now + 7 * 86_400)));
+    assert_eq!((splits[1]["recorded_at"].as_i64(), splits[1]["notice_secs"].as_u64()), (Some(now), Some(7 * 86_400)));
+    assert_eq!(splits[1]["state"], "scheduled");
+    let (status, history) = market.get("/v1/models/tts-1/splits").await;
+    assert_eq!((status, history["splits"].as_array().map(Vec::len)), (200, Some(1)), "{history}");
+    let (status, body) = market.get("/v1/models/no-such-model/splits").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+
+    // Once in force, the new mapping earns for usage stamped from then on.
+    market.advance(7 * 86_400 + 1).await;
+    let (_, history) = market.get("/v1/models/image-gen/splits").await;
+    assert_eq!((history["splits"][0]["state"].as_str(), history["splits"][1]["state"].as_str()), (Some("past"), Some("in_force")), "{history}");
 }

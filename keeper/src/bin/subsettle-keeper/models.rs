@@ -21,9 +21,16 @@ pub(crate) async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
             catalog::add_model(&pool, settings.deployment.chain_id, &model).await?;
             println!("registered model {}", model.model_id);
         }
-        ModelCommand::SetSplit { settings, model_id, split, effective_at } => {
+        ModelCommand::SetSplit { settings, model_id, split, effective_at, rpc_url } => {
+            use alloy::providers::Provider;
             let (settings, pool) = open(&settings).await?;
-            catalog::set_model_split(&pool, settings.deployment.chain_id, &model_id, split, effective_at).await?;
+            let provider = crate::serve::connect_chain(&settings, rpc_url.as_deref(), "model set-split").await?;
+            let delay_secs = crate::serve::read_split_notice(&provider, &settings.deployment).await?;
+            // Now is the later of the system clock and the chain's latest block (a local chain may run ahead).
+            let block = provider.get_block_by_number(alloy::eips::BlockNumberOrTag::Latest).await?.context("the node has no latest block")?;
+            let now = Clock::System.now_secs().max(i64::try_from(block.header.timestamp).unwrap_or(i64::MAX));
+            let notice = catalog::SplitNotice { now, delay_secs };
+            catalog::set_model_split(&pool, settings.deployment.chain_id, &model_id, split, effective_at, notice).await?;
             println!("model {model_id} earns for split {split} from {effective_at}");
         }
         ModelCommand::AddMeter { settings, model_id, meter } => {

@@ -1,6 +1,35 @@
-//! `serve`: the usage API and the period-close loop, with the chain's clock when asked to follow it.
+//! `serve`: the usage API, the period-close loop and the wallets' funds, with the chain's clock when asked to
+//! follow it.
+
+use alloy::providers::DynProvider;
+use subsettle_keeper::funds::{FundsPolicy, FundsReader};
 
 use super::*;
+
+/// A provider of the deployment's chain from `--rpc-url` (else `rpc_url` in the config), refusing a node of
+/// another chain.
+pub(crate) async fn connect_chain(settings: &Settings, flag: Option<&str>, command: &str) -> anyhow::Result<DynProvider> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let url = flag
+        .map(str::to_owned)
+        .or_else(|| settings.rpc_url.clone())
+        .with_context(|| format!("rpc_url: missing; {command} reads the chain: give --rpc-url, SUBSETTLE_RPC_URL or rpc_url in the config file"))?;
+    let parsed = url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{url}` is not a URL"))?;
+    let provider = ProviderBuilder::new().connect_http(parsed).erased();
+    let chain_id = provider.get_chain_id().await.context("rpc_url: eth_chainId")?;
+    anyhow::ensure!(
+        chain_id == settings.deployment.chain_id,
+        "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
+        settings.deployment.chain_id
+    );
+    Ok(provider)
+}
+
+/// `SplitEscrow.splitChangeDelay()`: fixed at deployment, the notice a change of a model's split mapping gives.
+pub(crate) async fn read_split_notice(provider: &DynProvider, deployment: &subsettle_abi::Deployment) -> anyhow::Result<u64> {
+    let delay = subsettle_abi::SplitEscrow::new(deployment.escrow, provider).splitChangeDelay().call().await.context("SplitEscrow.splitChangeDelay()")?;
+    u64::try_from(delay).context("splitChangeDelay does not fit 64 bits")
+}
 
 pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let (settings, pool) = open(&args.settings).await?;
@@ -8,6 +37,8 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if settings.api_token.is_none() {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
+    let provider = connect_chain(&settings, args.rpc_url.as_deref(), "serve").await?;
+    let split_notice = read_split_notice(&provider, &settings.deployment).await?;
     let chain_clock = match &args.chain_clock {
         Some(url) => {
             use alloy::providers::Provider;
@@ -18,18 +49,53 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let clock = if chain_clock.is_some() { Clock::chain() } else { Clock::System };
     let keeper = Keeper::load(pool, api_settings(&settings), clock).await?;
+    let _ = keeper.split_notice.set(split_notice);
+    keeper.enable_funds(FundsPolicy { interval_ms: i64::try_from(settings.funds_interval).unwrap_or(600).saturating_mul(1000) });
     if let Some(provider) = &chain_clock {
         follow_chain_clock(&keeper.clock, provider).await.context("--chain-clock: reading the latest block")?;
     }
+    // The first reading before the API opens, so that billable usage is judged from the first request.
+    let reader = FundsReader::new(provider, &settings.deployment);
+    match keeper.refresh_funds(&reader, false).await {
+        Ok(wallets) => tracing::info!(wallets, "read the funds of the wallets with a live subscription"),
+        Err(error) => tracing::warn!(%error, "could not read the wallets' funds; billable usage is refused until they are read"),
+    }
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(api::serve(keeper.clone(), settings.http_addr, stopped.clone()));
+    let funds = tokio::spawn(funds_loop(keeper.clone(), reader, settings.clone(), stopped.clone()));
     let background = tokio::spawn(background(keeper, settings.clone(), chain_clock, stopped));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     server.await??;
     background.await?;
+    funds.await?;
     Ok(())
+}
+
+/// Reads every live wallet's funds every `funds_interval`, and a new subscriber's at the next refresh interval
+/// (so that it does not wait a whole funds interval for its first billable request).
+async fn funds_loop(keeper: Arc<Keeper>, reader: FundsReader, settings: Settings, mut stopped: watch::Receiver<bool>) {
+    let start = tokio::time::Instant::now();
+    let mut all = tokio::time::interval_at(start + Duration::from_secs(settings.funds_interval), Duration::from_secs(settings.funds_interval));
+    all.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unread = tokio::time::interval(Duration::from_millis(settings.refresh_interval_ms));
+    unread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = all.tick() => {
+                if let Err(error) = keeper.refresh_funds(&reader, false).await {
+                    tracing::warn!(%error, "reading the wallets' funds failed; keeping the previous readings until they are too old");
+                }
+            }
+            _ = unread.tick() => {
+                if let Err(error) = keeper.refresh_funds(&reader, true).await {
+                    tracing::warn!(%error, "reading new wallets' funds failed; retrying");
+                }
+            }
+        }
+    }
 }
 
 /// Moves a chain clock to the chain's latest block.
