@@ -135,7 +135,16 @@ async fn a_month_of_usage_closes_settles_and_reconciles_to_the_unit() {
     let escrow = SplitEscrow::new(market.deployment.escrow, &operator);
     let split_ids: Vec<U256> = epoch.splits.keys().map(|s| U256::from(*s)).collect();
     let amounts: Vec<U256> = epoch.splits.values().map(|a| U256::from(*a)).collect();
-    assert!(epoch.start <= t0 && epoch.start > t0 - 120, "the first epoch starts at the earliest period start");
+    // The first epoch starts at the earliest period start, or later where a split it credits took effect later: a
+    // new split is in force only after the change delay, and the escrow credits a split only by a version in force
+    // for the whole epoch.
+    let mut in_force_from = 0u64;
+    for split in epoch.splits.keys() {
+        in_force_from = in_force_from.max(escrow.splitVersion(U256::from(*split), U256::ZERO).call().await.unwrap().effectiveAt.to::<u64>());
+    }
+    let earliest_period = sqlx::query_scalar::<_, i64>("SELECT MIN(period_start) FROM keeper.period_closes").fetch_one(&market.pool).await.unwrap();
+    assert!(earliest_period <= t0 && earliest_period > t0 - 120, "the earliest period started at subscription");
+    assert_eq!(epoch.start, earliest_period.max(in_force_from as i64), "the first epoch's start");
     let (start, end) = (U256::from(epoch.start as u64), U256::from(epoch.end as u64));
     confirm!(escrow.settle(U256::from(epoch.epoch_id), start, end, split_ids, amounts, epoch.usage_root));
     market.sync().await;
