@@ -160,7 +160,7 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
          )
          SELECT o.close_id,
                 CASE WHEN o.charged >= o.overage_charge THEN 'collected'
-                     WHEN $2 AND o.period_end + $3 <= $4 THEN 'uncollected'
+                     WHEN $2 AND o.period_end + $3 + chain.paused_seconds($1, o.period_end, $4) <= $4 THEN 'uncollected'
                      WHEN $2 AND t.in_flight IS NOT NULL AND NOT t.in_flight THEN 'uncollected'
                      WHEN $2 THEN 'pending'
                      ELSE 'collected' END

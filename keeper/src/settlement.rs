@@ -42,7 +42,8 @@ pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, 
          LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
               AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
          WHERE c.chain_id = $1 AND c.overage_charge > 0 AND COALESCE(ch.charged, 0) < c.overage_charge
-           AND c.period_end + $2 > $3
+           -- Inside the charge window, which time spent paused does not use up (as the contract counts it).
+           AND c.period_end + $2 + chain.paused_seconds($1, c.period_end, $3) > $3
            AND NOT EXISTS (
                SELECT 1 FROM keeper.charge_items i
                WHERE (starts_with(i.action_key, $4) OR i.state IN ('planned', 'sent'))

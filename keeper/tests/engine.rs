@@ -474,3 +474,39 @@ async fn a_settlement_lists_its_splits_in_numeric_order() {
     assert_eq!(call.splitIds, [2u64, 9, 10].map(U256::from), "as numbers, not as text (\"10\" < \"2\")");
     assert_eq!(call.amounts, [2u64, 3, 1].map(U256::from), "each amount stays with its split");
 }
+
+#[tokio::test]
+async fn a_pause_longer_than_the_grace_period_and_the_charge_window_lapses_nobody_and_loses_no_charge() {
+    use alloy::primitives::U256;
+    use subsettle_abi::Subscriptions;
+    let market = Market::start(1, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    // 600 images at 0.04 = 24 USDC: 4 USDC over the 20 USDC value allowance.
+    let (status, _) = market.usage(&json!([market.event("p-1", 0, "image-gen", "images", "600", market.now())])).await;
+    assert_eq!(status, 200);
+
+    // The period ends and the operator pauses charging before the keeper acts; the pause outlasts both the grace
+    // period (3 days) and the charge window (2 days).
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let subs = Subscriptions::new(market.deployment.subscriptions, market.operator());
+    confirm!(subs.pause());
+    market.advance(6 * 86_400).await;
+    confirm!(subs.unpause());
+    market.sync().await;
+
+    // Paused time counts against neither: the keeper renews (the contract does not lapse the subscription) and
+    // charges the ended period's overage, which it still considers inside its window.
+    let first = engine.step(false).await.unwrap();
+    let kinds: Vec<&str> = first.actions.iter().map(|k| k.split(':').next().unwrap()).collect();
+    assert_eq!(kinds, ["renew", "charge"], "{first:?}");
+    market.sync().await;
+    let id = U256::from(market.subscribers[0].1);
+    assert_eq!(subs.subscription(id).call().await.unwrap().periodIndex.to::<u64>(), 1, "renewed, not lapsed");
+    assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.subscription_ends").await, 0, "no lapse");
+    let charged: String = sqlx::query_scalar("SELECT SUM(amount)::TEXT FROM chain.usage_charges").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(charged, "4000000", "the overage of the period that ended before the pause");
+    // And the epoch settles it.
+    let second = engine.step(false).await.unwrap();
+    assert_eq!(second.epoch, Some(1), "{second:?}");
+}
