@@ -222,7 +222,9 @@ contract SplitEscrowTest is BaseTest {
         SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
         // The fixture's Subscriptions pays the fixture's escrow: its revenue is not the fresh escrow's to settle.
         vm.prank(owner);
-        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SubscriptionsMismatch.selector, address(escrow), address(usdc)));
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.SubscriptionsMismatch.selector, address(escrow), address(usdc))
+        );
         fresh.setSubscriptions(address(subs));
         assertEq(fresh.subscriptions(), address(0));
         assertEq(fresh.unallocated(), 0);
@@ -1700,5 +1702,695 @@ contract SplitEscrowTest is BaseTest {
         vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidPayout.selector, address(escrow)));
         vm.prank(creator);
         escrow.setPayoutAddress(address(escrow));
+    }
+
+    /* REFUNDS: BOUNDED BY WHAT THE SUBSCRIBER PAID */
+
+    function test_refund_paysOnlyTheSubscriberOfTheSubscription() public {
+        uint256 aliceSub = _subscribe(alice, monthly, 0);
+        uint256 bobSub = _subscribe(bob, monthly, 0);
+        uint256 aliceWallet = usdc.balanceOf(alice);
+        uint256 bobWallet = usdc.balanceOf(bob);
+
+        // The payee is read from the subscription: the operator names no address.
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Refunded(bob, bobSub, 0, 20 * USDC, false, keccak256("b"));
+        vm.prank(owner);
+        escrow.refund(bobSub, 0, 20 * USDC, false, keccak256("b"));
+        assertEq(usdc.balanceOf(bob), bobWallet + 20 * USDC);
+        assertEq(usdc.balanceOf(alice), aliceWallet);
+        assertEq(usdc.balanceOf(owner), 0);
+
+        // As credit: to the subscriber's credit, nobody else's.
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Refunded(alice, aliceSub, 0, 5 * USDC, true, keccak256("a"));
+        vm.prank(owner);
+        escrow.refund(aliceSub, 0, 5 * USDC, true, keccak256("a"));
+        assertEq(subs.creditOf(alice), 5 * USDC);
+        assertEq(subs.creditOf(bob), 0);
+        assertEq(subs.creditOf(owner), 0);
+        assertEq(usdc.balanceOf(alice), aliceWallet);
+
+        assertEq(escrow.refundedFor(bobSub, 0), 20 * USDC);
+        assertEq(escrow.refundedFor(aliceSub, 0), 5 * USDC);
+        assertEq(escrow.refundable(bobSub, 0), PRICE - 20 * USDC);
+        assertEq(escrow.refundable(aliceSub, 0), PRICE - 5 * USDC);
+        assertEq(escrow.unallocated(), 2 * PRICE - 25 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_revertsBeyondFeeOfLastPaidPeriod() public {
+        _revenue(1_000 * USDC); // unallocated revenue is not the limit here
+        uint256 id = _subscribe(alice, monthly, 0);
+        assertEq(escrow.refundable(id, 0), PRICE);
+        assertEq(escrow.refundable(id, 1), 0, "a period not paid yet");
+        vm.startPrank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, PRICE, PRICE + 1));
+        escrow.refund(id, 0, PRICE + 1, false, keccak256("over"));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 0, 1));
+        escrow.refund(id, 1, 1, false, keccak256("next"));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 0, 1));
+        escrow.refund(id, type(uint256).max, 1, false, keccak256("far"));
+        vm.stopPrank();
+        assertEq(escrow.refundedFor(id, 0), 0);
+        assertEq(escrow.unallocated(), 1_000 * USDC + PRICE);
+
+        // Exactly the fee is accepted.
+        vm.prank(owner);
+        escrow.refund(id, 0, PRICE, false, keccak256("all"));
+        assertEq(escrow.refundable(id, 0), 0);
+        _assertSolvent();
+    }
+
+    function test_refund_usageChargedForALedgerPeriod() public {
+        _revenue(1_000 * USDC);
+        // Pay as you go: no fee, only usage.
+        uint256 id = _subscribe(alice, payg, 10 * USDC);
+        assertEq(escrow.refundable(id, 0), 0);
+        _charge(id, 0, 4 * USDC, ROOT);
+        assertEq(escrow.refundable(id, 0), 4 * USDC);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 4 * USDC, 4 * USDC + 1));
+        escrow.refund(id, 0, 4 * USDC + 1, false, keccak256("u1"));
+        uint256 wallet = usdc.balanceOf(alice);
+        vm.prank(owner);
+        escrow.refund(id, 0, 4 * USDC, false, keccak256("u2"));
+        assertEq(usdc.balanceOf(alice), wallet + 4 * USDC);
+
+        // Fee and usage of the same period add up.
+        uint256 both = _subscribe(bob, monthly, 10 * USDC);
+        _charge(both, 0, 3 * USDC, ROOT);
+        assertEq(escrow.refundable(both, 0), PRICE + 3 * USDC);
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, PRICE + 3 * USDC, PRICE + 3 * USDC + 1)
+        );
+        escrow.refund(both, 0, PRICE + 3 * USDC + 1, false, keccak256("b1"));
+        vm.prank(owner);
+        escrow.refund(both, 0, PRICE + 3 * USDC, true, keccak256("b2"));
+        assertEq(subs.creditOf(bob), PRICE + 3 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_afterRenewalOnlyUsageOfPreviousPeriodWhileLedgerHoldsIt() public {
+        _revenue(1_000 * USDC);
+        uint256 id = _subscribe(alice, monthly, 10 * USDC);
+        _charge(id, 0, 6 * USDC, ROOT);
+        assertEq(escrow.refundable(id, 0), PRICE + 6 * USDC);
+
+        (,, uint256 end) = subs.currentPeriod(id);
+        vm.warp(end);
+        assertEq(_renew(id), 1);
+        // Period 1 is now the last paid: period 0's fee is no longer refundable, its usage charge still is.
+        assertEq(escrow.refundable(id, 0), 6 * USDC);
+        assertEq(escrow.refundable(id, 1), PRICE);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 6 * USDC, 6 * USDC + 1));
+        escrow.refund(id, 0, 6 * USDC + 1, false, keccak256("r0"));
+        vm.prank(owner);
+        escrow.refund(id, 0, 2 * USDC, false, keccak256("r1"));
+        assertEq(escrow.refundable(id, 0), 4 * USDC);
+
+        // A charge for period 1 moves the ledger to it: period 0 is still held, as its previous period.
+        _charge(id, 1, 1 * USDC, ROOT);
+        assertEq(escrow.refundable(id, 0), 4 * USDC);
+        assertEq(escrow.refundable(id, 1), PRICE + 1 * USDC);
+
+        // Renewed again and charged for period 2, the ledger holds periods 1 and 2: period 0 has nothing left.
+        (,, end) = subs.currentPeriod(id);
+        vm.warp(end);
+        assertEq(_renew(id), 1);
+        assertEq(escrow.refundable(id, 1), 1 * USDC);
+        _charge(id, 2, 1 * USDC, ROOT);
+        assertEq(escrow.refundable(id, 0), 0);
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 0, 1));
+        escrow.refund(id, 0, 1, false, keccak256("r2"));
+        assertEq(escrow.refundedFor(id, 0), 2 * USDC);
+        assertEq(escrow.refundable(id, 1), 1 * USDC);
+        assertEq(escrow.refundable(id, 2), PRICE + 1 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_idIsSingleUse() public {
+        _revenue(1_000 * USDC);
+        uint256 a = _subscribe(alice, monthly, 0);
+        uint256 b = _subscribe(bob, monthly, 0);
+        bytes32 refundId = keccak256("ticket-42");
+        assertFalse(escrow.refundIdUsed(refundId));
+        vm.prank(owner);
+        escrow.refund(a, 0, 1 * USDC, false, refundId);
+        assertTrue(escrow.refundIdUsed(refundId));
+
+        bytes memory used = abi.encodeWithSelector(ISplitEscrow.RefundIdUsed.selector, refundId);
+        vm.startPrank(owner);
+        vm.expectRevert(used); // the same refund again
+        escrow.refund(a, 0, 1 * USDC, false, refundId);
+        vm.expectRevert(used); // another subscription
+        escrow.refund(b, 0, 1 * USDC, false, refundId);
+        vm.expectRevert(used); // another period
+        escrow.refund(a, 1, 1 * USDC, false, refundId);
+        vm.expectRevert(used); // another amount, as credit
+        escrow.refund(a, 0, 2 * USDC, true, refundId);
+        vm.stopPrank();
+        assertEq(escrow.refundedFor(a, 0), 1 * USDC);
+        assertEq(escrow.refundedFor(b, 0), 0);
+
+        // Another id goes through; the zero id is an id like any other.
+        vm.startPrank(owner);
+        escrow.refund(b, 0, 1 * USDC, false, keccak256("ticket-43"));
+        escrow.refund(b, 0, 1 * USDC, false, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundIdUsed.selector, bytes32(0)));
+        escrow.refund(a, 0, 1 * USDC, false, bytes32(0));
+        vm.stopPrank();
+        assertEq(escrow.refundedFor(b, 0), 2 * USDC);
+        _assertSolvent();
+    }
+
+    function test_refund_partialThenTheRest() public {
+        _revenue(1_000 * USDC);
+        uint256 id = _subscribe(alice, monthly, 0);
+        uint256 wallet = usdc.balanceOf(alice);
+        vm.prank(owner);
+        escrow.refund(id, 0, 30 * USDC, false, keccak256("part"));
+        assertEq(escrow.refundable(id, 0), PRICE - 30 * USDC);
+        assertEq(escrow.refundedFor(id, 0), 30 * USDC);
+
+        vm.prank(owner);
+        vm.expectRevert(
+            abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, PRICE - 30 * USDC, PRICE - 30 * USDC + 1)
+        );
+        escrow.refund(id, 0, PRICE - 30 * USDC + 1, true, keccak256("rest+1"));
+
+        // The rest, as credit.
+        vm.expectEmit(address(escrow));
+        emit ISplitEscrow.Refunded(alice, id, 0, PRICE - 30 * USDC, true, keccak256("rest"));
+        vm.prank(owner);
+        escrow.refund(id, 0, PRICE - 30 * USDC, true, keccak256("rest"));
+        assertEq(escrow.refundable(id, 0), 0);
+        assertEq(escrow.refundedFor(id, 0), PRICE);
+        assertEq(usdc.balanceOf(alice), wallet + 30 * USDC);
+        assertEq(subs.creditOf(alice), PRICE - 30 * USDC);
+
+        vm.prank(owner);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, 0, 1));
+        escrow.refund(id, 0, 1, false, keccak256("more"));
+        assertEq(escrow.unallocated(), 1_000 * USDC);
+        _assertSolvent();
+    }
+
+    function testFuzz_refund_sequenceNeverExceedsPaid(uint256[10] memory raw, uint256 usage, bool renewed) public {
+        _revenue(100_000 * USDC); // unallocated revenue is never the limit here
+        uint256 id = _subscribe(alice, monthly, 50 * USDC);
+        usage = bound(usage, 0, 50 * USDC);
+        if (usage != 0) _charge(id, 0, usage, ROOT);
+        uint256 paid = PRICE + usage;
+        if (renewed) {
+            // After a renewal only period 0's usage charge is left to refund.
+            (,, uint256 end) = subs.currentPeriod(id);
+            vm.warp(end);
+            assertEq(_renew(id), 1);
+            paid = usage;
+        }
+        assertEq(escrow.refundable(id, 0), paid);
+
+        uint256 walletBefore = usdc.balanceOf(alice);
+        uint256 creditBefore = subs.creditOf(alice);
+        uint256 total;
+        uint256 toWallet;
+        for (uint256 i; i < raw.length; ++i) {
+            // Mostly small refunds, some up to everything paid and one more.
+            uint256 amount = bound(raw[i], 1, raw[i] % 3 == 0 ? paid + 1 : paid / 3 + 1);
+            bool toCredit = raw[i] % 2 == 0;
+            uint256 left = paid - total;
+            vm.prank(owner);
+            if (amount > left) {
+                vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, left, amount));
+            }
+            escrow.refund(id, 0, amount, toCredit, keccak256(abi.encode("seq", i)));
+            if (amount <= left) {
+                total += amount;
+                if (!toCredit) toWallet += amount;
+            }
+            assertLe(escrow.refundedFor(id, 0), paid, "refunded more than paid");
+            assertEq(escrow.refundedFor(id, 0), total);
+            assertEq(escrow.refundable(id, 0), paid - total);
+        }
+        assertEq(usdc.balanceOf(alice), walletBefore + toWallet);
+        assertEq(subs.creditOf(alice), creditBefore + total - toWallet);
+        _assertSolvent();
+    }
+
+    /* EPOCHS: CONSECUTIVE, ONE SPLIT VERSION EACH */
+
+    function test_settle_firstEpochMayStartAnywhere() public {
+        assertEq(escrow.lastEpochEnd(), 0, "no epoch yet");
+        uint256 splitId = _createSplit();
+        uint256 effectiveAt = vm.getBlockTimestamp() - 1;
+        _subscribe(alice, monthly, 0);
+        vm.warp(effectiveAt + 40 days);
+        // From the split's first second in force, forty days long.
+        _settleEpoch(1, effectiveAt, vm.getBlockTimestamp(), splitId, PRICE);
+        assertEq(escrow.lastEpochEnd(), vm.getBlockTimestamp());
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+    }
+
+    function test_settle_firstEmptyEpochMayStartAtZero() public {
+        vm.prank(keeper);
+        escrow.settle(1, 0, vm.getBlockTimestamp(), new uint256[](0), new uint256[](0), ROOT);
+        assertEq(escrow.lastEpochEnd(), vm.getBlockTimestamp());
+    }
+
+    function test_settle_revertsUnlessEpochStartsAtLastEnd() public {
+        uint256 splitId = _createSplit();
+        _subscribe(alice, monthly, 0);
+        uint256 t0 = vm.getBlockTimestamp();
+        vm.warp(t0 + 10 days);
+        uint256 last = t0 + 5 days;
+        _settleEpoch(1, t0, last, splitId, 10);
+        assertEq(escrow.lastEpochEnd(), last);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        vm.startPrank(keeper);
+        // Overlap: the same revenue window settled twice.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, last, last - 1));
+        escrow.settle(2, last - 1, nowT, _u1(splitId), _u1(20), ROOT);
+        // Gap: a window nobody settles.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, last, last + 1));
+        escrow.settle(2, last + 1, nowT, _u1(splitId), _u1(20), ROOT);
+        // Backdated: an epoch before the last one.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, last, t0 - 2 days));
+        escrow.settle(2, t0 - 2 days, t0 - 1 days, new uint256[](0), new uint256[](0), ROOT);
+        // The last epoch again.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, last, t0));
+        escrow.settle(2, t0, last, _u1(splitId), _u1(20), ROOT);
+        // From its end: accepted.
+        escrow.settle(2, last, nowT, _u1(splitId), _u1(20), ROOT);
+        vm.stopPrank();
+        assertEq(escrow.lastEpochEnd(), nowT);
+        assertEq(escrow.claimableOf(creator), 7 + 14);
+        assertEq(escrow.totalClaimable(), 30);
+    }
+
+    function testFuzz_settle_nextEpochMustStartAtLastEnd(
+        uint256 firstEnd,
+        uint256 start,
+        uint256 end,
+        bool fromLastEnd
+    ) public {
+        uint256 splitId = _createSplit();
+        uint256 t0 = vm.getBlockTimestamp();
+        _subscribe(alice, monthly, 0);
+        vm.warp(t0 + 30 days);
+        uint256 nowT = vm.getBlockTimestamp();
+        firstEnd = bound(firstEnd, t0 + 1, nowT - 1);
+        _settleEpoch(1, t0, firstEnd, splitId, 1);
+
+        start = fromLastEnd ? firstEnd : bound(start, t0 - 1, nowT + 1 days);
+        end = bound(end, t0 - 1, nowT + 1 days);
+        bool accepted;
+        vm.prank(keeper);
+        if (end > nowT || start >= end) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, start, end));
+        } else if (start != firstEnd) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, firstEnd, start));
+        } else {
+            accepted = true;
+        }
+        escrow.settle(2, start, end, _u1(splitId), _u1(1), ROOT);
+        assertEq(escrow.lastEpochEnd(), accepted ? end : firstEnd);
+        assertEq(escrow.totalClaimable(), accepted ? 2 : 1);
+        assertEq(escrow.settlementUsed(2), accepted);
+    }
+
+    function test_settle_splitChangeInEpochRefused_settledByCuttingAtChange() public {
+        uint256 splitId = _createSplit();
+        uint256 t0 = vm.getBlockTimestamp();
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a2(carol, bob), _b2(6_000, 4_000), 0);
+        uint256 effectiveAt = t0 + SPLIT_DELAY;
+        vm.warp(effectiveAt + 3 days);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        // One epoch over the change would credit revenue from before it by the new version.
+        bytes memory changed = abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, effectiveAt);
+        vm.startPrank(keeper);
+        vm.expectRevert(changed);
+        escrow.settle(1, t0, nowT, _u1(splitId), _u1(3_001), ROOT);
+        // Also when the change takes effect at the epoch's last second, and for a zero amount.
+        vm.expectRevert(changed);
+        escrow.settle(1, t0, effectiveAt + 1, _u1(splitId), _u1(3_001), ROOT);
+        vm.expectRevert(changed);
+        escrow.settle(1, t0, nowT, _u1(splitId), _u1(0), ROOT);
+        vm.stopPrank();
+        assertEq(escrow.lastEpochEnd(), 0);
+        assertEq(escrow.totalClaimable(), 0);
+
+        // The same revenue, cut at the change: the old version before it, the new one after.
+        _settleEpoch(1, t0, effectiveAt, splitId, 1_000); // 700 / 200 / 100
+        _settleEpoch(2, effectiveAt, nowT, splitId, 2_001); // carol 1200 + 1 remainder, bob 800
+        assertEq(escrow.claimableOf(creator), 700);
+        assertEq(escrow.claimableOf(platform), 200);
+        assertEq(escrow.claimableOf(host), 100);
+        assertEq(escrow.claimableOf(carol), 1_201);
+        assertEq(escrow.claimableOf(bob), 800);
+        assertEq(escrow.totalClaimable(), 3_001);
+        assertEq(escrow.lastEpochEnd(), nowT);
+        _assertSolvent();
+    }
+
+    function test_settle_splitChangeInEpochRefusesWholeSettlement() public {
+        uint256 s1 = _createSplitPending();
+        vm.prank(owner);
+        uint256 s2 = escrow.createSplit(_a1(carol), _b1(10_000), 0);
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1);
+        uint256 t0 = vm.getBlockTimestamp();
+        _subscribe(alice, monthly, 0);
+        _propose(s2, _a1(bob), _b1(10_000), 0);
+        uint256 effectiveAt = t0 + SPLIT_DELAY;
+        vm.warp(effectiveAt + 1 days);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        // s1 did not change, s2 did: nothing is credited, to either.
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, s2, effectiveAt));
+        escrow.settle(1, t0, nowT, _u2(s1, s2), _u2(100, 100), ROOT);
+        assertEq(escrow.claimableOf(creator), 0);
+        assertEq(escrow.totalClaimable(), 0);
+
+        vm.startPrank(keeper);
+        escrow.settle(1, t0, effectiveAt, _u2(s1, s2), _u2(100, 100), ROOT);
+        escrow.settle(2, effectiveAt, nowT, _u2(s1, s2), _u2(100, 100), ROOT);
+        vm.stopPrank();
+        assertEq(escrow.claimableOf(creator), 140);
+        assertEq(escrow.claimableOf(carol), 100);
+        assertEq(escrow.claimableOf(bob), 100);
+        _assertSolvent();
+    }
+
+    function test_settle_emptyEpochMayCrossSplitChange() public {
+        uint256 splitId = _createSplit();
+        uint256 t0 = vm.getBlockTimestamp();
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        vm.warp(t0 + SPLIT_DELAY + 1 days);
+        // Nothing to credit: the keeper moves the epochs past the change in one empty epoch.
+        _skipTo(1, vm.getBlockTimestamp());
+        vm.warp(vm.getBlockTimestamp() + 1);
+        _settle(2, splitId, PRICE);
+        assertEq(escrow.claimableOf(bob), PRICE);
+        assertEq(escrow.claimableOf(creator), 0);
+    }
+
+    function test_settle_newSplitRefusedBeforeItTakesEffect() public {
+        _subscribe(alice, monthly, 0);
+        uint256 created = vm.getBlockTimestamp();
+        uint256 splitId = _createSplitPending();
+        uint256 effectiveAt = created + SPLIT_DELAY;
+        vm.warp(effectiveAt + 1 days);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        vm.startPrank(keeper);
+        // Backdated to its creation, ending as it takes effect: not in force at the epoch's last second.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, effectiveAt - 1));
+        escrow.settle(1, created, effectiveAt, _u1(splitId), _u1(PRICE), ROOT);
+        // Starting before it takes effect.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, effectiveAt));
+        escrow.settle(1, created, nowT, _u1(splitId), _u1(PRICE), ROOT);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, effectiveAt));
+        escrow.settle(1, effectiveAt - 1, nowT, _u1(splitId), _u1(PRICE), ROOT);
+        // From the second it takes effect: accepted.
+        escrow.settle(1, effectiveAt, nowT, _u1(splitId), _u1(PRICE), ROOT);
+        vm.stopPrank();
+        assertEq(escrow.claimableOf(creator), 55_300_000);
+        _assertSolvent();
+    }
+
+    function test_settle_splitCreatedLaterJoinsAfterItsDelay() public {
+        uint256 s1 = _createSplit();
+        _subscribe(alice, monthly, 0);
+        _settle(1, s1, 10);
+        uint256 last = escrow.lastEpochEnd();
+        vm.prank(owner);
+        uint256 s2 = escrow.createSplit(_a1(carol), _b1(10_000), 0);
+        uint256 effectiveAt = vm.getBlockTimestamp() + SPLIT_DELAY;
+        vm.warp(effectiveAt + 1 days);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        // The next epoch starts where the last ended, before s2 took effect: s2 takes nothing from it.
+        vm.prank(keeper);
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, s2, effectiveAt));
+        escrow.settle(2, last, nowT, _u2(s1, s2), _u2(10, 10), ROOT);
+        // Cut at its effectiveAt: s1 alone before, both after.
+        _settleEpoch(2, last, effectiveAt, s1, 10);
+        vm.prank(keeper);
+        escrow.settle(3, effectiveAt, nowT, _u2(s1, s2), _u2(10, 10), ROOT);
+        assertEq(escrow.claimableOf(carol), 10);
+        assertEq(escrow.claimableOf(creator), 21);
+        _assertSolvent();
+    }
+
+    /// @dev An epoch boundary: one of the interesting instants (most of the time) or anywhere in [lo, hi].
+    function _pickTime(uint256 raw, uint256 lo, uint256 hi, uint256 a, uint256 b) internal pure returns (uint256 t) {
+        uint256 pick = raw % 8;
+        if (pick == 0) t = a - 1;
+        else if (pick == 1) t = a;
+        else if (pick == 2) t = a + 1;
+        else if (pick == 3) t = b - 1;
+        else if (pick == 4) t = b;
+        else if (pick == 5) t = b + 1;
+        else t = lo + (raw >> 3) % (hi - lo + 1);
+        if (t < lo) t = lo;
+        if (t > hi) t = hi;
+    }
+
+    function testFuzz_settle_epochAgainstSplitChange(uint256 rawStart, uint256 rawEnd) public {
+        uint256 splitId = _createSplit();
+        uint256 v0 = vm.getBlockTimestamp() - 1; // version 0's effectiveAt
+        _subscribe(alice, monthly, 0);
+        _propose(splitId, _a1(bob), _b1(10_000), 0);
+        uint256 change = vm.getBlockTimestamp() + SPLIT_DELAY;
+        vm.warp(change + 10 days);
+        uint256 nowT = vm.getBlockTimestamp();
+
+        uint256 start = _pickTime(rawStart, v0 - 2 days, nowT - 1, v0, change);
+        uint256 end = _pickTime(rawEnd, start + 1, nowT, v0, change);
+
+        // The version in force at the epoch's last second must have been in force at its first.
+        bytes memory refusal;
+        bool newVersion;
+        if (end - 1 < v0) {
+            refusal = abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end - 1);
+        } else if (end - 1 < change) {
+            if (start < v0) refusal = abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, v0);
+        } else if (start < change) {
+            refusal = abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, change);
+        } else {
+            newVersion = true;
+        }
+
+        vm.prank(keeper);
+        if (refusal.length != 0) vm.expectRevert(refusal);
+        escrow.settle(1, start, end, _u1(splitId), _u1(PRICE), ROOT);
+        if (refusal.length != 0) {
+            assertEq(escrow.totalClaimable(), 0);
+            assertEq(escrow.lastEpochEnd(), 0);
+        } else if (newVersion) {
+            assertEq(escrow.claimableOf(bob), PRICE);
+            assertEq(escrow.claimableOf(creator), 0);
+        } else {
+            assertEq(escrow.claimableOf(creator), 55_300_000);
+            assertEq(escrow.claimableOf(platform), 15_800_000);
+            assertEq(escrow.claimableOf(bob), 0);
+        }
+    }
+
+    /* HOLDS: 40-BIT TIMESTAMPS */
+
+    function test_hold_refusesUntilBeyondUint40() public {
+        // A deployment whose longest hold reaches past the 40-bit timestamps holds are stored in.
+        SplitEscrow longHolds = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, type(uint32).max);
+        uint256 maxTime = type(uint40).max;
+        uint256 start = maxTime - 10 days;
+        vm.warp(start);
+        vm.startPrank(owner);
+        // 2^40 would be stored as 0 if truncated; 2^40 + 5 days as 5 days after 1970.
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, maxTime + 1, maxTime));
+        longHolds.hold(creator, maxTime + 1, bytes32(0));
+        vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, maxTime + 5 days, maxTime));
+        longHolds.hold(creator, maxTime + 5 days, bytes32(0));
+        assertEq(longHolds.holdOf(creator).until, 0);
+        // The last time storage holds is accepted, as it is.
+        longHolds.hold(creator, maxTime, bytes32(0));
+        vm.stopPrank();
+        assertEq(longHolds.holdOf(creator).until, maxTime);
+        assertEq(longHolds.holdOf(creator).since, start);
+    }
+
+    function testFuzz_hold_untilNeverTruncated(uint256 start, uint256 until) public {
+        SplitEscrow longHolds = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, type(uint32).max);
+        start = bound(start, uint256(type(uint40).max) - type(uint32).max, uint256(type(uint40).max) - 1);
+        vm.warp(start);
+        until = bound(until, start + 1, start + type(uint32).max);
+        vm.prank(owner);
+        if (until > type(uint40).max) {
+            vm.expectRevert(abi.encodeWithSelector(ISplitEscrow.HoldTooLong.selector, until, type(uint40).max));
+        }
+        longHolds.hold(creator, until, bytes32(0));
+        assertEq(longHolds.holdOf(creator).until, until > type(uint40).max ? 0 : until);
+    }
+
+    /* CLAIM MANY: BOUNDED PAYOUTS */
+
+    /// @dev A second deployment on a GasGuzzlerToken: `amount` paid in by one subscription and settled to a split
+    /// of `recipients` (remainder to the first), in force.
+    function _hostileEscrow(address[] memory recipients, uint16[] memory bps, uint256 amount)
+        internal
+        returns (GasGuzzlerToken token, SplitEscrow hostile)
+    {
+        token = new GasGuzzlerToken();
+        hostile = new SplitEscrow(address(token), owner, keeper, SPLIT_DELAY, MAX_HOLD);
+        Subscriptions hostileSubs = new Subscriptions(address(token), address(hostile), owner, keeper, CHARGE_WINDOW);
+        vm.startPrank(owner);
+        hostile.setSubscriptions(address(hostileSubs));
+        uint256 planId = hostileSubs.createPlan(amount, MONTH, GRACE);
+        uint256 splitId = hostile.createSplit(recipients, bps, 0);
+        vm.stopPrank();
+        token.mint(alice, amount);
+        vm.startPrank(alice);
+        token.approve(address(hostileSubs), amount);
+        hostileSubs.subscribe(planId, 0);
+        vm.stopPrank();
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1);
+        vm.prank(keeper);
+        hostile.settle(1, vm.getBlockTimestamp() - 1, vm.getBlockTimestamp(), _u1(splitId), _u1(amount), ROOT);
+        assertEq(hostile.totalClaimable(), amount);
+    }
+
+    function test_claimMany_gasGuzzlingPayoutFailsAloneWithinBoundedGas() public {
+        // A look-alike token is needed: USDC's transfer cannot burn the gas it is given. This one burns all of it
+        // for a transfer to `guzzler`, standing in for any payout leg that would take the gas of the batch.
+        address guzzler = makeAddr("guzzler");
+        address[] memory r = _a3(creator, guzzler, host);
+        (GasGuzzlerToken token, SplitEscrow hostile) = _hostileEscrow(r, _b3(5_000, 3_000, 2_000), 1_000 * USDC);
+        token.setMode(guzzler, GasGuzzlerToken.Mode.Guzzle);
+        uint256 payoutGas = hostile.PAYOUT_GAS();
+
+        vm.expectEmit(address(hostile));
+        emit ISplitEscrow.Claimed(creator, creator, 500 * USDC);
+        vm.expectEmit(address(hostile));
+        emit ISplitEscrow.ClaimFailed(guzzler, guzzler, 300 * USDC);
+        vm.expectEmit(address(hostile));
+        emit ISplitEscrow.Claimed(host, host, 200 * USDC);
+        uint256 before = gasleft();
+        uint256 paid = hostile.claimMany{gas: 10_000_000}(r);
+        uint256 used = before - gasleft();
+        emit log_named_uint("claimMany gas, one guzzler of three", used);
+
+        assertEq(paid, 2);
+        // The guzzler took PAYOUT_GAS, not 63/64 of the 10,000,000 given; the two others ~30,000 each.
+        assertGt(used, payoutGas);
+        assertLt(used, payoutGas + 120_000, "a payout took more than PAYOUT_GAS");
+        assertEq(token.balanceOf(creator), 500 * USDC);
+        assertEq(token.balanceOf(host), 200 * USDC);
+        assertEq(token.balanceOf(guzzler), 0);
+        assertEq(hostile.claimableOf(guzzler), 300 * USDC, "the failed balance stays claimable");
+        assertEq(hostile.totalClaimable(), 300 * USDC);
+        assertEq(token.balanceOf(address(hostile)), 300 * USDC);
+
+        // It can still be paid once it accepts a transfer.
+        token.setMode(guzzler, GasGuzzlerToken.Mode.Normal);
+        assertEq(hostile.claimMany(_a1(guzzler)), 1);
+        assertEq(token.balanceOf(guzzler), 300 * USDC);
+        assertEq(hostile.totalClaimable(), 0);
+    }
+
+    function test_claimMany_manyGasGuzzlersCostAtMostPayoutGasEach() public {
+        // A look-alike token is needed (USDC's transfer cannot burn the gas it is given): half of a 32-recipient
+        // split guzzles; the batch still pays the other half, in gas linear in the number of payouts.
+        (address[] memory r, uint16[] memory b) = _many(32, 9);
+        (GasGuzzlerToken token, SplitEscrow hostile) = _hostileEscrow(r, b, 3_200 * USDC);
+        for (uint256 i = 1; i < r.length; i += 2) {
+            token.setMode(r[i], GasGuzzlerToken.Mode.Guzzle);
+        }
+        uint256 payoutGas = hostile.PAYOUT_GAS();
+        uint256 before = gasleft();
+        uint256 paid = hostile.claimMany{gas: 30_000_000}(r);
+        uint256 used = before - gasleft();
+        emit log_named_uint("claimMany gas, 16 guzzlers of 32", used);
+        assertEq(paid, 16);
+        // PAYOUT_GAS for each guzzler, and at most ~45,000 of bookkeeping and transfer for each of the 32 items.
+        assertLt(used, 16 * payoutGas + 32 * 45_000);
+        for (uint256 i; i < r.length; ++i) {
+            assertEq(token.balanceOf(r[i]) + hostile.claimableOf(r[i]) > 0, true);
+            assertEq(hostile.claimableOf(r[i]) == 0, i % 2 == 0, "even paid, odd kept");
+        }
+    }
+
+    function test_claimMany_starvedCallRevertsInsteadOfFailingPayableRecipient() public {
+        // The fixture's TestUSDC: any transfer fails when given too little gas.
+        _fundedSplit();
+        uint256 owed = escrow.claimableOf(creator);
+        bytes memory claimCall = abi.encodeCall(escrow.claimMany, (_a1(creator)));
+        bytes memory starved = abi.encodeWithSelector(ISplitEscrow.InsufficientGasForPayout.selector);
+        uint256 snapshot = vm.snapshotState();
+        uint256 starvedCalls;
+        uint256 paidCalls;
+        for (uint256 g = 10_000; g <= 200_000; g += 500) {
+            (bool ok, bytes memory ret) = address(escrow).call{gas: g}(claimCall);
+            if (ok) {
+                // Enough gas to finish: the recipient was paid, never marked failed.
+                assertEq(escrow.claimableOf(creator), 0, "a starved payout marked a payable recipient failed");
+                assertEq(usdc.balanceOf(creator), owed);
+                ++paidCalls;
+                vm.revertToState(snapshot);
+            } else {
+                // Out of gas before or after the payout, or the payout starved: nothing changed.
+                if (ret.length != 0) {
+                    assertEq(ret, starved);
+                    ++starvedCalls;
+                }
+                assertEq(escrow.claimableOf(creator), owed);
+                assertEq(usdc.balanceOf(creator), 0);
+            }
+        }
+        emit log_named_uint("calls refused with InsufficientGasForPayout", starvedCalls);
+        assertGt(starvedCalls, 0);
+        assertGt(paidCalls, 0);
+    }
+
+    function test_claimMany_returnBombsDoNotBreakTheBatch() public {
+        // A look-alike token is needed: USDC returns 32 bytes. This one returns (or reverts with) 160 KB for six of
+        // the recipients; the escrow copies at most 32 bytes of a payout's return data, so they cost the batch no
+        // memory, and the others are paid.
+        address[] memory r = new address[](8);
+        uint16[] memory b = new uint16[](8);
+        for (uint256 i; i < 8; ++i) {
+            r[i] = makeAddr(string(abi.encodePacked("bomb-recipient-", vm.toString(i))));
+            b[i] = 1_250;
+        }
+        (GasGuzzlerToken token, SplitEscrow hostile) = _hostileEscrow(r, b, 800 * USDC);
+        for (uint256 i = 1; i <= 3; ++i) {
+            token.setMode(r[i], GasGuzzlerToken.Mode.BombRevert);
+            token.setMode(r[i + 3], GasGuzzlerToken.Mode.BombReturn);
+        }
+        uint256 payoutGas = hostile.PAYOUT_GAS();
+        vm.expectEmit(address(hostile));
+        emit ISplitEscrow.ClaimFailed(r[1], r[1], 100 * USDC);
+        uint256 before = gasleft();
+        uint256 paid = hostile.claimMany{gas: 5_000_000}(r);
+        uint256 used = before - gasleft();
+        emit log_named_uint("claimMany gas, six 160 KB return bombs of eight", used);
+
+        // A reverting bomb is a failed payout; a returning one moved the tokens and returned true: paid.
+        assertEq(paid, 5);
+        for (uint256 i = 1; i <= 3; ++i) {
+            assertEq(hostile.claimableOf(r[i]), 100 * USDC);
+            assertEq(token.balanceOf(r[i + 3]), 100 * USDC);
+        }
+        assertEq(token.balanceOf(r[0]), 100 * USDC);
+        assertEq(token.balanceOf(r[7]), 100 * USDC);
+        assertEq(hostile.totalClaimable(), 300 * USDC);
+        assertLt(used, 6 * payoutGas + 2 * 45_000, "return data cost the batch more than the payouts' gas");
     }
 }
