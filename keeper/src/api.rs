@@ -117,10 +117,14 @@ impl Keeper {
 
     /// Reads the funds of the wallets with a live subscription (with `unread_only`, only of those never read, e.g.
     /// new subscribers) and what the chain has charged in their open periods; returns how many wallets it read.
+    /// A full refresh first reloads the open usage ([`Self::reload_open_usage`]), so that replicas agree on it too.
     /// The readings go to `keeper.wallet_funds`, and the view takes the newest stored reading of each wallet,
     /// which may be another replica's. A failed read still takes the stored readings, then returns the error.
     pub async fn refresh_funds(&self, reader: &FundsReader, unread_only: bool) -> Result<usize, KeeperError> {
         let chain_id = self.settings.chain_id;
+        if !unread_only {
+            self.reload_open_usage().await?;
+        }
         let (wallets, periods) = self.entitlements.read().expect("entitlement lock").live(self.clock.now_secs(), unread_only);
         if wallets.is_empty() {
             if !unread_only {
@@ -152,9 +156,21 @@ impl Keeper {
         // Read without holding the lock; ingest goes on against the previous view meanwhile.
         let now = self.clock.now_secs();
         let subscriptions = subscriptions::load_all(&self.pool, self.settings.chain_id).await?;
+        let reload = Reload::begin(&self.entitlements);
         let stale = self.entitlements.read().expect("entitlement lock").stale(&subscriptions, now);
         let usage = entitlement::load_open_usage(&self.pool, &stale).await?;
-        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, &snapshot, self.settings.decimals);
+        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, reload.mark, &snapshot, self.settings.decimals);
+        Ok(())
+    }
+
+    /// Reads the open usage of every live subscription again from Postgres, so that usage stored by other
+    /// processes (another `serve` replica, `usage import`) counts against caps and funds here too.
+    pub async fn reload_open_usage(&self) -> Result<(), KeeperError> {
+        let snapshot = self.snapshot();
+        let reload = Reload::begin(&self.entitlements);
+        let targets = self.entitlements.read().expect("entitlement lock").reload_targets(self.clock.now_secs());
+        let usage = entitlement::load_open_usage(&self.pool, &targets).await?;
+        self.entitlements.write().expect("entitlement lock").apply_reload(&targets, usage, reload.mark, &snapshot, self.settings.decimals);
         Ok(())
     }
 
@@ -167,7 +183,7 @@ impl Keeper {
         let snapshot = self.snapshot();
         let time = TimePolicy { now_ms: self.clock.now_ms(), max_future_ms: self.settings.max_future_ms };
         let now = time.now_ms.div_euclid(1000);
-        let (mut prepared, mut kinds) = {
+        let (mut prepared, mut kinds, judge_funds) = {
             let entitlements = self.entitlements.read().expect("entitlement lock");
             let prepared: Vec<Result<metering::UsageEvent, Outcome>> =
                 items.into_iter().map(|item| item.and_then(|raw| metering::validate(&raw, &snapshot, &entitlements, time))).collect();
@@ -179,15 +195,15 @@ impl Keeper {
                     _ => None,
                 })
                 .collect();
-            (prepared, kinds)
+            (prepared, kinds, entitlements.funds_policy().is_some())
         };
         // Funds are judged and reserved under one write lock, so that concurrent batches of a wallet do not both
         // spend the same headroom; the reservation ends once the events are recorded (or the request is dropped).
-        let reservation = {
+        let mut reservation = Reservation { lock: &self.entitlements, reserved: Vec::new() };
+        if judge_funds {
             let mut entitlements = self.entitlements.write().expect("entitlement lock");
-            let reserved = entitlements.admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
-            Reservation { lock: &self.entitlements, reserved }
-        };
+            reservation.reserved = entitlements.admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
+        }
         let (report, accepted) = metering::store(&self.pool, prepared).await?;
         {
             let mut entitlements = self.entitlements.write().expect("entitlement lock");
@@ -237,6 +253,28 @@ impl Keeper {
             ));
         }
         out
+    }
+}
+
+/// A reload of open usage in flight: events recorded meanwhile are kept to be added on top of it; ended when
+/// dropped (also when the reload fails or its request is dropped).
+struct Reload<'a> {
+    lock: &'a RwLock<Entitlements>,
+    mark: usize,
+}
+
+impl<'a> Reload<'a> {
+    fn begin(lock: &'a RwLock<Entitlements>) -> Self {
+        let mark = lock.write().expect("entitlement lock").begin_reload();
+        Self { lock, mark }
+    }
+}
+
+impl Drop for Reload<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut entitlements) = self.lock.write() {
+            entitlements.end_reload();
+        }
     }
 }
 

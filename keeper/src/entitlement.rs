@@ -175,6 +175,12 @@ pub struct Entitlements {
     /// Overage of events admitted but not stored yet (batches in flight), per subscription, so that concurrent
     /// batches do not spend the same funds twice.
     reserved: HashMap<u64, u128>,
+    /// Events recorded while a reload of open usage from Postgres is in flight (see [`Self::begin_reload`]).
+    journal: Vec<OpenUsageRow>,
+    /// The position of `journal[0]` among every event ever journaled.
+    journal_start: usize,
+    /// Reloads in flight.
+    reloads: usize,
 }
 
 /// A funds refusal: its kind and reason.
@@ -190,8 +196,9 @@ impl Entitlements {
             .collect()
     }
 
-    /// Replaces the subscriptions and the open usage of the `stale` ones (read with [`load_open_usage`]).
-    pub fn apply(&mut self, subscriptions: Vec<Subscription>, stale: &[(u64, i64)], usage: Vec<OpenUsageRow>, catalog: &Snapshot, decimals: u32) {
+    /// Replaces the subscriptions and the open usage of the `stale` ones (read with [`load_open_usage`] after
+    /// [`Self::begin_reload`] returned `mark`).
+    pub fn apply(&mut self, subscriptions: Vec<Subscription>, stale: &[(u64, i64)], usage: Vec<OpenUsageRow>, mark: usize, catalog: &Snapshot, decimals: u32) {
         self.by_id.clear();
         self.by_subscriber.clear();
         for sub in subscriptions {
@@ -201,21 +208,75 @@ impl Entitlements {
         for ids in self.by_subscriber.values_mut() {
             ids.sort_unstable();
         }
-        for (id, start) in stale {
+        self.replace_open_usage(stale, usage, mark, catalog, decimals);
+    }
+
+    /// Starts reading open usage from Postgres: events recorded from now on are kept until the reload is applied
+    /// and added on top of what it read, because the read may have missed them. (Some may be in the read too:
+    /// counted twice until the next reload, never missed.) Returns the mark to apply the reload with; every call
+    /// must be followed by [`Self::end_reload`].
+    pub fn begin_reload(&mut self) -> usize {
+        self.reloads += 1;
+        self.journal_start + self.journal.len()
+    }
+
+    /// Ends a reload (applied or not).
+    pub fn end_reload(&mut self) {
+        self.reloads = self.reloads.saturating_sub(1);
+        if self.reloads == 0 {
+            self.journal_start += self.journal.len();
+            self.journal.clear();
+        }
+    }
+
+    /// The open periods to reload so that usage other processes stored (another `serve` replica, `usage import`)
+    /// counts here too: every live subscription's, with its start.
+    pub fn reload_targets(&self, now: i64) -> Vec<(u64, i64)> {
+        let mut targets: Vec<(u64, i64)> = self
+            .by_id
+            .values()
+            .filter(|s| s.entitled_at(now))
+            .map(|s| (s.id, self.open.get(&s.id).map_or_else(|| s.open_period_start(now), |o| o.period_start)))
+            .collect();
+        targets.sort_unstable();
+        targets
+    }
+
+    /// Replaces the open usage of `targets` whose open period is still the one read (read with
+    /// [`load_open_usage`] after [`Self::begin_reload`] returned `mark`).
+    pub fn apply_reload(&mut self, targets: &[(u64, i64)], usage: Vec<OpenUsageRow>, mark: usize, catalog: &Snapshot, decimals: u32) {
+        let current: Vec<(u64, i64)> =
+            targets.iter().filter(|(id, start)| self.open.get(id).is_none_or(|o| o.period_start == *start)).copied().collect();
+        self.replace_open_usage(&current, usage, mark, catalog, decimals);
+    }
+
+    fn replace_open_usage(&mut self, periods: &[(u64, i64)], usage: Vec<OpenUsageRow>, mark: usize, catalog: &Snapshot, decimals: u32) {
+        for (id, start) in periods {
             self.open.insert(*id, OpenUsage { period_start: *start, ..OpenUsage::default() });
         }
-        for (id, model, meter, quantity, latest) in usage {
-            if let Some(open) = self.open.get_mut(&(id as u64)) {
-                open.usage.insert((model, meter), (quantity, latest));
+        let replayed = self.journal.iter().skip(mark.saturating_sub(self.journal_start)).cloned();
+        let reloaded: std::collections::HashSet<u64> = periods.iter().map(|(id, _)| *id).collect();
+        let rows: Vec<OpenUsageRow> = usage.into_iter().chain(replayed.filter(|row| reloaded.contains(&(row.0 as u64)))).collect();
+        for (id, model, meter, quantity, latest) in rows {
+            if let Some(open) = self.open.get_mut(&(id as u64))
+                && latest >= open.period_start.saturating_mul(1000)
+            {
+                let entry = open.usage.entry((model, meter)).or_insert((Decimal::ZERO, 0));
+                entry.0 = entry.0.saturating_add(quantity);
+                entry.1 = entry.1.max(latest);
             }
         }
-        for (id, _) in stale {
+        for (id, _) in periods {
             self.estimate(*id, catalog, decimals);
         }
     }
 
     /// Adds events just stored to their subscription's open usage.
     pub fn record(&mut self, events: &[UsageEvent], catalog: &Snapshot, decimals: u32) {
+        if self.reloads > 0 {
+            let rows = events.iter().map(|e| (e.subscription_id as i64, e.model.clone(), e.meter.clone(), e.quantity, e.occurred_at_ms));
+            self.journal.extend(rows);
+        }
         let mut touched = Vec::new();
         for event in events {
             let Some(open) = self.open.get_mut(&event.subscription_id) else { continue };
@@ -758,7 +819,7 @@ mod funds_tests {
             overage_cap: 100 * USDC,
             subscribed_at: 1_000,
         };
-        e.apply(vec![sub], &[(1, 1_000)], Vec::new(), &catalog(), 6);
+        e.apply(vec![sub], &[(1, 1_000)], Vec::new(), 0, &catalog(), 6);
         e.enable_funds(FundsPolicy { interval_ms: 15_000 });
         let reading = WalletFunds {
             balance: U256::from(balance),
@@ -842,6 +903,27 @@ mod funds_tests {
         assert_eq!((funds.owed.as_str(), funds.headroom.as_deref()), ("0", Some("3000000")));
         let mut more = events(&[("u", 3)]);
         assert_eq!(admit(&mut e, &mut more).0, [None]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_events_recorded_while_it_read() {
+        let mut e = view(2, 100 * USDC, 100 * USDC, 0, crate::funds::wall_ms());
+        let owed = |e: &Entitlements| e.check(WALLET, 1_500).funds.unwrap().owed;
+        // Another process stored 2 units; while the reload reads them, this one records 1 unit of its own.
+        let mark = e.begin_reload();
+        let targets = e.reload_targets(1_500);
+        assert_eq!(targets, [(1, 1_000)]);
+        e.record(&accepted(&events(&[("u", 1)])), &catalog(), 6);
+        assert_eq!(owed(&e), (USDC).to_string());
+        e.apply_reload(&targets, vec![(1, "m".into(), "u".into(), Decimal::from(2), 1_400_000)], mark, &catalog(), 6);
+        e.end_reload();
+        assert_eq!(owed(&e), (3 * USDC).to_string(), "the read's 2 units and the 1 recorded meanwhile");
+        // The next reload, which reads all 3 units, counts each once; nothing is journaled between reloads.
+        let mark = e.begin_reload();
+        e.apply_reload(&targets, vec![(1, "m".into(), "u".into(), Decimal::from(3), 1_500_000)], mark, &catalog(), 6);
+        e.end_reload();
+        assert_eq!(owed(&e), (3 * USDC).to_string());
+        assert!(e.journal.is_empty());
     }
 
     #[test]
