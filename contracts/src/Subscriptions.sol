@@ -393,6 +393,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     function _pausedSince(uint256 from) internal view returns (uint256 paused) {
         for (uint256 i = _pauses.length; i > 0; --i) {
             PauseSpan memory span = _pauses[i - 1];
+            // slither-disable-next-line incorrect-equality -- 0 marks the pause still running, not a time compared
             uint256 end = span.end == 0 ? block.timestamp : span.end;
             if (end <= from) break;
             paused += end - (span.start > from ? span.start : from);
@@ -593,6 +594,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
 
     /// @inheritdoc ISubscriptions
     function overageCapOf(uint256 id, uint256 periodIndex) external view returns (bool known, uint256 cap) {
+        // slither-disable-next-line incorrect-equality -- status enum, not a balance or a time
         if (_subscriptions[id].status == Status.None) revert UnknownSubscription(id);
         (known, cap,) = _periodEntry(_ledgers[id], periodIndex);
     }
