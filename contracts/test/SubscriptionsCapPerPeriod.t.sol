@@ -293,7 +293,7 @@ contract SubscriptionsCapPerPeriodTest is SubscriptionsHelpers {
 
     uint256 internal constant WEEK = 7 days;
     uint256 internal constant N_SUBS = 2;
-    uint256 internal constant STEPS = 40;
+    uint256 internal constant STEPS = 60;
 
     struct Model {
         uint256 t0;
@@ -360,15 +360,24 @@ contract SubscriptionsCapPerPeriodTest is SubscriptionsHelpers {
         for (uint256 step; step < STEPS; ++step) {
             uint256 r = uint256(keccak256(abi.encode(seed, step)));
             uint256 id = 1 + (r >> 8) % N_SUBS;
-            uint256 op = r % 10;
+            uint256 op = r % 12;
             uint256 amount = (r >> 64) % (120 * USDC);
+            uint256 t = vm.getBlockTimestamp();
             if (op <= 1) {
                 _fuzzSetCap(id, amount);
-            } else if (op <= 3) {
-                vm.warp(vm.getBlockTimestamp() + (r >> 128) % 4 days);
-            } else if (op <= 5) {
+            } else if (op == 2) {
+                vm.warp(t + (r >> 128) % 1 days);
+            } else if (op == 3) {
+                // Around the end of the last paid period, where "during" turns into "after" and the charge window
+                // of the ended period runs.
+                uint256 target = _modelPaidThrough(id) + (r >> 128) % (CHARGE_WINDOW + 1 days);
+                target = target > 12 hours ? target - 12 hours : 0;
+                if (target > t) vm.warp(target);
+            } else if (op == 4) {
+                vm.warp(t + (r >> 128) % 4 days);
+            } else if (op <= 6) {
                 _fuzzRenew(id);
-            } else if (op == 6) {
+            } else if (op == 7) {
                 // Rarely: cancel (the next period never comes; caps can still be changed).
                 if (!_model[id].ended && (r >> 160) % 6 == 0) {
                     vm.prank(_sub(id).subscriber);
@@ -377,7 +386,7 @@ contract SubscriptionsCapPerPeriodTest is SubscriptionsHelpers {
                 }
             } else {
                 uint256 current = _model[id].periodIndex;
-                uint256 k = (op == 9 && current != 0) ? current - 1 : current;
+                uint256 k = (op >= 10 && current != 0) ? current - 1 : current;
                 _fuzzCharge(id, k, amount);
             }
         }
