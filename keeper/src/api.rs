@@ -117,14 +117,10 @@ impl Keeper {
 
     /// Reads the funds of the wallets with a live subscription (with `unread_only`, only of those never read, e.g.
     /// new subscribers) and what the chain has charged in their open periods; returns how many wallets it read.
-    /// A full refresh first reloads the open usage ([`Self::reload_open_usage`]), so that replicas agree on it too.
     /// The readings go to `keeper.wallet_funds`, and the view takes the newest stored reading of each wallet,
     /// which may be another replica's. A failed read still takes the stored readings, then returns the error.
     pub async fn refresh_funds(&self, reader: &FundsReader, unread_only: bool) -> Result<usize, KeeperError> {
         let chain_id = self.settings.chain_id;
-        if !unread_only {
-            self.reload_open_usage().await?;
-        }
         let (wallets, periods) = self.entitlements.read().expect("entitlement lock").live(self.clock.now_secs(), unread_only);
         if wallets.is_empty() {
             if !unread_only {

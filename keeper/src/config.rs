@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub rpc_url: Option<String>,
     /// Time between two readings of the wallets' funds (`serve`).
     pub funds_interval: Option<String>,
+    /// Time between two reloads of the open periods' usage from Postgres (`serve`; `0` turns them off).
+    pub usage_reload_interval: Option<String>,
 }
 
 /// Resolved settings.
@@ -70,6 +72,8 @@ pub struct Settings {
     pub rpc_url: Option<String>,
     /// Seconds between two readings of the wallets' funds.
     pub funds_interval: u64,
+    /// Seconds between two reloads of the open periods' usage; 0: never.
+    pub usage_reload_interval: u64,
 }
 
 /// Flag and environment values; `None` means "not given".
@@ -114,6 +118,10 @@ pub struct Overrides {
     /// Time between two readings of the wallets' balance, allowance and credit by `serve` (default 15s).
     #[arg(long)]
     pub funds_interval: Option<String>,
+    /// Time between two reloads by `serve` of the open periods' usage from Postgres, so that usage other replicas
+    /// store counts here too (default 15s; 0 turns them off, for a single replica).
+    #[arg(long)]
+    pub usage_reload_interval: Option<String>,
 }
 
 fn bad(key: &str, value: impl std::fmt::Display, why: impl std::fmt::Display) -> KeeperError {
@@ -168,6 +176,8 @@ impl Settings {
         if !(1..=600).contains(&funds_interval) {
             return Err(bad("funds_interval", &funds_text, "between 1s and 10m"));
         }
+        let reload_text = o.usage_reload_interval.clone().or(file.usage_reload_interval).unwrap_or_else(|| "15s".into());
+        let usage_reload_interval = u64::try_from(duration("usage_reload_interval", &reload_text)?).unwrap_or(0);
         Ok(Self {
             database_url,
             deployment,
@@ -182,6 +192,7 @@ impl Settings {
             api_token,
             rpc_url: file.rpc_url,
             funds_interval,
+            usage_reload_interval,
         })
     }
 }

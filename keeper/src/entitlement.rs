@@ -66,6 +66,8 @@ pub async fn load_open_usage(pool: &PgPool, stale: &[(u64, i64)]) -> Result<Vec<
         "SELECT e.subscription_id, e.model_id, e.meter, SUM(e.quantity), MAX(e.occurred_at_ms)
          FROM keeper.usage_events e
          JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS p(id, start_ms) ON e.subscription_id = p.id AND e.occurred_at_ms >= p.start_ms
+         -- An open period's events are never closed yet; saying so lets the partial index skip closed history.
+         WHERE e.close_id IS NULL
          GROUP BY 1, 2, 3",
     )
     .bind(&ids)
@@ -582,14 +584,17 @@ impl Entitlements {
             return Vec::new();
         }
         let wall = crate::funds::wall_ms();
+        // The events to judge, per wallet in order of first appearance.
         let mut wallets: Vec<(Address, Vec<usize>)> = Vec::new();
+        let mut position: HashMap<Address, usize> = HashMap::new();
         for (index, item) in prepared.iter().enumerate() {
             let Ok(event) = item else { continue };
             let Some(sub) = self.by_id.get(&event.subscription_id).filter(|_| event.refused.is_none()) else { continue };
-            match wallets.iter_mut().find(|(w, _)| *w == sub.subscriber) {
-                Some((_, indexes)) => indexes.push(index),
-                None => wallets.push((sub.subscriber, vec![index])),
-            }
+            let at = *position.entry(sub.subscriber).or_insert_with(|| {
+                wallets.push((sub.subscriber, Vec::new()));
+                wallets.len() - 1
+            });
+            wallets[at].1.push(index);
         }
         let mut reserved: HashMap<u64, u128> = HashMap::new();
         for (wallet, indexes) in wallets {

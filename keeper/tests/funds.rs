@@ -400,13 +400,14 @@ async fn two_replicas_judge_a_wallet_by_the_same_usage_and_funds() {
     let images = |id: &str, n: &str| vec![Ok(event(id, payg, "image-gen", "images", n, now))];
     let status = |report: &subsettle_keeper::metering::BatchReport| serde_json::to_value(&report.results[0]).unwrap()["status"].as_str().unwrap().to_owned();
 
-    // 1 of the 2 USDC the wallet can pay is used through A; B, once refreshed, counts it: 2 more is refused, 1 served.
+    // 1 of the 2 USDC the wallet can pay is used through A; B, once it reloads the open usage, counts it: 2 more is
+    // refused, 1 served.
     assert_eq!(status(&a.ingest(images("r-1", "25")).await.unwrap()), "accepted");
-    b.refresh_funds(&reader, false).await.unwrap();
+    b.reload_open_usage().await.unwrap();
     assert_eq!(status(&b.ingest(images("r-2", "50")).await.unwrap()), "payment_required");
     assert_eq!(status(&b.ingest(images("r-3", "25")).await.unwrap()), "accepted");
-    // A counts B's usage after its own refresh, and both answer with the same figures.
-    a.refresh_funds(&reader, false).await.unwrap();
+    // A counts B's usage after its own reload, and both answer with the same figures.
+    a.reload_open_usage().await.unwrap();
     assert_eq!(status(&a.ingest(images("r-4", "1")).await.unwrap()), "payment_required");
     let answers: Vec<Value> = [&a, &b].iter().map(|k| serde_json::to_value(k.entitlements.read().unwrap().check(payg, now).funds).unwrap()).collect();
     assert_eq!(answers[0], answers[1]);

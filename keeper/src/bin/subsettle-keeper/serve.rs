@@ -74,24 +74,36 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Reads every live wallet's funds every `funds_interval`, and a new subscriber's at the next refresh interval
-/// (so that it does not wait a whole funds interval for its first billable request).
+/// (so that it does not wait a whole funds interval for its first billable request); reloads the open periods'
+/// usage every `usage_reload_interval` (never when 0), so that replicas agree on what is owed.
 async fn funds_loop(keeper: Arc<Keeper>, reader: FundsReader, settings: Settings, mut stopped: watch::Receiver<bool>) {
     let start = tokio::time::Instant::now();
-    let mut all = tokio::time::interval_at(start + Duration::from_secs(settings.funds_interval), Duration::from_secs(settings.funds_interval));
-    all.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = |secs: u64| {
+        let mut interval = tokio::time::interval_at(start + Duration::from_secs(secs), Duration::from_secs(secs));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
+    let mut all = every(settings.funds_interval);
+    let mut reload = every(settings.usage_reload_interval.max(1));
     let mut unread = tokio::time::interval(Duration::from_millis(settings.refresh_interval_ms));
     unread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
+            _ = reload.tick(), if settings.usage_reload_interval > 0 => {
+                if let Err(error) = keeper.reload_open_usage().await {
+                    tracing::warn!(%error, "reloading the open periods' usage failed; retrying next interval");
+                }
+            }
             _ = all.tick() => {
                 if let Err(error) = keeper.refresh_funds(&reader, false).await {
                     tracing::warn!(%error, "reading the wallets' funds failed; keeping the previous readings until they are too old");
                 }
             }
             _ = unread.tick() => {
+                // Failures are retried at the next tick; a lasting one is reported by the full reading above.
                 if let Err(error) = keeper.refresh_funds(&reader, true).await {
-                    tracing::warn!(%error, "reading new wallets' funds failed; retrying");
+                    tracing::debug!(%error, "reading new wallets' funds failed; retrying");
                 }
             }
         }
