@@ -129,8 +129,8 @@ impl Keeper {
             return Ok(0);
         }
         // The index first, the chain second: a charge the index already shows is then in the balance read too,
-        // so a charge is never counted as both paid and still payable (the other way round only overstates
-        // what is owed until the next refresh).
+        // so the money it took is never counted as still in the wallet. (A charge in the balance read but not
+        // indexed yet only overstates what is owed, until the next refresh.)
         let charged = funds::load_charged(&self.pool, chain_id, &periods).await?;
         let read = reader.read(&wallets).await;
         if let Ok(readings) = &read {
