@@ -148,7 +148,8 @@ pub struct Entitlement {
     /// Its status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// Served until (Unix seconds): paid-through plus grace, or paid-through when cancelled.
+    /// Served until (Unix seconds): paid-through plus grace plus the time charging was paused since paid-through (a
+    /// running pause moves it on), or paid-through when cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serve_until: Option<i64>,
     /// The on-chain overage cap for the period, base units (decimal string).
@@ -377,7 +378,7 @@ impl Entitlements {
                 let wall = crate::funds::wall_ms();
                 let reason = self.refusal(sub, now).or_else(|| self.funds_refusal_to_serve(sub, now, wall));
                 let used = self.open.get(&sub.id).map_or(0, |o| o.overage_estimate);
-                let serve_until = if sub.status == Status::Cancelled { sub.paid_through } else { sub.paid_through + sub.grace };
+                let serve_until = if sub.status == Status::Cancelled { sub.paid_through } else { sub.grace_end(now) };
                 Entitlement {
                     entitled: reason.is_none(),
                     reason,
@@ -756,7 +757,24 @@ mod tests {
             grace: 100,
             overage_cap: 5,
             subscribed_at: 1_000,
+            pauses: Default::default(),
         }
+    }
+
+    #[test]
+    fn time_paused_since_paid_through_does_not_count_against_the_grace_period() {
+        let mut s = sub(1, Address::repeat_byte(7), Status::PastDue);
+        assert!(s.entitled_at(2_099) && !s.entitled_at(2_100), "grace ends at 2,100 without a pause");
+        // Paused from 1,990 (before paid-through: those 10 s do not count) to 2,050, then again from 2,120 on.
+        s.pauses = crate::subscriptions::Pauses(vec![(1_990, Some(2_050)), (2_120, None)].into());
+        assert_eq!(s.grace_end(2_140), 2_100 + 50 + 20);
+        assert!(s.entitled_at(2_149), "the running pause keeps it entitled");
+        assert!(s.entitled_at(5_000), "for as long as it runs, as the contract's isEntitled");
+        s.pauses = crate::subscriptions::Pauses(vec![(1_990, Some(2_050))].into());
+        assert!(s.entitled_at(2_149) && !s.entitled_at(2_150), "grace plus the 50 s paused after paid-through");
+        // A cancelled subscription is served to paid-through only, paused or not.
+        s.status = Status::Cancelled;
+        assert!(!s.entitled_at(2_000));
     }
 
     #[test]
@@ -823,6 +841,7 @@ mod funds_tests {
             grace: 100,
             overage_cap: 100 * USDC,
             subscribed_at: 1_000,
+            pauses: Default::default(),
         };
         e.apply(vec![sub], &[(1, 1_000)], Vec::new(), 0, &catalog(), 6);
         e.enable_funds(FundsPolicy { interval_ms: 15_000 });

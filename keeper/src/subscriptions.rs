@@ -1,5 +1,7 @@
 //! Subscriptions and their periods as the indexer recorded them in schema `chain` (read-only).
 
+use std::sync::Arc;
+
 use alloy::primitives::Address;
 use sqlx::PgPool;
 
@@ -45,16 +47,48 @@ pub struct Subscription {
     pub overage_cap: u128,
     /// When it started (Unix seconds).
     pub subscribed_at: i64,
+    /// Every pause of charging on the deployment, which grace periods do not count.
+    pub pauses: Pauses,
+}
+
+/// The pauses of charging, oldest first: (start, end), `None` while it lasts. Shared by every subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pauses(pub Arc<[(i64, Option<i64>)]>);
+
+impl Pauses {
+    /// Seconds paused between `from` and `now` (`Subscriptions.pausedSince(from)` at `now`).
+    pub fn paused_between(&self, from: i64, now: i64) -> i64 {
+        self.0
+            .iter()
+            .map(|(start, end)| (end.unwrap_or(now).min(now) - (*start).max(from)).max(0))
+            .sum()
+    }
+
+    /// Every pause of the deployment on `chain_id`, as indexed.
+    pub async fn load(pool: &PgPool, chain_id: u64) -> Result<Self, KeeperError> {
+        let rows: Vec<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT started_at, ended_at FROM chain.pauses WHERE chain_id = $1 ORDER BY started_at")
+                .bind(chain_id as i64)
+                .fetch_all(pool)
+                .await?;
+        Ok(Self(rows.into()))
+    }
 }
 
 impl Subscription {
     /// The contract's `isEntitled` at `now`.
     pub fn entitled_at(&self, now: i64) -> bool {
         match self.status {
-            Status::Active | Status::PastDue => now < self.paid_through.saturating_add(self.grace),
+            Status::Active | Status::PastDue => now < self.grace_end(now),
             Status::Cancelled => now < self.paid_through,
             Status::Lapsed => false,
         }
+    }
+
+    /// When the grace period ends, as known at `now`: paid-through plus the grace period plus the time charging was
+    /// paused since paid-through (the contract does not count it; a pause still running keeps moving this).
+    pub fn grace_end(&self, now: i64) -> i64 {
+        self.paid_through.saturating_add(self.grace).saturating_add(self.pauses.paused_between(self.paid_through, now))
     }
 
     /// Start of the period usage at `now` belongs to: the paid one, or the next one once it has ended.
@@ -86,10 +120,11 @@ pub async fn load_all(pool: &PgPool, chain_id: u64) -> Result<Vec<Subscription>,
     .bind(chain_id as i64)
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(from_row).collect()
+    let pauses = Pauses::load(pool, chain_id).await?;
+    rows.into_iter().map(|row| from_row(row, &pauses)).collect()
 }
 
-fn from_row(row: Row) -> Result<Subscription, KeeperError> {
+fn from_row(row: Row, pauses: &Pauses) -> Result<Subscription, KeeperError> {
     let (id, subscriber, plan, status, index, paid_through, period, grace, cap, subscribed_at) = row;
     let subscriber = Address::try_from(subscriber.as_slice())
         .map_err(|_| KeeperError::ChainData(format!("subscription {id}: subscriber is not 20 bytes")))?;
@@ -104,6 +139,7 @@ fn from_row(row: Row) -> Result<Subscription, KeeperError> {
         grace: seconds(&grace)?,
         overage_cap: numeric_u128(&cap, "overage_cap")?,
         subscribed_at,
+        pauses: pauses.clone(),
     })
 }
 
