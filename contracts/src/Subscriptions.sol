@@ -648,6 +648,7 @@ contract Subscriptions is ISubscriptions, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc ISubscriptions
     function dueForRenewal(uint256[] calldata ids) external view returns (bool[] memory due) {
         due = new bool[](ids.length);
+        if (_globals.paused) return due; // renew refuses while paused
         for (uint256 i; i < ids.length; ++i) {
             due[i] = _wouldRenew(ids[i]);
         }

@@ -37,6 +37,7 @@ contract SubscriptionsPauseTest is SubscriptionsHelpers {
         for (uint256 t = due + 1 days; t <= due + 11 days; t += 12 hours) {
             vm.warp(t);
             assertTrue(subs.isEntitled(id), "entitled through the pause");
+            assertFalse(subs.dueForRenewal(_ids(id))[0], "renew refuses while paused, so nothing is due");
         }
         vm.warp(due + 11 days); // a 10-day pause, grace is 3 days
         _unpause();

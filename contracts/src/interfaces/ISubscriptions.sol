@@ -373,6 +373,6 @@ interface ISubscriptions {
 
     /// @notice For each id, whether `renew` would collect it now: due (or past due within grace), and the
     /// subscriber's credit plus wallet balance and allowance cover the next price (blacklists and pauses of the
-    /// token cannot be seen from here).
+    /// token cannot be seen from here). All false while charging is paused.
     function dueForRenewal(uint256[] calldata ids) external view returns (bool[] memory);
 }
