@@ -20,6 +20,7 @@ contract GasBenchmarks is Test {
     uint256 internal constant USDC = 1e6;
     uint256 internal constant N = 100;
     uint256 internal constant MONTH = 30 days;
+    uint256 internal constant SPLIT_DELAY = 7 days;
 
     MockERC20Permit internal token;
     Subscriptions internal subs;
@@ -35,7 +36,7 @@ contract GasBenchmarks is Test {
     function setUp() public {
         vm.warp(1_700_000_000);
         token = new MockERC20Permit();
-        escrow = new SplitEscrow(address(token), owner, keeper, 7 days, 30 days);
+        escrow = new SplitEscrow(address(token), owner, keeper, SPLIT_DELAY, 30 days);
         subs = new Subscriptions(address(token), address(escrow), owner, keeper, 2 days);
         vm.startPrank(owner);
         escrow.setSubscriptions(address(subs));
@@ -189,6 +190,8 @@ contract GasBenchmarks is Test {
         assertEq(subs.chargedInPeriod(ids[N - 1], 0), 12 * USDC);
     }
 
+    /// @dev N splits of 3 recipients, then the clock moves past the change delay and a day more, so that every
+    /// split is in force for an epoch of a day ending now.
     function _createSplits() internal {
         for (uint256 i; i < N; ++i) {
             address[] memory recipients = new address[](3);
@@ -198,8 +201,11 @@ contract GasBenchmarks is Test {
             vm.prank(owner);
             splitIds.push(escrow.createSplit(recipients, bps, 1));
         }
+        vm.warp(vm.getBlockTimestamp() + SPLIT_DELAY + 1 days);
     }
 
+    /// @dev Settles `each` to every split for the next epoch: from where the last one ended (a day back for the
+    /// first) to now, as the keeper settles one epoch after another.
     function _settleAll(uint256 settlementId, uint256 each) internal {
         uint256[] memory amounts = new uint256[](N);
         uint256[] memory splits = new uint256[](N);
@@ -207,25 +213,27 @@ contract GasBenchmarks is Test {
             amounts[i] = each;
             splits[i] = splitIds[i];
         }
+        uint256 start = escrow.lastEpochEnd();
+        if (start == 0) start = vm.getBlockTimestamp() - 1 days;
         vm.prank(keeper);
-        escrow.settle(settlementId, vm.getBlockTimestamp() - 1 days, vm.getBlockTimestamp(), splits, amounts, keccak256("epoch"));
+        escrow.settle(settlementId, start, vm.getBlockTimestamp(), splits, amounts, keccak256("epoch"));
     }
 
     /// @dev Settlement of N splits of 3 recipients (a distinct creator per split, the same platform and host in
-    /// all), every recipient already holding a claimable balance.
+    /// all), every recipient already holding a claimable balance: the second of two daily epochs.
     function test_gas_settle_100x3() public {
         _createSplits();
-        vm.warp(vm.getBlockTimestamp() + 1 days);
         _settleAll(1, 10 * USDC);
+        vm.warp(vm.getBlockTimestamp() + 1 days);
         _settleAll(2, 10 * USDC + 7);
         vm.snapshotGasLastCall("gas", "settle_100x3_total");
         assertEq(escrow.claimableOf(host), 2 * N * USDC);
+        assertEq(escrow.lastEpochEnd(), vm.getBlockTimestamp());
     }
 
     /// @dev Claim of a recipient with a claimable balance to a wallet that already holds tokens.
     function test_gas_claim() public {
         _createSplits();
-        vm.warp(vm.getBlockTimestamp() + 1 days);
         _settleAll(1, 10 * USDC);
         address creator = address(uint160(0x20000));
         token.mint(creator, 1);
