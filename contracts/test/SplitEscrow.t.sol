@@ -2359,6 +2359,63 @@ contract SplitEscrowTest is BaseTest {
         assertGt(paidCalls, 0);
     }
 
+    function test_claimMany_starvedHeavyPayoutsRevertInsteadOfFailing() public {
+        // A look-alike token is needed: USDC's transfer needs ~40,000 gas; this one's burns `heavyGas` (110,000)
+        // more, so that a full PAYOUT_GAS is just enough, and its proxied mode does the work in an inner call (as
+        // USDC's proxy does). Neither shape lets a starved payout pass for a refused one: the call reverts or pays.
+        address heavy = makeAddr("heavy");
+        (GasGuzzlerToken token, SplitEscrow hostile) = _hostileEscrow(_a1(heavy), _b1(10_000), 100 * USDC);
+        token.setHeavyGas(110_000);
+        token.setMode(heavy, GasGuzzlerToken.Mode.Heavy);
+        _sweepClaimGas(token, hostile, heavy, 100_000, 180_000, 100, true);
+        // Proxied, the inner call hands back the 1/64 it kept when it fails, which lifts gasleft() above
+        // PAYOUT_GAS / 63 for most starved limits: those calls end out of gas (recording the failure costs more
+        // than is left), not with InsufficientGasForPayout, which only the lowest limits get.
+        token.setMode(heavy, GasGuzzlerToken.Mode.HeavyProxied);
+        _sweepClaimGas(token, hostile, heavy, 40_000, 180_000, 100, false);
+        // Given the gas, it is paid in a batch like any other.
+        assertEq(hostile.claimMany(_a1(heavy)), 1);
+        assertEq(token.balanceOf(heavy), 100 * USDC);
+    }
+
+    /// @dev Calls `claimMany([recipient])` with each gas limit in [from, to] by `step`: every call either pays the
+    /// recipient in full or reverts leaving its balance claimable (with InsufficientGasForPayout or out of gas);
+    /// some pay, and when `mustRefuse`, some revert InsufficientGasForPayout.
+    function _sweepClaimGas(
+        GasGuzzlerToken token,
+        SplitEscrow hostile,
+        address recipient,
+        uint256 from,
+        uint256 to,
+        uint256 step,
+        bool mustRefuse
+    ) internal {
+        uint256 owed = hostile.claimableOf(recipient);
+        bytes memory claimCall = abi.encodeCall(hostile.claimMany, (_a1(recipient)));
+        bytes memory starved = abi.encodeWithSelector(ISplitEscrow.InsufficientGasForPayout.selector);
+        uint256 snapshot = vm.snapshotState();
+        uint256 starvedCalls;
+        uint256 paidCalls;
+        for (uint256 g = from; g <= to; g += step) {
+            (bool ok, bytes memory ret) = address(hostile).call{gas: g}(claimCall);
+            if (ok) {
+                assertEq(hostile.claimableOf(recipient), 0, "a starved payout marked a payable recipient failed");
+                assertEq(token.balanceOf(recipient), owed);
+                ++paidCalls;
+                vm.revertToState(snapshot);
+            } else {
+                if (ret.length != 0) {
+                    assertEq(ret, starved);
+                    ++starvedCalls;
+                }
+                assertEq(hostile.claimableOf(recipient), owed);
+            }
+        }
+        emit log_named_uint("calls refused with InsufficientGasForPayout", starvedCalls);
+        if (mustRefuse) assertGt(starvedCalls, 0);
+        assertGt(paidCalls, 0);
+    }
+
     function test_claimMany_returnBombsDoNotBreakTheBatch() public {
         // A look-alike token is needed: USDC returns 32 bytes. This one returns (or reverts with) 160 KB for six of
         // the recipients; the escrow copies at most 32 bytes of a payout's return data, so they cost the batch no
