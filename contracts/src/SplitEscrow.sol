@@ -30,6 +30,9 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
     /// @notice The most gas one payout of a batch claim may use: far above a USDC transfer through its proxy to a
     /// new holder (about 50,000), and bounded so that no recipient can take the gas of the others.
     uint256 public constant PAYOUT_GAS = 150_000;
+    /// @dev Gas that must be left before a payout's call so that the call gets all of `PAYOUT_GAS`: 64/63 of it
+    /// (a call forwards at most 63/64 of what is left) plus the call's own cost (cold account access, memory).
+    uint256 internal constant PAYOUT_GAS_NEEDED = PAYOUT_GAS + PAYOUT_GAS / 63 + 5_000;
 
     /* IMMUTABLES */
 
@@ -346,13 +349,15 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
         if (totalPaid != 0) _totals.totalClaimable -= uint128(totalPaid);
     }
 
-    /// @dev `TOKEN.transfer(to, amount)` with at most `PAYOUT_GAS` and at most 32 bytes of return data copied;
-    /// success as SafeERC20 counts it (no return data from a contract, or `true`). Reverts the whole call when the
-    /// transfer may have failed only because the caller left it less than `PAYOUT_GAS` (the 63/64 rule), so that
-    /// a caller cannot mark a payable recipient as failed by starving it.
+    /// @dev `TOKEN.transfer(to, amount)` with exactly `PAYOUT_GAS` and at most 32 bytes of return data copied;
+    /// success as SafeERC20 counts it (no return data from a contract, or `true`). Reverts the whole call before the
+    /// transfer when less gas is left than the transfer must get (the 63/64 rule would hand it less), so that a
+    /// caller cannot mark a payable recipient as failed by starving it. Checked before the call, not after: a callee
+    /// behind a proxy hands unused gas back, so the gas left afterwards cannot tell a starved payout.
     function _tryPayout(address to, uint256 amount) internal returns (bool ok) {
         bytes memory data = abi.encodeCall(IERC20.transfer, (to, amount));
         address token_ = address(TOKEN);
+        if (gasleft() < PAYOUT_GAS_NEEDED) revert InsufficientGasForPayout();
         uint256 returnSize;
         uint256 returnValue;
         // slither-disable-next-line assembly -- a gas-bounded call with bounded return data has no Solidity form
@@ -361,7 +366,6 @@ contract SplitEscrow is ISplitEscrow, Ownable2Step, ReentrancyGuardTransient {
             returnSize := returndatasize()
             returnValue := mload(0)
         }
-        if (!ok && gasleft() < PAYOUT_GAS / 63) revert InsufficientGasForPayout();
         if (ok) ok = returnSize == 0 ? token_.code.length != 0 : (returnSize >= 32 && returnValue == 1);
     }
 

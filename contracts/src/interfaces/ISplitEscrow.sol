@@ -255,8 +255,8 @@ interface ISplitEscrow {
 
     /// @notice Claims for each recipient; held recipients and empty balances are skipped, a refused transfer emits
     /// `ClaimFailed` and leaves that balance claimable. No item reverts the batch, and each transfer may use at most
-    /// `PAYOUT_GAS`, so no recipient can starve the others (the call reverts only if the caller gave too little
-    /// gas for a payout to have its share).
+    /// `PAYOUT_GAS`, so no recipient can starve the others (the call reverts, before paying, when too little gas is
+    /// left to give the next payout all of `PAYOUT_GAS`).
     /// @return paid How many recipients were paid.
     function claimMany(address[] calldata recipients) external returns (uint256 paid);
 
