@@ -231,6 +231,21 @@ contract GasBenchmarks is Test {
         assertEq(escrow.lastEpochEnd(), vm.getBlockTimestamp());
     }
 
+    /// @dev Batch claim for N recipients (the creators of the N splits) with a claimable balance, each paid to a
+    /// wallet that already holds tokens, every payout through the gas-bounded call.
+    function test_gas_claimMany_100() public {
+        _createSplits();
+        _settleAll(1, 10 * USDC);
+        address[] memory creators = new address[](N);
+        for (uint256 i; i < N; ++i) {
+            creators[i] = address(uint160(0x20000 + i));
+            token.mint(creators[i], 1);
+        }
+        escrow.claimMany(creators);
+        vm.snapshotGasLastCall("gas", "claimMany_100_total");
+        assertEq(token.balanceOf(creators[N - 1]), 7 * USDC + 1);
+    }
+
     /// @dev Claim of a recipient with a claimable balance to a wallet that already holds tokens.
     function test_gas_claim() public {
         _createSplits();
