@@ -10,6 +10,8 @@ import {TestUSDC} from "../../src/TestUSDC.sol";
 import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
+import {ISplitEscrow} from "../../src/interfaces/ISplitEscrow.sol";
+import {ITestUSDC} from "../../src/interfaces/ITestUSDC.sol";
 
 /// @notice A plan as the handler models it (never read back from the contract).
 struct PlanSpec {
@@ -35,20 +37,24 @@ struct Deployment {
 /// asserts the counters of its categories are zero; `firstMismatch` names the first one of each category.
 enum Mismatch {
     Renewal, // a renewal/lapse/failure the model did not expect, or a wrong price/period
-    Charge, // a usage charge outside its window, above min(cumulative, cap), or wrongly refused
+    Charge, // a usage charge outside its window, above min(cumulative, cap of its period), or wrongly refused
     Collection, // money moved by a pull batch differs from what its events report
     SubscriptionModel, // subscribe/cancel/changePlan/setOverageCap/credit outcome differs from the model
     Distribution, // a settlement credited recipients differently from the split version in force
-    Settlement, // a settlement was accepted that should be refused, or the reverse
+    Settlement, // a settlement was accepted that should be refused, or the reverse, or refused for another reason
     Claim, // a claim paid the wrong amount/address, or succeeded/failed against the model
     Hold, // hold/release outcome differs from the model
     Split, // split create/propose/cancel outcome differs from the model
-    Refund, // refund outcome or destination differs from the model
+    Refund, // refund outcome, reason, bound or destination differs from the model
     Sweep, // sweep amount differs from the stray tokens sent to the escrow
     EscrowOutflow, // tokens left the escrow to a destination that is not allowed
     SubsOutflow, // tokens left Subscriptions to a destination that is not allowed
-    BatchReverted // renew/chargeUsage reverted as a whole (the spec says items are isolated)
+    BatchReverted, // renew/chargeUsage reverted as a whole while charging was not paused (items are isolated)
+    Pause // pause/unpause outcome, event or log differs from the model, or a pull went through while paused
 }
+
+/// @dev Number of `Mismatch` categories.
+uint256 constant MISMATCH_KINDS = 15;
 
 // Test code: timestamps are the model's input and every narrowing cast is of a bounded value.
 // forge-lint: disable-start(block-timestamp, unsafe-typecast)
@@ -96,6 +102,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     address public immutable sink;
 
     address[] internal _subscribers;
+    uint256[] internal _subscriberKeys; // to sign permits
     address[] internal _recipients;
     address[] internal _payoutWallets;
     mapping(address => uint256) internal _subscriberSlot; // index + 1
@@ -107,9 +114,9 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     /* MISMATCH COUNTERS */
 
-    uint256[14] public mismatches;
+    uint256[MISMATCH_KINDS] public mismatches;
     /// @notice The first mismatch of each category in the current run, to say what went wrong.
-    string[14] public firstMismatch;
+    string[MISMATCH_KINDS] public firstMismatch;
 
     /* SUBSCRIPTION MODEL */
 
@@ -120,16 +127,26 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint8 status;
         uint24 periodIndex;
         uint40 paidThrough;
+        uint64 cap; // the latest cap set: it applies from its period on
+        uint24 ledgerPeriod; // the newest period the contract's usage ledger holds (moved by charges and caps)
+    }
+
+    /// @notice A cap set by the subscriber (or at subscribe) for period `from` and every later one.
+    struct CapChange {
+        uint24 from;
         uint64 cap;
     }
 
     mapping(uint256 id => SubModel) internal _model;
     uint256 public subCount;
+    /// @dev Every cap change of a subscription, oldest first; `from` never decreases (the period in progress only
+    /// moves forward), so the cap of period k is the one of the last change with `from <= k`.
+    mapping(uint256 id => CapChange[]) internal _capChanges;
 
     /// @notice Usage charged per (subscription, period), summed from collected UsageCharged amounts.
     mapping(uint256 => mapping(uint256 => uint256)) public ghostCharged;
-    /// @notice Highest cap in force for (subscription, period) at any time while that period was chargeable.
-    mapping(uint256 => mapping(uint256 => uint256)) public ghostMaxCap;
+    /// @notice The cap of (subscription, period) by the model when it was last charged.
+    mapping(uint256 => mapping(uint256 => uint256)) public ghostCapAtCharge;
     /// @notice Highest cumulative overage the keeper ever posted for (subscription, period).
     mapping(uint256 => mapping(uint256 => uint256)) public ghostMaxCumulative;
     /// @notice Plan fee collected for (subscription, period) and how many times it was collected.
@@ -142,6 +159,18 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     uint256[] internal _pairPeriods;
 
     mapping(address => uint256) public ghostCredit;
+    /// @notice Everything each wallet paid (plan fees and usage charges, from its wallet or its credit).
+    mapping(address => uint256) public ghostPaidBy;
+    /// @notice Everything refunded to each wallet (to the wallet or as credit).
+    mapping(address => uint256) public ghostRefundedTo;
+    /// @notice Refunded per (subscription, period), and the pairs refunded at least once.
+    mapping(uint256 => mapping(uint256 => uint256)) public ghostRefundedFor;
+    mapping(uint256 => mapping(uint256 => bool)) internal _refundPairSeen;
+    uint256[] internal _refundPairIds;
+    uint256[] internal _refundPairPeriods;
+    mapping(bytes32 => bool) public ghostRefundIdUsed;
+    bytes32[] internal _usedRefundIds;
+    uint256 internal _refundNonce;
     uint256 public ghostRevenue;
     uint256 public ghostCreditUsed;
     uint256 public ghostDeposited;
@@ -182,6 +211,37 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     uint256 public ghostStray;
     uint256 public ghostSwept;
 
+    /// @notice Every settled epoch, in order, and when it was settled.
+    struct EpochRecord {
+        uint64 start;
+        uint64 end;
+        uint64 settledAt;
+    }
+
+    /// @notice One split credited by a settlement (from its Credited events) and the version it was divided by
+    /// (`escrow.versionAt(split, epochEnd - 1)`, read right after the settlement).
+    struct CreditedRecord {
+        uint256 settlementId;
+        uint256 splitId;
+        uint256 version;
+        uint64 epochStart;
+        uint64 epochEnd;
+    }
+
+    EpochRecord[] internal _epochs;
+    CreditedRecord[] internal _credited;
+    uint256 public ghostLastEpochEnd;
+
+    /* PAUSE MODEL */
+
+    struct PauseModel {
+        uint40 start;
+        uint40 end; // 0 while it lasts
+    }
+
+    PauseModel[] internal _pauses;
+    bool public ghostPaused;
+
     /* TOKEN FLOWS (from Transfer logs) */
 
     uint256 public escrowIn;
@@ -210,6 +270,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     uint256 internal _callNonce;
     mapping(uint256 id => uint256 nonce) internal _failedInCall;
+    mapping(uint256 id => uint256 nonce) internal _renewedInCall;
     uint256[5] internal _spent;
     uint256[5] internal _creditSpent;
     uint256[5] internal _walletBefore;
@@ -218,6 +279,16 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     uint256 internal _revenueBefore;
     uint256 internal _escrowBefore;
     ExpectedSubscribe internal _expectSub;
+    /// @dev What the events of the call in progress must say (set by the action before it calls).
+    uint256 internal _expectCapFrom;
+    uint256 internal _capEvents;
+    uint256 internal _pauseEvents;
+    bytes32 internal _expectRefundHash;
+    uint256 internal _refundEvents;
+    uint256 internal _settlingId;
+    uint256 internal _settlingStart;
+    uint256 internal _settlingEnd;
+    bool internal _settling;
 
     /* CONSTRUCTOR */
 
@@ -238,8 +309,9 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             _plans[plans_[i].id] = plans_[i];
         }
         for (uint256 i; i < N_SUBSCRIBERS; ++i) {
-            address s = makeAddr(string.concat("subscriber", vm.toString(i)));
+            (address s, uint256 key) = makeAddrAndKey(string.concat("subscriber", vm.toString(i)));
             _subscribers.push(s);
+            _subscriberKeys.push(key);
             _subscriberSlot[s] = i + 1;
             vm.prank(d.owner);
             d.usdc.mint(s, 5_000 * USDC);
@@ -260,33 +332,79 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     /* SUBSCRIBER ACTIONS                                                                                    */
     /* ===================================================================================================== */
 
+    /// @notice Subscribes, with `subscribe` or (one in four) `subscribeWithPermit` and a permit signed by the
+    /// subscriber (sometimes for too little, sometimes signed by someone else: the subscribe then goes on with the
+    /// allowance already in place).
     function subscribe(uint256 subscriberSeed, uint256 planSeed, uint256 capSeed) public {
         if (subCount >= MAX_SUBSCRIPTIONS) return;
-        address s = _subscribers[subscriberSeed % N_SUBSCRIBERS];
+        uint256 slot = subscriberSeed % N_SUBSCRIBERS;
+        address s = _subscribers[slot];
         uint256 planId = _planIds[planSeed % _planIds.length];
         uint256 cap = _bound(capSeed, 0, MAX_CAP);
         _expectSub = ExpectedSubscribe({subscriber: s, planId: planId, cap: cap, seen: false});
         uint256 countBefore = subCount;
+        bool withPermit = (subscriberSeed >> 8) % 4 == 1; // never for the small seeds of the starting state
 
         _beginCollection();
         bool ok;
         uint256 id;
-        vm.prank(s);
-        try subs.subscribe(planId, cap) returns (uint256 id_) {
-            ok = true;
-            _stat("subscribe");
-            id = id_;
-        } catch {}
+        bytes memory reason;
+        if (withPermit) {
+            (ok, id, reason) = _subscribeWithPermit(slot, planId, cap, subscriberSeed >> 16);
+        } else {
+            vm.prank(s);
+            try subs.subscribe(planId, cap) returns (uint256 id_) {
+                (ok, id) = (true, id_);
+            } catch (bytes memory r) {
+                reason = r;
+            }
+        }
         _endCollection();
 
+        if (ok) _stat(withPermit ? bytes32("subscribeWithPermit") : bytes32("subscribe"));
         if (ok && (!_expectSub.seen || id != countBefore + 1 || subCount != id)) {
             _flag(Mismatch.SubscriptionModel, "subscribe: id or Subscribed event wrong");
         }
         if (!ok && _expectSub.seen) _flag(Mismatch.SubscriptionModel, "subscribe: event without success");
-        if (!ok && _plans[planId].price == 0 && !subs.chargingPaused()) {
+        if (ghostPaused) {
+            if (ok) _flag(Mismatch.Pause, "subscribe: accepted while paused");
+            else if (!_isError(reason, abi.encodeWithSelector(ISubscriptions.ChargingPaused.selector))) {
+                _flag(Mismatch.Pause, "subscribe: refused while paused for another reason");
+            }
+        } else if (!ok && _plans[planId].price == 0) {
             _flag(Mismatch.SubscriptionModel, "subscribe: free plan refused");
         }
         delete _expectSub;
+    }
+
+    function _subscribeWithPermit(uint256 slot, uint256 planId, uint256 cap, uint256 seed)
+        internal
+        returns (bool ok, uint256 id, bytes memory reason)
+    {
+        address s = _subscribers[slot];
+        uint256 mode = seed % 4;
+        uint256 value = mode == 0 ? _bound(seed >> 8, 0, 100 * USDC) : type(uint256).max;
+        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
+        // Mode 1: signed by another subscriber's key, so the permit fails and the subscribe goes on without it.
+        uint256 key = _subscriberKeys[mode == 1 ? (slot + 1) % N_SUBSCRIBERS : slot];
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
+                s,
+                address(subs),
+                value,
+                usdc.nonces(s),
+                deadline
+            )
+        );
+        (uint8 v, bytes32 r, bytes32 sig) =
+            vm.sign(key, keccak256(abi.encodePacked("\x19\x01", usdc.DOMAIN_SEPARATOR(), structHash)));
+        vm.prank(s);
+        try subs.subscribeWithPermit(planId, cap, value, deadline, v, r, sig) returns (uint256 id_) {
+            (ok, id) = (true, id_);
+        } catch (bytes memory r_) {
+            reason = r_;
+        }
     }
 
     function cancel(uint256 idSeed) external {
@@ -311,30 +429,44 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         }
     }
 
+    /// @notice The subscriber sets its cap: from the period in progress (the last paid one while it runs, else the
+    /// next), never for a period that ended. Sometimes the largest cap, sometimes one above it (refused).
     function setOverageCap(uint256 idSeed, uint256 capSeed) external {
         if (subCount == 0) return;
         uint256 id = _bound(idSeed, 1, subCount);
-        uint256 cap = _bound(capSeed, 0, MAX_CAP);
+        uint256 max = subs.MAX_OVERAGE_CAP();
+        uint256 mode = capSeed % 32;
+        uint256 cap = mode == 0 ? max + 1 : mode == 1 ? max : _bound(capSeed >> 5, 0, MAX_CAP);
         SubModel storage m = _model[id];
+        uint256 from = vm.getBlockTimestamp() < m.paidThrough ? m.periodIndex : uint256(m.periodIndex) + 1;
+        (_expectCapFrom, _capEvents) = (from, 0);
 
         _begin();
         bool ok;
+        bytes memory reason;
         vm.prank(m.subscriber);
         try subs.setOverageCap(id, cap) {
             ok = true;
-            _stat("setOverageCap");
-        } catch {}
+        } catch (bytes memory r) {
+            reason = r;
+        }
         _end();
 
+        if (cap > max) {
+            if (ok || !_isError(reason, abi.encodeWithSelector(ISubscriptions.OverageCapTooLarge.selector, cap))) {
+                _flag(Mismatch.SubscriptionModel, "setOverageCap: a cap above the maximum not refused as such");
+            }
+            return;
+        }
         if (!ok) {
             _flag(Mismatch.SubscriptionModel, "setOverageCap: refused for the owner");
             return;
         }
+        if (_capEvents != 1) _flag(Mismatch.SubscriptionModel, "setOverageCap: OverageCapSet missing or wrong");
+        _stat(from > m.periodIndex ? bytes32("setOverageCapFromNext") : bytes32("setOverageCapFromCurrent"));
         m.cap = uint64(cap);
-        // The cap now applies to every period still inside its charge window.
-        uint256 k = m.periodIndex;
-        if (_chargeable(m, k)) _raiseMaxCap(id, k, cap);
-        if (k != 0 && _chargeable(m, k - 1)) _raiseMaxCap(id, k - 1, cap);
+        if (from > m.ledgerPeriod) m.ledgerPeriod = uint24(from);
+        _setCap(id, from, cap);
     }
 
     function changePlan(uint256 idSeed, uint256 planSeed) external {
@@ -464,12 +596,30 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         }
 
         _beginCollection();
-        try subs.renew(ids) {}
-        catch {
-            _flag(Mismatch.BatchReverted, "renew batch reverted");
+        bool ok;
+        bytes memory reason;
+        try subs.renew(ids) {
+            ok = true;
+        } catch (bytes memory r) {
+            reason = r;
         }
         _endCollection();
-        _checkRenewOutcome(ids);
+        if (_pullOutcomeOk("renew", ok, reason)) _checkRenewOutcome(ids);
+    }
+
+    /// @dev A pull batch reverts as a whole exactly while charging is paused, with `ChargingPaused`.
+    function _pullOutcomeOk(string memory what, bool ok, bytes memory reason) internal returns (bool) {
+        if (!ghostPaused) {
+            if (!ok) _flag(Mismatch.BatchReverted, string.concat(what, " batch reverted"));
+            return ok;
+        }
+        if (ok) _flag(Mismatch.Pause, string.concat(what, ": went through while paused"));
+        else if (!_isError(reason, abi.encodeWithSelector(ISubscriptions.ChargingPaused.selector))) {
+            _flag(Mismatch.Pause, string.concat(what, ": refused while paused for another reason"));
+        } else {
+            _stat("pullRefusedPaused");
+        }
+        return false;
     }
 
     function chargeUsage(uint256 idSeed, uint256 periodSeed, uint256 cumulativeSeed, uint256 countSeed) external {
@@ -486,12 +636,16 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         }
 
         _beginCollection();
+        bool ok;
+        bytes memory reason;
         vm.prank(keeper);
-        try subs.chargeUsage(charges) {}
-        catch {
-            _flag(Mismatch.BatchReverted, "chargeUsage batch reverted");
+        try subs.chargeUsage(charges) {
+            ok = true;
+        } catch (bytes memory r) {
+            reason = r;
         }
         _endCollection();
+        _pullOutcomeOk("chargeUsage", ok, reason);
     }
 
     function _randomCharge(uint256 idSeed, uint256 periodSeed, uint256 cumulativeSeed, uint256 n)
@@ -499,6 +653,19 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         returns (ISubscriptions.Charge memory charge)
     {
         uint256 id = _bound(idSeed, 1, n);
+        // One in four: the first subscription from there whose last paid period has a cap other than its latest
+        // one (the cap was changed once the period ended: a charge for it must keep the old cap).
+        if ((idSeed >> 128) % 4 == 0) {
+            for (uint256 i; i < n; ++i) {
+                uint256 candidate = (id + i - 1) % n + 1;
+                SubModel storage m = _model[candidate];
+                if (capOf(candidate, m.periodIndex) != m.cap) {
+                    id = candidate;
+                    periodSeed = 0; // its last paid period
+                    break;
+                }
+            }
+        }
         (uint256 current,,) = subs.currentPeriod(id);
         uint256 mode = periodSeed % 10;
         uint256 k;
@@ -529,8 +696,27 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             SubModel storage m = _model[id];
             if (m.status != ACTIVE && m.status != PAST_DUE) continue;
             if (vm.getBlockTimestamp() < m.paidThrough) continue;
-            if (vm.getBlockTimestamp() >= uint256(m.paidThrough) + _plans[m.planId].grace) {
-                _flag(Mismatch.Renewal, "renew: grace over but not lapsed");
+            // Renewed in this call and still due: after a pause longer than a period, several periods can be owed
+            // and a renewal collects one (the next may even be past its grace when the plan changed to a shorter
+            // one: it lapses at the next call).
+            if (_renewedInCall[id] == _callNonce) continue;
+            if (_graceOver(m)) {
+                _flag(
+                    Mismatch.Renewal,
+                    string.concat(
+                        "renew: grace over but not lapsed: id ",
+                        vm.toString(id),
+                        " paidThrough ",
+                        vm.toString(uint256(m.paidThrough)),
+                        " now ",
+                        vm.toString(vm.getBlockTimestamp()),
+                        " paused since ",
+                        vm.toString(pausedSinceModel(m.paidThrough)),
+                        " (contract: ",
+                        vm.toString(subs.pausedSince(m.paidThrough)),
+                        ")"
+                    )
+                );
             } else if (_failedInCall[id] != _callNonce) {
                 _flag(Mismatch.Renewal, "renew: due but neither renewed nor failed");
             }
@@ -581,6 +767,72 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         vm.warp(vm.getBlockTimestamp() + dt);
     }
 
+    /// @notice The owner pauses charging (a no-op without an event when already paused).
+    function pause() external {
+        bool wasPaused = ghostPaused;
+        _pauseEvents = 0;
+        _begin();
+        bool ok;
+        vm.prank(owner);
+        try subs.pause() {
+            ok = true;
+        } catch {}
+        _end();
+        if (!ok) {
+            _flag(Mismatch.Pause, "pause: refused");
+            return;
+        }
+        if (_pauseEvents != (wasPaused ? 0 : 1)) _flag(Mismatch.Pause, "pause: ChargingPausedSet other than on a change");
+        if (!wasPaused) {
+            _pauses.push(PauseModel({start: uint40(vm.getBlockTimestamp()), end: 0}));
+            ghostPaused = true;
+            _stat("pause");
+        }
+        if (!subs.chargingPaused()) _flag(Mismatch.Pause, "pause: not paused");
+    }
+
+    /// @notice The owner resumes charging (a no-op without an event when not paused).
+    function unpause() external {
+        bool wasPaused = ghostPaused;
+        _pauseEvents = 0;
+        _begin();
+        bool ok;
+        vm.prank(owner);
+        try subs.unpause() {
+            ok = true;
+        } catch {}
+        _end();
+        if (!ok) {
+            _flag(Mismatch.Pause, "unpause: refused");
+            return;
+        }
+        if (_pauseEvents != (wasPaused ? 1 : 0)) {
+            _flag(Mismatch.Pause, "unpause: ChargingPausedSet other than on a change");
+        }
+        if (wasPaused) {
+            _pauses[_pauses.length - 1].end = uint40(vm.getBlockTimestamp());
+            ghostPaused = false;
+            _stat("unpause");
+        }
+        if (subs.chargingPaused()) _flag(Mismatch.Pause, "unpause: still paused");
+    }
+
+    /// @notice Anyone flushes credit owed to the escrow: the token never refuses a transfer between the two
+    /// contracts here, so nothing is ever owed and nothing moves.
+    function flushCreditToEscrow() external {
+        _begin();
+        bool ok;
+        uint256 moved;
+        vm.prank(stranger);
+        try subs.flushCreditToEscrow() returns (uint256 m) {
+            (ok, moved) = (true, m);
+        } catch {}
+        _end();
+        if (!ok || moved != 0 || subs.creditOwedToEscrow() != 0) {
+            _flag(Mismatch.Collection, "flushCreditToEscrow: credit owed to the escrow");
+        }
+    }
+
     /// @dev Time until just past the earliest upcoming due date of a live subscription (a random point in the
     /// first half of its grace), or 0 when none is upcoming.
     function _timeToNextDue(uint256 seed) internal view returns (uint256) {
@@ -625,7 +877,8 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         }
         if (splitId != splitCount + 1) _flag(Mismatch.Split, "createSplit: unexpected id");
         splitCount = splitId;
-        _pushVersion(splitId, idx, bps, rem, vm.getBlockTimestamp());
+        // Like a change: in force only after the delay.
+        _pushVersion(splitId, idx, bps, rem, vm.getBlockTimestamp() + splitDelay);
     }
 
     function proposeSplitChange(uint256 splitSeed, uint256 countSeed, uint256 startSeed, uint256 bpsSeed) external {
@@ -657,7 +910,8 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (splitCount == 0) return;
         uint256 splitId = _bound(splitSeed, 1, splitCount);
         VersionModel[] storage versions = _versions[splitId];
-        bool expectOk = versions[versions.length - 1].effectiveAt > vm.getBlockTimestamp();
+        // Only a pending change can be cancelled; a pending version 0 (a new split) cannot.
+        bool expectOk = versions[versions.length - 1].effectiveAt > vm.getBlockTimestamp() && versions.length > 1;
 
         _begin();
         bool ok;
@@ -731,30 +985,33 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256[4] expected;
         uint256[4] before;
         uint256 totalClaimableBefore;
-        bool inForce;
-        bool zeroAmountNotInForce;
-        bool expectOk;
+        bytes expectedError; // empty: the model accepts the settlement
         bool ok;
+        bytes reason;
     }
 
+    /// @notice The keeper settles the next epoch: from where the last one ended (any start for the first) to now,
+    /// to the next version change of one of its splits, or to a random point. Sometimes a wrong start, an empty or
+    /// future epoch, a used settlement id, or a split changed (or not yet in force) inside the epoch: the model
+    /// says which must be refused, and why.
     function settle(uint256 idSeed, uint256 splitSeed, uint256 amountSeed, uint256 epochSeed) external {
         if (splitCount == 0) return;
         SettleCall memory c;
-        // One in five reuses a settlement id (applied or refused before): a resend must never apply twice.
+        // One in five reuses a settlement id that was applied: a resend must never apply twice.
         if (idSeed % 5 == 0 && _usedSettlementIds.length != 0) {
             c.settlementId = _usedSettlementIds[(idSeed >> 8) % _usedSettlementIds.length];
         } else {
             c.settlementId = uint256(keccak256(abi.encode("settlement", ++_settlementNonce)));
         }
         _settleAmounts(c, splitSeed, amountSeed);
-        c.epochEnd = vm.getBlockTimestamp() - _bound(epochSeed, 0, 10 days);
-        c.epochStart = c.epochEnd - _bound(epochSeed >> 128, 0, 30 days);
-        _expectedCredits(c);
-        c.expectOk = settlementApplied[c.settlementId] == 0 && c.inForce && c.total <= escrow.unallocated();
+        _settleEpoch(c, epochSeed);
+        c.expectedError = _expectedSettleError(c);
+        if (c.expectedError.length == 0) _expectedCredits(c);
         for (uint256 i; i < N_RECIPIENTS; ++i) {
             c.before[i] = escrow.claimableOf(_recipients[i]);
         }
         c.totalClaimableBefore = escrow.totalClaimable();
+        (_settling, _settlingId, _settlingStart, _settlingEnd) = (true, c.settlementId, c.epochStart, c.epochEnd);
 
         _begin();
         vm.prank(keeper);
@@ -763,8 +1020,11 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         ) {
             c.ok = true;
             _stat("settle");
-        } catch {}
+        } catch (bytes memory reason) {
+            c.reason = reason;
+        }
         _end();
+        _settling = false;
         _afterSettle(c);
     }
 
@@ -781,22 +1041,91 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             c.total += a;
             left -= a;
         }
+        // Rarely more than is unallocated (refused).
+        if (amountSeed % 29 == 0) {
+            c.amounts[0] += 1;
+            c.total += 1;
+        }
     }
 
-    /// @dev What each recipient should be credited, by the modelled version in force at the epoch's end.
+    /// @dev Picks the epoch: mostly the next consecutive one (to now, to the next version change of one of its
+    /// splits, or to a random point), sometimes a wrong start or an invalid epoch.
+    function _settleEpoch(SettleCall memory c, uint256 seed) internal view {
+        uint256 now_ = vm.getBlockTimestamp();
+        uint256 last = ghostLastEpochEnd;
+        uint256 start = last != 0 ? last : now_ - _bound(seed >> 8, 1, 2 days);
+        uint256 mode = seed % 16;
+        uint256 end;
+        if (mode < 2 && last != 0) {
+            // Not where the last epoch ended: earlier (overlapping it) or later (leaving a gap).
+            uint256 delta = _bound(seed >> 16, 1, 3 days);
+            start = (seed >> 64) % 2 == 0 ? last - delta : last + delta;
+            end = start < now_ ? now_ : start + 1;
+        } else if (mode < 3) {
+            // Ending in the future, or empty.
+            end = (seed >> 16) % 2 == 0 ? now_ + _bound(seed >> 24, 1, 1 days) : start;
+        } else if (mode < 9) {
+            end = now_;
+        } else if (mode < 13) {
+            end = _nextVersionChange(c.splitIds, start, now_);
+        } else {
+            end = start < now_ ? start + _bound(seed >> 32, 1, now_ - start) : now_;
+        }
+        (c.epochStart, c.epochEnd) = (start, end);
+    }
+
+    /// @dev The earliest effectiveAt after `start` among the versions of `splitIds`, or `now_` if none is earlier.
+    function _nextVersionChange(uint256[] memory splitIds, uint256 start, uint256 now_)
+        internal
+        view
+        returns (uint256 end)
+    {
+        end = now_;
+        for (uint256 i; i < splitIds.length; ++i) {
+            VersionModel[] storage versions = _versions[splitIds[i]];
+            for (uint256 v; v < versions.length; ++v) {
+                uint256 at = versions[v].effectiveAt;
+                if (at > start && at < end) end = at;
+            }
+        }
+    }
+
+    /// @dev Why the model refuses settlement `c` (the contract's order of checks), or empty if it accepts it.
+    function _expectedSettleError(SettleCall memory c) internal view returns (bytes memory) {
+        (uint256 start, uint256 end) = (c.epochStart, c.epochEnd);
+        if (end > vm.getBlockTimestamp() || start >= end) {
+            return abi.encodeWithSelector(ISplitEscrow.InvalidEpoch.selector, start, end);
+        }
+        uint256 last = ghostLastEpochEnd;
+        if (last != 0 && start != last) {
+            return abi.encodeWithSelector(ISplitEscrow.EpochNotConsecutive.selector, last, start);
+        }
+        if (settlementApplied[c.settlementId] != 0) {
+            return abi.encodeWithSelector(ISplitEscrow.SettlementIdUsed.selector, c.settlementId);
+        }
+        for (uint256 i; i < c.splitIds.length; ++i) {
+            uint256 splitId = c.splitIds[i];
+            // The version in force at the epoch's last second must have been in force at its first.
+            (bool found, uint256 version) = versionInForce(splitId, end - 1);
+            if (!found) return abi.encodeWithSelector(ISplitEscrow.SplitNotInForce.selector, splitId, end - 1);
+            uint256 effectiveAt = _versions[splitId][version].effectiveAt;
+            if (effectiveAt > start) {
+                return abi.encodeWithSelector(ISplitEscrow.SplitChangedInEpoch.selector, splitId, effectiveAt);
+            }
+        }
+        uint256 available = escrow.unallocated();
+        if (c.total > available) {
+            return abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, available, c.total);
+        }
+        return "";
+    }
+
+    /// @dev What each recipient should be credited, by the modelled version in force for the whole epoch.
     function _expectedCredits(SettleCall memory c) internal view {
-        c.inForce = true;
         for (uint256 i; i < c.splitIds.length; ++i) {
             uint256 amount = c.amounts[i];
-            (bool found, uint256 version) = versionInForce(c.splitIds[i], c.epochEnd);
-            if (!found) {
-                // A zero amount for a split not yet in force distributes nothing: the spec allows refusing the
-                // settlement or ignoring the entry, so the model accepts either outcome then.
-                if (amount == 0) c.zeroAmountNotInForce = true;
-                else c.inForce = false;
-                continue;
-            }
             if (amount == 0) continue;
+            (, uint256 version) = versionInForce(c.splitIds[i], c.epochEnd - 1);
             VersionModel storage v = _versions[c.splitIds[i]][version];
             uint256 left = amount;
             for (uint256 j; j < v.recipients.length; ++j) {
@@ -809,8 +1138,14 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     }
 
     function _afterSettle(SettleCall memory c) internal {
-        if (c.ok != c.expectOk && !(c.expectOk && c.zeroAmountNotInForce)) {
+        bool expectOk = c.expectedError.length == 0;
+        if (c.ok != expectOk) {
             _flag(Mismatch.Settlement, "settle: accepted/refused against the model");
+        } else if (!c.ok) {
+            if (keccak256(c.reason) != keccak256(c.expectedError)) {
+                _flag(Mismatch.Settlement, "settle: refused for another reason than the model's");
+            }
+            _stat(bytes4(c.expectedError));
         }
         if (!c.ok) return;
         uint256 sid = c.settlementId;
@@ -818,6 +1153,10 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         ++settlementApplied[sid];
         settlementAmounts[sid] += c.total;
         ghostSettled += c.total;
+        ghostLastEpochEnd = c.epochEnd;
+        _epochs.push(
+            EpochRecord({start: uint64(c.epochStart), end: uint64(c.epochEnd), settledAt: uint64(vm.getBlockTimestamp())})
+        );
         uint256 credited;
         for (uint256 i; i < N_RECIPIENTS; ++i) {
             address r = _recipients[i];
@@ -835,6 +1174,27 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (escrow.totalClaimable() != c.totalClaimableBefore + c.total) {
             _flag(Mismatch.Distribution, "settle: totalClaimable moved by other than the total");
         }
+    }
+
+    /// @dev A Credited event of the settlement in progress: records the version the split was divided by.
+    function _onCredited(Vm.Log memory l) internal {
+        (uint256 settlementId, uint256 splitId,) = abi.decode(l.data, (uint256, uint256, uint256));
+        if (!_settling || settlementId != _settlingId) {
+            _flag(Mismatch.Distribution, "Credited outside its settlement");
+            return;
+        }
+        uint256 n = _credited.length;
+        // One record per split and settlement (each recipient has its own event).
+        if (n != 0 && _credited[n - 1].settlementId == settlementId && _credited[n - 1].splitId == splitId) return;
+        _credited.push(
+            CreditedRecord({
+                settlementId: settlementId,
+                splitId: splitId,
+                version: escrow.versionAt(splitId, _settlingEnd - 1),
+                epochStart: uint64(_settlingStart),
+                epochEnd: uint64(_settlingEnd)
+            })
+        );
     }
 
     /* ===================================================================================================== */
@@ -975,39 +1335,155 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (ok) _holds[r].until = uint40(vm.getBlockTimestamp());
     }
 
-    function refund(uint256 subscriberSeed, uint256 amountSeed, bool toCredit) external {
-        uint256 available = escrow.unallocated();
-        if (available == 0) return;
-        address s = _subscribers[subscriberSeed % N_SUBSCRIBERS];
-        uint256 amount = _bound(amountSeed, 1, available);
-        uint256 walletBefore = usdc.balanceOf(s);
-        uint256 creditBefore = subs.creditOf(s);
-        bool expectOk = toCredit || !blacklisted[s];
+    struct RefundCall {
+        uint256 id;
+        uint256 periodIndex;
+        uint256 amount;
+        bool toCredit;
+        bytes32 refundId;
+        address subscriber;
+        uint256 left; // refundable for (id, periodIndex) by the model
+        uint256 available; // unallocated revenue
+        bytes expectedError; // empty: the model accepts the refund
+    }
+
+    /// @notice The owner refunds part of what a subscriber paid for one period of one subscription, to its wallet
+    /// or as credit: mostly within what is left to refund, sometimes more (refused), sometimes with a refund id
+    /// already used (refused), a period with nothing paid, or a subscription that does not exist.
+    function refund(uint256 idSeed, uint256 periodSeed, uint256 amountSeed, bool toCredit) external {
+        uint256 n = subCount;
+        if (n == 0) return;
+        RefundCall memory c;
+        c.toCredit = toCredit;
+        c.id = idSeed % 16 == 0 ? n + 1 : _bound(idSeed >> 4, 1, n);
+        c.available = escrow.unallocated();
+        if (c.id <= n) {
+            c.periodIndex = _refundPeriod(_model[c.id], periodSeed);
+            // Three times in four, the first subscription from there with something left for the period picked.
+            for (uint256 i; i < n && (idSeed >> 2) % 4 != 0 && refundableModel(c.id, c.periodIndex) == 0; ++i) {
+                c.id = c.id % n + 1;
+                c.periodIndex = _refundPeriod(_model[c.id], periodSeed);
+            }
+            c.subscriber = _model[c.id].subscriber;
+            c.left = refundableModel(c.id, c.periodIndex);
+            if (escrow.refundable(c.id, c.periodIndex) != c.left) {
+                _flag(Mismatch.Refund, "refundable differs from the model (fee of the last paid period + usage the ledger holds - refunded)");
+            }
+        }
+        c.amount = _refundAmount(c.left, c.available, amountSeed);
+        if (periodSeed % 6 == 0 && _usedRefundIds.length != 0) {
+            c.refundId = _usedRefundIds[(periodSeed >> 8) % _usedRefundIds.length];
+        } else {
+            c.refundId = keccak256(abi.encode("refund", ++_refundNonce));
+        }
+        c.expectedError = _expectedRefundError(c);
+        uint256 walletBefore = c.subscriber == address(0) ? 0 : usdc.balanceOf(c.subscriber);
+        uint256 creditBefore = c.subscriber == address(0) ? 0 : subs.creditOf(c.subscriber);
+        (_expectRefundHash, _refundEvents) =
+            (keccak256(abi.encode(c.subscriber, c.id, c.periodIndex, c.amount, c.toCredit, c.refundId)), 0);
 
         _begin();
         bool ok;
+        bytes memory reason;
         vm.prank(owner);
-        try escrow.refund(1, 0, amount, toCredit, keccak256(abi.encode("refund", amountSeed))) {
+        try escrow.refund(c.id, c.periodIndex, c.amount, c.toCredit, c.refundId) {
             ok = true;
-            _stat("refund");
-        } catch {}
+        } catch (bytes memory r) {
+            reason = r;
+        }
         _end();
 
-        if (ok != expectOk) _flag(Mismatch.Refund, "refund: outcome differs from model");
+        if (ok != (c.expectedError.length == 0)) {
+            _flag(Mismatch.Refund, "refund: outcome differs from model");
+        } else if (!ok) {
+            if (keccak256(reason) != keccak256(c.expectedError)) {
+                _flag(Mismatch.Refund, "refund: refused for another reason than the model's");
+            }
+            _stat(bytes4(c.expectedError));
+        }
         if (!ok) return;
-        ghostRefunded += amount;
+        _stat(toCredit ? bytes32("refundToCredit") : bytes32("refundToWallet"));
+        if (_refundEvents != 1) _flag(Mismatch.Refund, "refund: Refunded event missing or wrong");
+        _recordRefund(c);
+        if (escrow.refundedFor(c.id, c.periodIndex) != ghostRefundedFor[c.id][c.periodIndex]) {
+            _flag(Mismatch.Refund, "refund: refundedFor differs from the model");
+        }
+        address s = c.subscriber;
         if (toCredit) {
-            ghostRefundedToCredit += amount;
-            ghostCredit[s] += amount;
-            if (subs.creditOf(s) != creditBefore + amount || usdc.balanceOf(s) != walletBefore) {
+            if (subs.creditOf(s) != creditBefore + c.amount || usdc.balanceOf(s) != walletBefore) {
                 _flag(Mismatch.Refund, "refund: credit not added");
             }
         } else {
-            ghostRefundedToWallet += amount;
-            if (usdc.balanceOf(s) != walletBefore + amount || subs.creditOf(s) != creditBefore) {
+            if (usdc.balanceOf(s) != walletBefore + c.amount || subs.creditOf(s) != creditBefore) {
                 _flag(Mismatch.Refund, "refund: wallet not paid");
             }
         }
+    }
+
+    /// @dev Mostly the last paid period; else the one before, the ledger's two periods, or any up to the next one.
+    function _refundPeriod(SubModel storage m, uint256 seed) internal view returns (uint256) {
+        uint256 current = m.periodIndex;
+        uint256 mode = (seed >> 16) % 10;
+        if (mode < 5) return current;
+        if (mode < 7) return current == 0 ? 0 : current - 1;
+        if (mode < 8) return m.ledgerPeriod;
+        if (mode < 9) return m.ledgerPeriod == 0 ? 0 : m.ledgerPeriod - 1;
+        return _bound(seed >> 24, 0, current + 1);
+    }
+
+    function _refundAmount(uint256 left, uint256 available, uint256 seed) internal pure returns (uint256) {
+        uint256 mode = seed % 20;
+        uint256 most = left < available ? left : available;
+        if (mode == 0) return 0; // refused: nothing to refund
+        if (mode < 4) return left + _bound(seed >> 8, 1, 10 * USDC); // more than is left to refund (refused)
+        if (mode < 7) return most == 0 ? 1 : most; // everything that can be refunded
+        return _bound(seed >> 8, 1, most == 0 ? 1 : most);
+    }
+
+    /// @dev Why the model refuses refund `c` (the contract's order of checks), or empty if it accepts it.
+    function _expectedRefundError(RefundCall memory c) internal view returns (bytes memory) {
+        if (c.amount == 0) return abi.encodeWithSelector(ISplitEscrow.ZeroAmount.selector);
+        if (ghostRefundIdUsed[c.refundId]) return abi.encodeWithSelector(ISplitEscrow.RefundIdUsed.selector, c.refundId);
+        if (c.id > subCount) return abi.encodeWithSelector(ISubscriptions.UnknownSubscription.selector, c.id);
+        if (c.amount > c.left) return abi.encodeWithSelector(ISplitEscrow.RefundExceedsPaid.selector, c.left, c.amount);
+        if (c.amount > c.available) {
+            return abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, c.available, c.amount);
+        }
+        if (!c.toCredit && blacklisted[c.subscriber]) {
+            return abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, c.subscriber);
+        }
+        return "";
+    }
+
+    function _recordRefund(RefundCall memory c) internal {
+        (uint256 id, uint256 k, uint256 amount) = (c.id, c.periodIndex, c.amount);
+        ghostRefundIdUsed[c.refundId] = true;
+        _usedRefundIds.push(c.refundId);
+        ghostRefundedFor[id][k] += amount;
+        if (!_refundPairSeen[id][k]) {
+            _refundPairSeen[id][k] = true;
+            _refundPairIds.push(id);
+            _refundPairPeriods.push(k);
+        }
+        ghostRefundedTo[c.subscriber] += amount;
+        ghostRefunded += amount;
+        if (c.toCredit) {
+            ghostRefundedToCredit += amount;
+            ghostCredit[c.subscriber] += amount;
+        } else {
+            ghostRefundedToWallet += amount;
+        }
+    }
+
+    /// @notice What is left to refund for period `k` of `id` by the model: the plan fee while `k` is the last paid
+    /// period, plus the usage charged for `k` while the usage ledger holds it, net of refunds so far.
+    function refundableModel(uint256 id, uint256 k) public view returns (uint256) {
+        SubModel storage m = _model[id];
+        uint256 paid = k == m.periodIndex ? _plans[m.planId].price : 0;
+        uint256 newest = m.ledgerPeriod;
+        if (k == newest || k + 1 == newest) paid += ghostCharged[id][k];
+        uint256 refunded = ghostRefundedFor[id][k];
+        return paid > refunded ? paid - refunded : 0;
     }
 
     function sweepSurplus() external {
@@ -1062,7 +1538,22 @@ contract Handler is CommonBase, StdCheats, StdUtils {
                 if (l.topics[0] == TRANSFER_TOPIC) _onTransfer(l);
             } else if (l.emitter == address(subs)) {
                 _onSubscriptionsEvent(l);
+            } else if (l.emitter == address(escrow)) {
+                _onEscrowEvent(l);
             }
+        }
+    }
+
+    function _onEscrowEvent(Vm.Log memory l) internal {
+        bytes32 topic = l.topics[0];
+        if (topic == ISplitEscrow.Credited.selector) {
+            _onCredited(l);
+        } else if (topic == ISplitEscrow.Refunded.selector) {
+            (uint256 k, uint256 amount, bool toCredit) = abi.decode(l.data, (uint256, uint256, bool));
+            address subscriber = address(uint160(uint256(l.topics[1])));
+            bytes32 got = keccak256(abi.encode(subscriber, uint256(l.topics[2]), k, amount, toCredit, l.topics[3]));
+            if (got == _expectRefundHash) ++_refundEvents;
+            else _flag(Mismatch.Refund, "Refunded: differs from the refund made");
         }
     }
 
@@ -1117,6 +1608,14 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         else if (topic == ISubscriptions.Lapsed.selector) _onLapsed(l);
         else if (topic == ISubscriptions.UsageCharged.selector) _onUsageCharged(l);
         else if (topic == ISubscriptions.UsageChargeFailed.selector) _onUsageChargeFailed(l);
+        else if (topic == ISubscriptions.OverageCapSet.selector) _onOverageCapSet(l);
+        else if (topic == ISubscriptions.ChargingPausedSet.selector) ++_pauseEvents;
+    }
+
+    function _onOverageCapSet(Vm.Log memory l) internal {
+        (, uint256 from) = abi.decode(l.data, (uint256, uint256));
+        if (from == _expectCapFrom) ++_capEvents;
+        else _flag(Mismatch.SubscriptionModel, "OverageCapSet: not from the period in progress");
     }
 
     /// @dev The non-indexed fields of Subscribed and Renewed (first field: cap, resp. period index).
@@ -1147,10 +1646,11 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             status: ACTIVE,
             periodIndex: 0,
             paidThrough: uint40(vm.getBlockTimestamp() + p.period),
-            cap: uint64(e.cap)
+            cap: uint64(e.cap),
+            ledgerPeriod: 0
         });
+        _setCap(id, 0, e.cap);
         _recordPeriodFee(id, 0, d.amount, p.price);
-        ghostMaxCap[id][0] = e.cap;
         _attribute(who, d.amount, d.fromCredit);
     }
 
@@ -1171,9 +1671,12 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         m.status = ACTIVE;
         m.periodIndex = uint24(k);
         m.paidThrough = uint40(expectedPaidThrough);
+        if (_renewedInCall[id] == _callNonce || vm.getBlockTimestamp() >= expectedPaidThrough) {
+            _stat("renewedStillDue"); // more than one period owed (only after a long pause)
+        }
+        _renewedInCall[id] = _callNonce;
         _stat("renewed");
         _recordPeriodFee(id, k, d.amount, p.price);
-        _raiseMaxCap(id, k, m.cap);
         _attribute(m.subscriber, d.amount, d.fromCredit);
     }
 
@@ -1194,8 +1697,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256 paidThrough = abi.decode(l.data, (uint256));
         SubModel storage m = _model[id];
         bool live = m.status == ACTIVE || m.status == PAST_DUE;
-        if (!live || vm.getBlockTimestamp() < uint256(m.paidThrough) + _plans[m.planId].grace || paidThrough != m.paidThrough)
-        {
+        if (!live || !_graceOver(m) || paidThrough != m.paidThrough) {
             _flag(Mismatch.Renewal, "Lapsed: inside grace or not live");
         }
         _stat("lapsed");
@@ -1216,15 +1718,19 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         uint256 k = uint256(l.topics[2]);
         ChargedData memory d = abi.decode(l.data, (ChargedData));
         SubModel storage m = _model[id];
-        uint256 target = d.cumulative < m.cap ? d.cumulative : m.cap;
+        uint256 cap = capOf(id, k); // the cap of period k, which may differ from the latest one
+        uint256 target = d.cumulative < cap ? d.cumulative : cap;
         uint256 newTotal = ghostCharged[id][k] + d.amount;
         if (!_chargeable(m, k)) _flag(Mismatch.Charge, "UsageCharged: period outside its charge window");
         if (d.amount == 0 || d.chargedTotal != target || newTotal != d.chargedTotal) {
-            _flag(Mismatch.Charge, "UsageCharged: amount is not min(cumulative, cap) - charged");
+            _flag(Mismatch.Charge, "UsageCharged: amount is not min(cumulative, cap of the period) - charged");
         }
         _stat("usageCharged");
-        if (d.chargedTotal == m.cap) _stat("usageChargedToCap");
+        if (d.chargedTotal == cap) _stat("usageChargedToCap");
+        if (cap != m.cap) _stat("usageChargedUnderAnOlderCap");
         ghostCharged[id][k] = newTotal;
+        ghostCapAtCharge[id][k] = cap;
+        if (k > m.ledgerPeriod) m.ledgerPeriod = uint24(k);
         if (!_pairSeen[id][k]) {
             _pairSeen[id][k] = true;
             _pairIds.push(id);
@@ -1252,10 +1758,25 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     function _due(SubModel storage m) internal view returns (bool) {
         if (m.status != ACTIVE && m.status != PAST_DUE) return false;
-        return vm.getBlockTimestamp() >= m.paidThrough && vm.getBlockTimestamp() < uint256(m.paidThrough) + _plans[m.planId].grace;
+        return vm.getBlockTimestamp() >= m.paidThrough && !_graceOver(m);
     }
 
-    /// @dev Whether period `k` may be charged now: the current or previous period, ended at most the window ago.
+    /// @dev Whether the grace period after `m.paidThrough` ran out, not counting time paused.
+    function _graceOver(SubModel storage m) internal view returns (bool) {
+        return vm.getBlockTimestamp() >= uint256(m.paidThrough) + _plans[m.planId].grace + pausedSinceModel(m.paidThrough);
+    }
+
+    /// @notice Whether the model says `id` is entitled now.
+    function entitledModel(uint256 id) external view returns (bool) {
+        SubModel storage m = _model[id];
+        if (m.status == ACTIVE || m.status == PAST_DUE) return !_graceOver(m);
+        if (m.status == CANCELLED) return vm.getBlockTimestamp() < m.paidThrough;
+        return false;
+    }
+
+    /// @dev Whether period `k` may be charged now: the current or previous period, ended at most the window ago
+    /// (time paused not counted), and still one of the two periods the usage ledger holds (after a pause longer
+    /// than a period, a period can be inside its window but older than those two).
     function _chargeable(SubModel storage m, uint256 k) internal view returns (bool) {
         if (m.status == 0) return false;
         uint256 current = m.periodIndex;
@@ -1263,11 +1784,36 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (k == current) end = m.paidThrough;
         else if (k + 1 == current) end = uint256(m.paidThrough) - _plans[m.planId].period;
         else return false;
-        return vm.getBlockTimestamp() <= end + chargeWindow;
+        if (vm.getBlockTimestamp() > end + chargeWindow + pausedSinceModel(end)) return false;
+        return k + 1 >= m.ledgerPeriod;
     }
 
-    function _raiseMaxCap(uint256 id, uint256 k, uint256 cap) internal {
-        if (cap > ghostMaxCap[id][k]) ghostMaxCap[id][k] = cap;
+    /// @notice Seconds paused between `from` and now, by the model's own log of pauses.
+    function pausedSinceModel(uint256 from) public view returns (uint256 paused) {
+        uint256 now_ = vm.getBlockTimestamp();
+        for (uint256 i; i < _pauses.length; ++i) {
+            PauseModel storage p = _pauses[i];
+            uint256 start = p.start > from ? p.start : from;
+            uint256 end = p.end == 0 ? now_ : p.end;
+            if (end > start) paused += end - start;
+        }
+    }
+
+    /// @notice The cap of period `k` of `id` by the model: the last change made from `k` or earlier.
+    function capOf(uint256 id, uint256 k) public view returns (uint256) {
+        CapChange[] storage changes = _capChanges[id];
+        for (uint256 i = changes.length; i > 0; --i) {
+            if (changes[i - 1].from <= k) return changes[i - 1].cap;
+        }
+        return 0;
+    }
+
+    function _setCap(uint256 id, uint256 from, uint256 cap) internal {
+        CapChange[] storage changes = _capChanges[id];
+        uint256 n = changes.length;
+        if (n != 0 && changes[n - 1].from > from) _flag(Mismatch.SubscriptionModel, "cap change for an ended period");
+        if (n != 0 && changes[n - 1].from == from) changes[n - 1].cap = uint64(cap);
+        else changes.push(CapChange({from: uint24(from), cap: uint64(cap)}));
     }
 
     function _recordPeriodFee(uint256 id, uint256 k, uint256 amount, uint256 price) internal {
@@ -1286,6 +1832,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         _spent[slot - 1] += amount;
         _creditSpent[slot - 1] += fromCredit;
         _collected += amount;
+        ghostPaidBy[who] += amount;
         ghostRevenue += amount;
         ghostCreditUsed += fromCredit;
         if (ghostCredit[who] < fromCredit) {
@@ -1339,6 +1886,11 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         ++stats[what];
     }
 
+    /// @dev Whether revert data `reason` is exactly the error `expected`.
+    function _isError(bytes memory reason, bytes memory expected) internal pure returns (bool) {
+        return keccak256(reason) == keccak256(expected);
+    }
+
     function _flag(Mismatch m, string memory why) internal {
         ++mismatches[uint256(m)];
         if (bytes(firstMismatch[uint256(m)]).length == 0) firstMismatch[uint256(m)] = why;
@@ -1382,6 +1934,47 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     function mismatchCount(Mismatch m) external view returns (uint256) {
         return mismatches[uint256(m)];
+    }
+
+    function refundPairCount() external view returns (uint256) {
+        return _refundPairIds.length;
+    }
+
+    function refundPair(uint256 i) external view returns (uint256 id, uint256 periodIndex) {
+        return (_refundPairIds[i], _refundPairPeriods[i]);
+    }
+
+    function epochCount() external view returns (uint256) {
+        return _epochs.length;
+    }
+
+    function epochAt(uint256 i) external view returns (EpochRecord memory) {
+        return _epochs[i];
+    }
+
+    function creditedCount() external view returns (uint256) {
+        return _credited.length;
+    }
+
+    function creditedAt(uint256 i) external view returns (CreditedRecord memory) {
+        return _credited[i];
+    }
+
+    /// @notice How many versions of `splitId` the model knows (cancelled changes removed).
+    function versionCount(uint256 splitId) external view returns (uint256) {
+        return _versions[splitId].length;
+    }
+
+    function versionEffectiveAt(uint256 splitId, uint256 version) external view returns (uint256) {
+        return _versions[splitId][version].effectiveAt;
+    }
+
+    function pauseCount() external view returns (uint256) {
+        return _pauses.length;
+    }
+
+    function pauseAt(uint256 i) external view returns (PauseModel memory) {
+        return _pauses[i];
     }
 }
 // forge-lint: disable-end(block-timestamp, unsafe-typecast)
