@@ -1791,11 +1791,12 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     /// @notice Seconds paused between `from` and now, by the model's own log of pauses.
     function pausedSinceModel(uint256 from) public view returns (uint256 paused) {
         uint256 now_ = vm.getBlockTimestamp();
-        for (uint256 i; i < _pauses.length; ++i) {
-            PauseModel storage p = _pauses[i];
-            uint256 start = p.start > from ? p.start : from;
+        // Newest first; pauses never overlap and come in order, so the walk stops at the first one over by `from`.
+        for (uint256 i = _pauses.length; i > 0; --i) {
+            PauseModel storage p = _pauses[i - 1];
             uint256 end = p.end == 0 ? now_ : p.end;
-            if (end > start) paused += end - start;
+            if (end <= from) break;
+            paused += end - (p.start > from ? p.start : from);
         }
     }
 
