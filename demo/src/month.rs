@@ -203,8 +203,8 @@ impl Month {
         if self.policy.charge_threshold.is_none() {
             return Ok(Vec::new());
         }
-        let slot = subsettle_keeper::outbox::retry_slot(i64::try_from(now)?, i64::try_from(self.policy.retry_interval)?);
-        let threshold_keys = format!("{}:", subsettle_keeper::threshold::KEY_PREFIX);
+        let slot = subsettle_keeper::settlement::outbox::retry_slot(i64::try_from(now)?, i64::try_from(self.policy.retry_interval)?);
+        let threshold_keys = format!("{}:", subsettle_keeper::settlement::threshold::KEY_PREFIX);
         let threshold_keys = &threshold_keys;
         wait_for(progress, "the keeper's threshold charges for the usage so far", self.policy.timeout, || async move {
             let (evaluated, open, unindexed): (bool, i64, i64) = sqlx::query_as(

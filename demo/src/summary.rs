@@ -7,7 +7,7 @@ use std::{fmt::Write as _, path::Path};
 use alloy::primitives::Address;
 use anyhow::{Context, ensure};
 use sqlx::PgPool;
-use subsettle_keeper::statement::{self, Scope, Statement};
+use subsettle_keeper::metering::statement::{self, Scope, Statement};
 
 use crate::{cast::{PlanKind, Profile}, month::Played, short, traffic::Tally, usdc};
 

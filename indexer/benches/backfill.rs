@@ -43,7 +43,7 @@ use subsettle_indexer::{
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
-    deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase, toolchain::foundry_bin};

@@ -28,15 +28,15 @@ use subsettle_indexer::{
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
-    api::{ApiSettings, Keeper},
-    catalog::{self, NewMeter, NewModel, NewPrice},
+    metering::api::{ApiSettings, Keeper},
+    metering::catalog::{self, NewMeter, NewModel, NewPrice},
     clock::Clock,
-    close::CloseOptions,
-    deploy::{DeployPlan, deploy},
-    engine::Engine,
-    outbox::{FeePolicy, Sender},
-    renewals::RenewalPolicy,
-    settlement::SettlementPolicy,
+    metering::close::CloseOptions,
+    operator::deploy::{DeployPlan, deploy},
+    settlement::engine::Engine,
+    settlement::outbox::{FeePolicy, Sender},
+    settlement::renewals::RenewalPolicy,
+    settlement::plan::SettlementPolicy,
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
@@ -279,7 +279,7 @@ async fn post_usage(keeper: &Keeper, ids: &[u64], now: i64, tag: &str) -> Result
             })
             .collect();
         let report = keeper.ingest(events).await?;
-        anyhow::ensure!(report.accepted == chunk.len(), "usage refused: {:?}", report.results.iter().find(|r| !matches!(r, subsettle_keeper::metering::Outcome::Accepted { .. })));
+        anyhow::ensure!(report.accepted == chunk.len(), "usage refused: {:?}", report.results.iter().find(|r| !matches!(r, subsettle_keeper::metering::event::Outcome::Accepted { .. })));
     }
     Ok(())
 }

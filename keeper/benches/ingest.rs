@@ -23,10 +23,10 @@ use anyhow::Result;
 use rust_decimal::Decimal;
 use sqlx::{AssertSqlSafe, PgPool};
 use subsettle_keeper::{
-    api::{ApiSettings, router},
-    catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
+    metering::api::{ApiSettings, router},
+    metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
     clock::Clock,
-    close::{CloseOptions, close_due_periods},
+    metering::close::{CloseOptions, close_due_periods},
 };
 use subsettle_testkit::TestDatabase;
 
@@ -165,7 +165,7 @@ async fn main() -> Result<()> {
     let clock = Clock::manual((T0 + 100 * 3_600 + 60) * 1000);
     let settings =
         ApiSettings { chain_id: CHAIN_ID as u64, api_token: Some(TOKEN.into()), decimals: 6, max_body_bytes: 8 << 20, max_future_ms: 300_000 };
-    let keeper = subsettle_keeper::api::Keeper::load(pool.clone(), settings, clock.clone()).await?;
+    let keeper = subsettle_keeper::metering::api::Keeper::load(pool.clone(), settings, clock.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/usage", listener.local_addr()?);
     let app = router(keeper.clone());

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use alloy::primitives::Address;
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::parse_duration_secs;
+
 /// Turns usage metering into batched on-chain settlement, and runs the operator's contract actions.
 #[derive(Debug, Parser)]
 #[command(name = "subsettle-keeper", version, about, long_about = None)]
@@ -259,42 +261,6 @@ pub struct DeployArgs {
     pub out: PathBuf,
 }
 
-/// Parses a duration written as a whole number with an optional unit: `s` (default), `m`, `h` or `d`.
-pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 36h or 2d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        other => return Err(format!("unknown unit `{other}` in `{text}`; use s, m, h or d")),
-    };
-    number.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration_secs;
-
-    #[test]
-    fn parses_durations_with_units() {
-        assert_eq!(parse_duration_secs("90"), Ok(90));
-        assert_eq!(parse_duration_secs("15m"), Ok(900));
-        assert_eq!(parse_duration_secs("36h"), Ok(129_600));
-        assert_eq!(parse_duration_secs("2d"), Ok(172_800));
-    }
-
-    #[test]
-    fn rejects_bad_durations_with_the_input_named() {
-        assert!(parse_duration_secs("2 weeks").unwrap_err().contains("2 weeks"));
-        assert!(parse_duration_secs("d").is_err());
-        assert!(parse_duration_secs("5y").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration_secs("99999999999999999999d").is_err());
-    }
-}
 
 /// What the commands that sign transactions (`run`, `admin`) connect with.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::{Path, PathBuf}};
 use serde::Deserialize;
 use subsettle_abi::Deployment;
 
-use crate::{KeeperError, cli::parse_duration_secs};
+use crate::KeeperError;
 
 /// The TOML configuration file (every key optional).
 #[derive(Debug, Default, Deserialize)]
@@ -214,5 +214,42 @@ pub fn read_token(file: Option<&Path>) -> Result<Option<String>, KeeperError> {
             reason: format!("must be at least {MIN_TOKEN_LEN} printable characters (value not shown)"),
         }),
         other => Ok(other),
+    }
+}
+
+/// Parses a duration written as a whole number with an optional unit: `s` (default), `m`, `h` or `d`.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 36h or 2d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit `{other}` in `{text}`; use s, m, h or d")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_secs;
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("15m"), Ok(900));
+        assert_eq!(parse_duration_secs("36h"), Ok(129_600));
+        assert_eq!(parse_duration_secs("2d"), Ok(172_800));
+    }
+
+    #[test]
+    fn rejects_bad_durations_with_the_input_named() {
+        assert!(parse_duration_secs("2 weeks").unwrap_err().contains("2 weeks"));
+        assert!(parse_duration_secs("d").is_err());
+        assert!(parse_duration_secs("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_secs("99999999999999999999d").is_err());
     }
 }

@@ -2,52 +2,27 @@
 //! actions against the contracts. It is the only writer of the Postgres schema `keeper` and reads the indexer's
 //! schema `chain` read-only.
 //!
-//! - [`cli`]: the `subsettle-keeper` command line.
-//! - [`signer`]: the operator key, read from the environment or a file and never printed.
-//! - [`deploy`]: deploys the contracts and writes the deployment descriptor the daemons read.
-//! - [`catalog`], [`pricing`], [`money`]: models, meters, the price book, and the one rounding rule.
-//! - [`metering`], [`entitlement`], [`api`]: usage events in over HTTP or from files, exactly once, and whether to
-//!   serve a subscriber.
-//! - [`funds`]: what each subscriber's wallet can pay for usage (balance, allowance, credit), read from the chain.
-//! - [`close`], [`merkle`]: period close, attribution to splits, usage roots.
-//! - [`epoch`]: settlement epochs gathered from the closes, one amount per split.
-//! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
-//! - [`admin`]: the operator's owner actions, validated and sent through the outbox.
-//! - [`engine`]: the `run` loop under a Postgres lease: reconcile, close, plan, send.
-//! - [`renewals`]: which subscriptions to renew, when, in which batches.
-//! - [`settlement`]: usage charges, settlement epochs and pushed payouts to plan.
-//! - [`threshold`]: mid-period charges when the overage crosses a configured threshold.
-//! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
-//! - [`statement`]: statements for subscribers and creators with Merkle proofs, and their verification.
-//! - [`reconcile`]: the chain's views, the indexer's tables and the keeper's books compared, every difference listed.
+//! The crate has three jobs, each a module folder, over a small shared base:
+//!
+//! - [`metering`]: usage in over HTTP or from files, entitlement, pricing, period close and statements (`serve`).
+//! - [`settlement`]: the engine that renews, charges, settles and pays out through an outbox (`run`).
+//! - [`operator`]: deploy, admin actions, import and reconcile, run by hand.
+//!
+//! Shared by all three: [`config`] (settings and the TOML file), [`signer`] (the operator key, never printed),
+//! [`clock`] (time as the keeper sees it), [`money`] (the one rounding rule), [`merkle`] (usage roots and proofs)
+//! and [`store`] (Postgres connections and schema `keeper`). [`cli`] is the command line; nothing in the jobs
+//! imports it.
 
-pub mod admin;
-pub mod api;
-pub mod catalog;
 pub mod cli;
 pub mod clock;
-pub mod close;
 pub mod config;
-pub mod deploy;
-pub mod engine;
-pub mod entitlement;
-pub mod epoch;
-pub mod funds;
-pub mod import;
 pub mod merkle;
-pub mod metrics;
 pub mod metering;
 pub mod money;
-pub mod outbox;
-pub mod pricing;
-pub mod reconcile;
-pub mod renewals;
+pub mod operator;
 pub mod settlement;
 pub mod signer;
-pub mod statement;
-pub mod threshold;
 pub mod store;
-pub mod subscriptions;
 
 /// Everything that can go wrong in the keeper library.
 #[derive(Debug, thiserror::Error)]

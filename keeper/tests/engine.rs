@@ -9,7 +9,7 @@ mod market;
 
 use market::{CUTOFF, Market};
 use serde_json::json;
-use subsettle_keeper::engine::Lease;
+use subsettle_keeper::settlement::engine::Lease;
 
 async fn count(market: &Market, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&market.pool).await.unwrap()
@@ -97,7 +97,7 @@ async fn only_one_keeper_holds_the_sender_lease() {
 async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_equal_to_the_statements() {
     use alloy::primitives::U256;
     use subsettle_abi::{Subscriptions, TestUSDC};
-    use subsettle_keeper::statement::{Scope, creator_statement, subscriber_statement, verify};
+    use subsettle_keeper::metering::statement::{Scope, creator_statement, subscriber_statement, verify};
 
     let market = Market::start(4, 5_000_000).await;
     let dir = tempfile::tempdir().unwrap();
@@ -278,9 +278,9 @@ async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epo
 #[tokio::test]
 async fn an_epoch_too_large_for_one_settlement_is_cut_at_a_close_and_the_rest_makes_the_next_epoch() {
     use subsettle_keeper::{
-        catalog,
-        close::close_due_periods,
-        epoch::{EpochScope, SettleRoom, close_epoch},
+        metering::catalog,
+        metering::close::close_due_periods,
+        settlement::epoch::{EpochScope, SettleRoom, close_epoch},
     };
     let market = Market::start(2, 50_000_000).await;
     let now = market.now();
@@ -311,7 +311,7 @@ async fn an_epoch_too_large_for_one_settlement_is_cut_at_a_close_and_the_rest_ma
 async fn sign_and_die(market: &Market, dir: &std::path::Path, broadcast: bool) -> String {
     use alloy::providers::Provider;
     let sender = market.sender(dir);
-    let mut report = subsettle_keeper::outbox::OutboxReport::default();
+    let mut report = subsettle_keeper::settlement::outbox::OutboxReport::default();
     let raw = sender.sign_next(&market.pool, &mut report).await.unwrap().expect("a planned action");
     if broadcast {
         let pending = market.chain.provider(0).send_raw_transaction(&raw).await.unwrap();
@@ -323,11 +323,11 @@ async fn sign_and_die(market: &Market, dir: &std::path::Path, broadcast: bool) -
 #[tokio::test]
 async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_one_of_each() {
     use subsettle_keeper::{
-        catalog,
-        close::close_due_periods,
-        epoch::{EpochScope, SettleRoom, close_epoch},
-        outbox::plan,
-        settlement::{SettlementPolicy, plan_payouts, plan_settlements},
+        metering::catalog,
+        metering::close::close_due_periods,
+        settlement::epoch::{EpochScope, SettleRoom, close_epoch},
+        settlement::outbox::plan,
+        settlement::plan::{SettlementPolicy, plan_payouts, plan_settlements},
     };
     for broadcast in [false, true] {
         let market = Market::start(1, 50_000_000).await;
@@ -376,7 +376,7 @@ async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_o
 
 #[tokio::test]
 async fn threshold_charges_collect_overage_mid_period_and_the_close_posts_the_final_root() {
-    use subsettle_keeper::{reconcile::{reconcile, to_table}, statement::{Scope, subscriber_statement, verify}};
+    use subsettle_keeper::{operator::reconcile::{reconcile, to_table}, metering::statement::{Scope, subscriber_statement, verify}};
     let market = Market::start(1, 50_000_000).await;
     let dir = tempfile::tempdir().unwrap();
     let mut engine = market.engine(dir.path());
@@ -468,7 +468,7 @@ async fn a_settlement_lists_its_splits_in_numeric_order() {
         .await
         .unwrap();
     sqlx::query("INSERT INTO keeper.epoch_splits (epoch_id, split_id, amount) VALUES (5, 10, 1), (5, 2, 2), (5, 9, 3)").execute(&market.pool).await.unwrap();
-    let actions = subsettle_keeper::settlement::plan_settlements(&market.pool, market.deployment.chain_id, market.deployment.escrow).await.unwrap();
+    let actions = subsettle_keeper::settlement::plan::plan_settlements(&market.pool, market.deployment.chain_id, market.deployment.escrow).await.unwrap();
     assert_eq!(actions.len(), 1);
     let call = SplitEscrow::settleCall::abi_decode(&actions[0].calldata).unwrap();
     assert_eq!(call.splitIds, [2u64, 9, 10].map(U256::from), "as numbers, not as text (\"10\" < \"2\")");

@@ -380,8 +380,8 @@ async fn serve_needs_the_deployments_chain_and_a_split_mapping_change_gives_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_judge_a_wallet_by_the_same_usage_and_funds() {
     use subsettle_keeper::{
-        api::{ApiSettings, Keeper},
-        funds::{FundsPolicy, FundsReader},
+        metering::api::{ApiSettings, Keeper},
+        metering::funds::{FundsPolicy, FundsReader},
     };
     let market = Market::start(1, 0).await;
     let (payg, _) = pay_as_you_go(&market, 2, 100 * USDC).await;
@@ -398,7 +398,7 @@ async fn two_replicas_judge_a_wallet_by_the_same_usage_and_funds() {
         assert_eq!(replica.refresh_funds(&reader, false).await.unwrap(), 2, "the wallets with a live subscription");
     }
     let images = |id: &str, n: &str| vec![Ok(event(id, payg, "image-gen", "images", n, now))];
-    let status = |report: &subsettle_keeper::metering::BatchReport| serde_json::to_value(&report.results[0]).unwrap()["status"].as_str().unwrap().to_owned();
+    let status = |report: &subsettle_keeper::metering::event::BatchReport| serde_json::to_value(&report.results[0]).unwrap()["status"].as_str().unwrap().to_owned();
 
     // 1 of the 2 USDC the wallet can pay is used through A; B, once it reloads the open usage, counts it: 2 more is
     // refused, 1 served.

@@ -9,9 +9,9 @@ use alloy::primitives::B256;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use subsettle_keeper::{
-    close::line_leaf,
+    metering::close::line_leaf,
     merkle::{MerkleTree, verify},
-    pricing::{Line, LineKey},
+    metering::pricing::{Line, LineKey},
 };
 
 const CHAIN_ID: u64 = 31_337;

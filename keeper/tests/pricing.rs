@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use subsettle_keeper::{
     money,
-    pricing::{Allowance, Catalog, MeteredEvent, PeriodTerms, Price, price_period},
+    metering::pricing::{Allowance, Catalog, MeteredEvent, PeriodTerms, Price, price_period},
 };
 
 const METERS: [(&str, &str); 4] = [("llm", "input_tokens"), ("llm", "output_tokens"), ("img", "images"), ("gpu", "gpu_seconds")];

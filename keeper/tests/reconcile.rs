@@ -12,7 +12,7 @@ use alloy::primitives::{Address, U256};
 use market::{CUTOFF, Market};
 use serde_json::{Value, json};
 use subsettle_abi::Subscriptions;
-use subsettle_keeper::reconcile::{Check, Difference, Report, reconcile, to_table};
+use subsettle_keeper::operator::reconcile::{Check, Difference, Report, reconcile, to_table};
 
 /// A month for two subscribers: subscriber 0 uses 600 images (4 USDC over the allowance), subscriber 1 prepays
 /// 100 USDC of credit that pays its renewal. The engine closes, renews, charges, settles and pays out until it

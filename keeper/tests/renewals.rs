@@ -12,8 +12,8 @@ use alloy::{primitives::U256, sol_types::SolCall};
 use market::Market;
 use subsettle_abi::SplitEscrow;
 use subsettle_keeper::{
-    outbox::{Action, OutboxReport, plan},
-    renewals::{RenewalPolicy, plan_renewals},
+    settlement::outbox::{Action, OutboxReport, plan},
+    settlement::renewals::{RenewalPolicy, plan_renewals},
 };
 
 

@@ -17,11 +17,11 @@ use market::{CREATORS, HOST, Market, PAST_PERIOD, PLATFORM};
 use serde_json::json;
 use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
 use subsettle_keeper::{
-    catalog,
-    close::close_due_periods,
-    epoch::{EpochScope, SettleRoom, close_epoch},
+    metering::catalog,
+    metering::close::close_due_periods,
+    settlement::epoch::{EpochScope, SettleRoom, close_epoch},
     merkle::MerkleTree,
-    statement::{Scope, Statement, creator_statement, subscriber_statement, verify},
+    metering::statement::{Scope, Statement, creator_statement, subscriber_statement, verify},
 };
 
 const DAY: i64 = 86_400;

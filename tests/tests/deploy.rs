@@ -4,7 +4,7 @@
 use alloy::{hex, primitives::U256};
 use subsettle_abi::{SplitEscrow, Subscriptions, TestUSDC};
 use subsettle_keeper::{
-    deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::TestChain;

@@ -14,10 +14,10 @@ use sqlx::PgPool;
 use subsettle_abi::{Deployment, SplitEscrow, Subscriptions};
 use subsettle_indexer::sync::Indexer;
 use subsettle_keeper::{
-    api::{ApiSettings, Keeper, router},
-    catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
+    metering::api::{ApiSettings, Keeper, router},
+    metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
     clock::Clock,
-    close::CloseOptions,
+    metering::close::CloseOptions,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
 
@@ -226,20 +226,20 @@ impl Market {
     }
 
     /// A transaction sender signing with the deployer's key.
-    pub fn sender(&self, dir: &std::path::Path) -> subsettle_keeper::outbox::Sender {
-        subsettle_keeper::outbox::Sender {
+    pub fn sender(&self, dir: &std::path::Path) -> subsettle_keeper::settlement::outbox::Sender {
+        subsettle_keeper::settlement::outbox::Sender {
             provider: self.chain.provider(0),
             key: subsettle_keeper::signer::OperatorKey::load(Some(&self.key_file(dir))).unwrap(),
             chain_id: self.deployment.chain_id,
-            fees: subsettle_keeper::outbox::FeePolicy::default(),
+            fees: subsettle_keeper::settlement::outbox::FeePolicy::default(),
         }
     }
 
     /// A settlement engine for this market, signing with the deployer (who is the keeper), its key in `dir`.
-    pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::engine::Engine {
-        use subsettle_keeper::{renewals::RenewalPolicy, settlement::SettlementPolicy};
+    pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::settlement::engine::Engine {
+        use subsettle_keeper::{settlement::renewals::RenewalPolicy, settlement::plan::SettlementPolicy};
         let sender = self.sender(dir);
-        subsettle_keeper::engine::Engine {
+        subsettle_keeper::settlement::engine::Engine {
             pool: self.pool.clone(),
             sender,
             deployment: self.deployment.clone(),

@@ -28,7 +28,7 @@ pub(crate) async fn run_close(args: CloseArgs) -> anyhow::Result<()> {
     let report = close::close_due_periods(&pool, &catalog, &close_options(&settings), now).await?;
     println!("{}", serde_json::to_string(&report)?);
     if args.epoch {
-        match subsettle_keeper::epoch::close_epoch(&pool, settings.deployment.chain_id, now, subsettle_keeper::epoch::EpochScope::AllClosed, subsettle_keeper::epoch::SettleRoom::UNLIMITED).await? {
+        match subsettle_keeper::settlement::epoch::close_epoch(&pool, settings.deployment.chain_id, now, subsettle_keeper::settlement::epoch::EpochScope::AllClosed, subsettle_keeper::settlement::epoch::SettleRoom::UNLIMITED).await? {
             Some(epoch) => println!("{}", serde_json::to_string(&epoch)?),
             None => println!("no closes to gather into an epoch"),
         }
@@ -75,7 +75,7 @@ pub(crate) async fn run_reconcile(args: subsettle_keeper::cli::ReconcileArgs) ->
         store::check_one_deployment(&pool, &settings.deployment).await?;
         let url = args.rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{}` is not a URL", args.rpc_url))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
-        anyhow::Ok(subsettle_keeper::reconcile::reconcile(&pool, &provider, &settings.deployment, settings.decimals).await?)
+        anyhow::Ok(subsettle_keeper::operator::reconcile::reconcile(&pool, &provider, &settings.deployment, settings.decimals).await?)
     }
     .await;
     let report = match report {
@@ -87,7 +87,7 @@ pub(crate) async fn run_reconcile(args: subsettle_keeper::cli::ReconcileArgs) ->
     };
     match args.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&report)?),
-        _ => print!("{}", subsettle_keeper::reconcile::to_table(&report)),
+        _ => print!("{}", subsettle_keeper::operator::reconcile::to_table(&report)),
     }
     if !report.ok() {
         std::process::exit(1);

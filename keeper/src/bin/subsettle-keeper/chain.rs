@@ -23,8 +23,8 @@ pub(crate) async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 pub(crate) async fn connect_sender(
     settings: &Settings,
     chain: &ChainArgs,
-    fees: subsettle_keeper::outbox::FeePolicy,
-) -> anyhow::Result<subsettle_keeper::outbox::Sender> {
+    fees: subsettle_keeper::settlement::outbox::FeePolicy,
+) -> anyhow::Result<subsettle_keeper::settlement::outbox::Sender> {
     use alloy::providers::{Provider, ProviderBuilder};
     let key = OperatorKey::load(chain.private_key_file.as_deref())?;
     let rpc_url = chain.rpc_url.as_str();
@@ -36,7 +36,7 @@ pub(crate) async fn connect_sender(
         "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
         settings.deployment.chain_id
     );
-    Ok(subsettle_keeper::outbox::Sender { provider, key, chain_id, fees })
+    Ok(subsettle_keeper::settlement::outbox::Sender { provider, key, chain_id, fees })
 }
 
 /// Token units to base units, refusing more decimals than the token has.
@@ -47,7 +47,7 @@ fn base_units(field: &str, value: Decimal, decimals: u32) -> anyhow::Result<u128
 }
 
 pub(crate) async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
-    use subsettle_keeper::admin::{AdminAction, execute};
+    use subsettle_keeper::operator::admin::{AdminAction, execute};
     let (settings, pool) = open(&args.chain.settings).await?;
     let decimals = settings.decimals;
     let action = match args.action {

@@ -5,10 +5,10 @@ use super::chain::connect_sender;
 
 pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
     use subsettle_keeper::{
-        engine::{Engine, Lease},
-        outbox::FeePolicy,
-        renewals::RenewalPolicy,
-        settlement::SettlementPolicy,
+        settlement::engine::{Engine, Lease},
+        settlement::outbox::FeePolicy,
+        settlement::renewals::RenewalPolicy,
+        settlement::plan::SettlementPolicy,
     };
     let (settings, pool) = open(&args.chain.settings).await?;
     require_default_split(&settings)?;
@@ -62,8 +62,8 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!("holding the sender lease");
     let stale_after = i64::try_from(args.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX);
-    let metrics = Arc::new(subsettle_keeper::metrics::EngineMetrics::new(pool.clone(), chain_id, stale_after));
-    let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::metrics::serve(metrics.clone(), args.metrics_addr)));
+    let metrics = Arc::new(subsettle_keeper::settlement::metrics::EngineMetrics::new(pool.clone(), chain_id, stale_after));
+    let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::settlement::metrics::serve(metrics.clone(), args.metrics_addr)));
     loop {
         // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
         let mut pause = args.interval;
@@ -74,7 +74,7 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
                 tracing::info!(?report, "step");
                 // Wake early when a renewal or a period close falls due before the next interval.
                 match engine.next_due().await {
-                    Ok(next) => pause = subsettle_keeper::engine::pause_until(report.now, next, args.interval),
+                    Ok(next) => pause = subsettle_keeper::settlement::engine::pause_until(report.now, next, args.interval),
                     Err(error) => tracing::warn!(%error, "could not read when work falls due; waiting the full interval"),
                 }
             }
@@ -117,7 +117,7 @@ pub(crate) async fn run_status(overrides: Overrides) -> anyhow::Result<()> {
     .await?;
     let unclosed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.usage_events WHERE close_id IS NULL").fetch_one(&pool).await?;
     let status = serde_json::json!({
-        "lease_holder": subsettle_keeper::engine::Lease::holder(&pool).await?,
+        "lease_holder": subsettle_keeper::settlement::engine::Lease::holder(&pool).await?,
         "outbox": outbox.iter().map(|(k, s, n)| serde_json::json!({"kind": k, "state": s, "count": n})).collect::<Vec<_>>(),
         "open_or_recently_failed": open_rows.iter().map(|(k, s, n, f)| serde_json::json!({"action": k, "state": s, "nonce": n, "failure": f})).collect::<Vec<_>>(),
         "last_epochs": epochs.iter().map(|(id, at, total, settled)| serde_json::json!({"epoch": id, "closed_at": at, "total": total, "settled_on_chain": settled})).collect::<Vec<_>>(),

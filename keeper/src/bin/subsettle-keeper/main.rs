@@ -9,16 +9,16 @@ use anyhow::Context;
 use clap::Parser;
 use rust_decimal::Decimal;
 use subsettle_keeper::{
-    api::{self, ApiSettings, Keeper},
-    catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
+    metering::api::{self, ApiSettings, Keeper},
+    metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
     cli::{AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, ServeArgs, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
-    close::{self, CloseOptions},
+    metering::close::{self, CloseOptions},
     config::{Overrides, Settings},
-    deploy::{DeployPlan, deploy},
-    import::{self, Format},
+    operator::deploy::{DeployPlan, deploy},
+    operator::import::{self, Format},
     signer::OperatorKey,
-    statement::{self, Scope, Statement},
+    metering::statement::{self, Scope, Statement},
     store,
 };
 use tokio::sync::watch;

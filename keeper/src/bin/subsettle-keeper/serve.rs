@@ -2,7 +2,7 @@
 //! follow it.
 
 use alloy::providers::DynProvider;
-use subsettle_keeper::funds::{FundsPolicy, FundsReader};
+use subsettle_keeper::metering::funds::{FundsPolicy, FundsReader};
 
 use super::*;
 

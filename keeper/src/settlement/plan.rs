@@ -13,7 +13,7 @@ use subsettle_abi::{ISubscriptions::Charge, SplitEscrow, Subscriptions};
 
 use crate::{
     KeeperError,
-    outbox::{Action, batch_key, retry_slot},
+    settlement::outbox::{Action, batch_key, retry_slot},
     store::numeric_u128,
 };
 

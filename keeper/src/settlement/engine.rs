@@ -8,13 +8,13 @@ use sqlx::{PgPool, pool::PoolConnection, Postgres};
 use subsettle_abi::Deployment;
 
 use crate::{
-    KeeperError, catalog,
-    close::{self, CloseOptions},
-    epoch::{self, EpochScope, SettleRoom},
-    outbox::{self, Action, OutboxReport, Sender},
-    renewals::{RenewalPolicy, plan_renewals},
-    settlement::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
-    threshold::{ThresholdPolicy, plan_threshold_charges},
+    KeeperError, metering::catalog,
+    metering::close::{self, CloseOptions},
+    settlement::epoch::{self, EpochScope, SettleRoom},
+    settlement::outbox::{self, Action, OutboxReport, Sender},
+    settlement::renewals::{RenewalPolicy, plan_renewals},
+    settlement::plan::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
+    settlement::threshold::{ThresholdPolicy, plan_threshold_charges},
 };
 
 /// Everything a step needs.

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::{
     KeeperError,
-    pricing::{Allowance, Catalog, Price, Timeline},
+    metering::pricing::{Allowance, Catalog, Price, Timeline},
 };
 
 /// Largest quantity scale a meter may declare.
@@ -209,7 +209,7 @@ pub async fn set_model_split(pool: &PgPool, chain_id: u64, model_id: &str, split
                 "{effective_at} is too early: a split mapping takes effect no earlier than the escrow's split-change delay ({} s) after it is recorded; the earliest allowed now is {} ({})",
                 notice.delay_secs,
                 notice.earliest(),
-                crate::metering::show_ms(notice.earliest().saturating_mul(1000))
+                crate::clock::show_ms(notice.earliest().saturating_mul(1000))
             ),
         ));
     }
@@ -312,7 +312,7 @@ async fn refuse_repricing(tx: &mut sqlx::PgConnection, model_id: &str, meter: Op
             "effective_at",
             format!(
                 "{effective_at} is not after the latest accepted usage of `{model_id}` ({}); a new version takes effect later",
-                crate::metering::show_ms(latest_ms)
+                crate::clock::show_ms(latest_ms)
             ),
         )),
         _ => Ok(()),

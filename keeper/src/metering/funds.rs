@@ -2,7 +2,7 @@
 //!
 //! Overage is charged after it is served, and a plan with price 0 keeps a subscriber entitled with no funds and
 //! no allowance at all. So `serve` admits billable usage only while the wallet can pay what its open periods owe
-//! so far plus the new usage ([`crate::entitlement`] does the sums). What a usage charge can collect is the
+//! so far plus the new usage ([`crate::metering::entitlement`] does the sums). What a usage charge can collect is the
 //! subscriber's prepaid credit (taken first) plus what `transferFrom` can pull from the wallet, the lower of its
 //! token balance and its allowance to Subscriptions (`Subscriptions._collect`).
 //!

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::{
     KeeperError,
-    statement::{self, Party, Scope, Statement, Verification},
+    metering::statement::{self, Party, Scope, Statement, Verification},
 };
 
 /// A period close's overage charge.
@@ -87,7 +87,7 @@ impl Books {
              GROUP BY 1, 2",
         )
         .bind(block as i64)
-        .bind(format!("{}:", crate::threshold::KEY_PREFIX))
+        .bind(format!("{}:", crate::settlement::threshold::KEY_PREFIX))
         .fetch_all(pool)
         .await?;
         for (id, period, charge) in running {

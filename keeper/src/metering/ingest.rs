@@ -6,14 +6,17 @@ use std::{collections::HashMap, str::FromStr};
 
 use alloy::primitives::{Address, B256, keccak256};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
 use crate::{
     KeeperError,
-    catalog::Snapshot,
-    entitlement::{Entitlements, Refusal},
+    clock::{parse_rfc3339_ms, show_ms},
+    metering::{
+        catalog::Snapshot,
+        entitlement::{Entitlements, Refusal},
+        event::{BatchReport, Outcome, UsageEvent},
+    },
 };
 
 /// Longest `event_id`.
@@ -30,109 +33,6 @@ pub struct TimePolicy {
     pub now_ms: i64,
     /// How far ahead of now a timestamp may be.
     pub max_future_ms: i64,
-}
-
-/// A validated event, ready to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageEvent {
-    /// Idempotency key.
-    pub event_id: String,
-    /// The subscription it is billed to.
-    pub subscription_id: u64,
-    /// Model id.
-    pub model: String,
-    /// Meter.
-    pub meter: String,
-    /// Quantity, normalized.
-    pub quantity: Decimal,
-    /// When it happened, Unix milliseconds.
-    pub occurred_at_ms: i64,
-    /// Free-form properties (a JSON object), if any.
-    pub properties: Option<Value>,
-    /// Hash of all of the above: equal for a resend, different for a conflict.
-    pub payload_hash: B256,
-    /// Why the subscriber is not to be served now: the event is not stored (unless it already was).
-    pub refused: Option<String>,
-}
-
-/// What happened to one event of a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Stored now.
-    Accepted {
-        /// The event's id.
-        event_id: String,
-    },
-    /// Stored before with the same payload: nothing changed.
-    Duplicate {
-        /// The event's id.
-        event_id: String,
-    },
-    /// Stored before with a different payload: the stored one stands.
-    Conflict {
-        /// The event's id.
-        event_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// Invalid: nothing stored.
-    Rejected {
-        /// The event's id, when it could be read.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        event_id: Option<String>,
-        /// The field at fault.
-        field: String,
-        /// Why.
-        reason: String,
-    },
-    /// The subscriber is not entitled to be served: nothing stored.
-    PaymentRequired {
-        /// The event's id.
-        event_id: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Outcome {
-    fn rejected(event_id: Option<&str>, field: &str, reason: impl Into<String>) -> Self {
-        Self::Rejected { event_id: event_id.map(str::to_owned), field: field.to_owned(), reason: reason.into() }
-    }
-}
-
-/// A batch's outcomes in input order, with counts.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BatchReport {
-    /// Events stored now.
-    pub accepted: usize,
-    /// Resends.
-    pub duplicates: usize,
-    /// Same id, different payload.
-    pub conflicts: usize,
-    /// Invalid events.
-    pub rejected: usize,
-    /// Events of subscribers who are not entitled.
-    pub payment_required: usize,
-    /// One outcome per input event, in order.
-    pub results: Vec<Outcome>,
-}
-
-impl BatchReport {
-    fn from_outcomes(results: Vec<Outcome>) -> Self {
-        let mut report = Self::default();
-        for outcome in &results {
-            match outcome {
-                Outcome::Accepted { .. } => report.accepted += 1,
-                Outcome::Duplicate { .. } => report.duplicates += 1,
-                Outcome::Conflict { .. } => report.conflicts += 1,
-                Outcome::Rejected { .. } => report.rejected += 1,
-                Outcome::PaymentRequired { .. } => report.payment_required += 1,
-            }
-        }
-        report.results = results;
-        report
-    }
 }
 
 const FIELDS: [&str; 8] = ["event_id", "subscriber", "subscription_id", "model", "meter", "quantity", "timestamp", "properties"];
@@ -302,84 +202,6 @@ fn payload_hash(event: &UsageEvent) -> B256 {
         event.event_id, event.subscription_id, event.model, event.meter, event.quantity, event.occurred_at_ms, properties
     );
     keccak256(text.as_bytes())
-}
-
-/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]`) into Unix milliseconds.
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') || bytes[13] != b':' || bytes[16] != b':' {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let padded: String = fraction[..digits].chars().chain(std::iter::repeat('0')).take(3).collect();
-        millis = padded.parse().ok()?;
-        rest = &fraction[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let hours: i64 = rest[1..3].parse().ok()?;
-            let minutes: i64 = rest[4..6].parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (hours * 3600 + minutes * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs) * 1000 + millis)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix milliseconds as RFC 3339 UTC text.
-pub fn show_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
 }
 
 /// Stores the valid events of a batch exactly once and reports every event's outcome in input order.

@@ -25,13 +25,13 @@ use tokio::sync::watch;
 
 use crate::{
     KeeperError,
-    catalog::{self, NewAllowance, NewModel, NewPrice, Snapshot, SplitNotice},
+    metering::catalog::{self, NewAllowance, NewModel, NewPrice, Snapshot, SplitNotice},
     clock::Clock,
-    entitlement::{self, Entitlements, RefusalKind},
-    funds::{self, FundsPolicy, FundsReader},
-    metering::{self, BatchReport, Outcome, TimePolicy},
-    statement,
-    subscriptions,
+    metering::entitlement::{self, Entitlements, RefusalKind},
+    metering::funds::{self, FundsPolicy, FundsReader},
+    metering::ingest::{self, TimePolicy}, metering::event::{BatchReport, Outcome, UsageEvent},
+    metering::statement,
+    metering::subscriptions,
 };
 
 /// Most events in one batch.
@@ -181,8 +181,8 @@ impl Keeper {
         let now = time.now_ms.div_euclid(1000);
         let (mut prepared, mut kinds, judge_funds) = {
             let entitlements = self.entitlements.read().expect("entitlement lock");
-            let prepared: Vec<Result<metering::UsageEvent, Outcome>> =
-                items.into_iter().map(|item| item.and_then(|raw| metering::validate(&raw, &snapshot, &entitlements, time))).collect();
+            let prepared: Vec<Result<UsageEvent, Outcome>> =
+                items.into_iter().map(|item| item.and_then(|raw| ingest::validate(&raw, &snapshot, &entitlements, time))).collect();
             let kinds: Vec<Option<RefusalKind>> = prepared
                 .iter()
                 .map(|item| match item {
@@ -200,7 +200,7 @@ impl Keeper {
             let mut entitlements = self.entitlements.write().expect("entitlement lock");
             reservation.reserved = entitlements.admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
         }
-        let (report, accepted) = metering::store(&self.pool, prepared).await?;
+        let (report, accepted) = ingest::store(&self.pool, prepared).await?;
         {
             let mut entitlements = self.entitlements.write().expect("entitlement lock");
             entitlements.record(&accepted, &snapshot, self.settings.decimals);
@@ -453,7 +453,7 @@ async fn get_entitlement(State(keeper): State<Arc<Keeper>>, Path(subscriber): Pa
 #[derive(serde::Serialize)]
 struct EntitlementAnswer {
     #[serde(flatten)]
-    answer: crate::entitlement::Entitlement,
+    answer: crate::metering::entitlement::Entitlement,
     /// Unix seconds.
     as_of: i64,
 }

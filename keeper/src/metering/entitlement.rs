@@ -5,7 +5,7 @@
 //! aggregate happened at its latest event. The exact figure is computed at period close; the on-chain cap bounds
 //! the charge either way.
 //!
-//! With funds judged (`serve`, see [`crate::funds`]), billable usage is also admitted only while the wallet can
+//! With funds judged (`serve`, see [`crate::metering::funds`]), billable usage is also admitted only while the wallet can
 //! pay it: the overage its open periods owe (the estimate, capped, minus what the chain has charged for the
 //! period) plus the new usage's cost must not exceed what a charge could collect. Usage that adds no overage (the
 //! plan's included usage) is never refused for funds.
@@ -19,11 +19,11 @@ use sqlx::PgPool;
 
 use crate::{
     KeeperError,
-    catalog::Snapshot,
-    funds::{FundsAnswer, FundsPolicy, WalletFunds},
-    metering::{Outcome, UsageEvent},
-    pricing::{MeteredEvent, PeriodTerms, price_period},
-    subscriptions::{Status, Subscription},
+    metering::catalog::Snapshot,
+    metering::funds::{FundsAnswer, FundsPolicy, WalletFunds},
+    metering::event::{Outcome, UsageEvent},
+    metering::pricing::{MeteredEvent, PeriodTerms, price_period},
+    metering::subscriptions::{Status, Subscription},
 };
 
 /// One aggregate of open-period usage: (subscription id, model, meter, quantity, latest event ms).
@@ -375,7 +375,7 @@ impl Entitlements {
     pub fn check(&self, subscriber: Address, now: i64) -> Entitlement {
         match self.pick_to_serve(subscriber, now) {
             Ok(sub) => {
-                let wall = crate::funds::wall_ms();
+                let wall = crate::metering::funds::wall_ms();
                 let reason = self.refusal(sub, now).or_else(|| self.funds_refusal_to_serve(sub, now, wall));
                 let used = self.open.get(&sub.id).map_or(0, |o| o.overage_estimate);
                 let serve_until = if sub.status == Status::Cancelled { sub.paid_through } else { sub.grace_end(now) };
@@ -459,7 +459,7 @@ impl Entitlements {
 
     /// How many wallets with a live subscription have no reading fresh enough to judge by.
     pub fn wallets_with_unknown_funds(&self, now: i64) -> usize {
-        let wall = crate::funds::wall_ms();
+        let wall = crate::metering::funds::wall_ms();
         self.live(now, false).0.into_iter().filter(|w| self.fresh_funds(*w, wall).is_none()).count()
     }
 
@@ -554,7 +554,7 @@ impl Entitlements {
             return None;
         }
         let limit = funds.limiting();
-        let kind = if limit == crate::funds::Limit::Allowance { RefusalKind::FundsAllowance } else { RefusalKind::FundsBalance };
+        let kind = if limit == crate::metering::funds::Limit::Allowance { RefusalKind::FundsAllowance } else { RefusalKind::FundsBalance };
         let this = if cost == 0 { String::new() } else { format!(" + {cost} for this usage") };
         Some((
             kind,
@@ -584,7 +584,7 @@ impl Entitlements {
         if self.funds_policy.is_none() {
             return Vec::new();
         }
-        let wall = crate::funds::wall_ms();
+        let wall = crate::metering::funds::wall_ms();
         // The events to judge, per wallet in order of first appearance.
         let mut wallets: Vec<(Address, Vec<usize>)> = Vec::new();
         let mut position: HashMap<Address, usize> = HashMap::new();
@@ -743,7 +743,7 @@ fn add(usage: &mut Aggregates, event: &UsageEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subscriptions::Status;
+    use crate::metering::subscriptions::Status;
 
     fn sub(id: u64, wallet: Address, status: Status) -> Subscription {
         Subscription {
@@ -766,11 +766,11 @@ mod tests {
         let mut s = sub(1, Address::repeat_byte(7), Status::PastDue);
         assert!(s.entitled_at(2_099) && !s.entitled_at(2_100), "grace ends at 2,100 without a pause");
         // Paused from 1,990 (before paid-through: those 10 s do not count) to 2,050, then again from 2,120 on.
-        s.pauses = crate::subscriptions::Pauses(vec![(1_990, Some(2_050)), (2_120, None)].into());
+        s.pauses = crate::metering::subscriptions::Pauses(vec![(1_990, Some(2_050)), (2_120, None)].into());
         assert_eq!(s.grace_end(2_140), 2_100 + 50 + 20);
         assert!(s.entitled_at(2_149), "the running pause keeps it entitled");
         assert!(s.entitled_at(5_000), "for as long as it runs, as the contract's isEntitled");
-        s.pauses = crate::subscriptions::Pauses(vec![(1_990, Some(2_050))].into());
+        s.pauses = crate::metering::subscriptions::Pauses(vec![(1_990, Some(2_050))].into());
         assert!(s.entitled_at(2_149) && !s.entitled_at(2_150), "grace plus the 50 s paused after paid-through");
         // A cancelled subscription is served to paid-through only, paused or not.
         s.status = Status::Cancelled;
@@ -806,8 +806,8 @@ mod funds_tests {
 
     use super::*;
     use crate::{
-        funds::FundsPolicy,
-        pricing::{Allowance, Price},
+        metering::funds::FundsPolicy,
+        metering::pricing::{Allowance, Price},
     };
 
     const USDC: u128 = 1_000_000;
@@ -889,7 +889,7 @@ mod funds_tests {
     #[test]
     fn each_event_is_admitted_in_order_while_the_wallet_can_pay_it() {
         // Credit 1 + min(balance 3, allowance 10) = 4 USDC.
-        let mut e = view(2, 3 * USDC, 10 * USDC, USDC, crate::funds::wall_ms());
+        let mut e = view(2, 3 * USDC, 10 * USDC, USDC, crate::metering::funds::wall_ms());
         let mut batch = events(&[("u", 2), ("u", 3), ("u", 1), ("u", 1), ("u", 1)]);
         let (kinds, reserved) = admit(&mut e, &mut batch);
         assert_eq!(kinds, [None, Some(RefusalKind::FundsBalance), None, None, Some(RefusalKind::FundsBalance)]);
@@ -913,7 +913,7 @@ mod funds_tests {
 
     #[test]
     fn a_batch_that_fits_is_admitted_whole_and_what_the_chain_charged_is_not_owed() {
-        let mut e = view(2, 10 * USDC, 2 * USDC, 0, crate::funds::wall_ms());
+        let mut e = view(2, 10 * USDC, 2 * USDC, 0, crate::metering::funds::wall_ms());
         let mut batch = events(&[("u", 1), ("u", 1)]);
         assert_eq!(admit(&mut e, &mut batch), (vec![None, None], vec![(1, 2 * USDC)]));
         e.record(&accepted(&batch), &catalog(), 6);
@@ -921,7 +921,7 @@ mod funds_tests {
         let mut more = events(&[("u", 1)]);
         assert_eq!(admit(&mut e, &mut more).0, [Some(RefusalKind::FundsAllowance)], "allowance 2 is the limit");
         // The chain charged 2 USDC of this period (the next reading shows the allowance used up and re-approved).
-        let reading = WalletFunds { balance: U256::from(8 * USDC), allowance: U256::from(3 * USDC), credit: U256::ZERO, block: 8, read_at_ms: crate::funds::wall_ms() };
+        let reading = WalletFunds { balance: U256::from(8 * USDC), allowance: U256::from(3 * USDC), credit: U256::ZERO, block: 8, read_at_ms: crate::metering::funds::wall_ms() };
         e.set_funds([(WALLET, reading)].into(), &[(1, 0)], &[((1, 0), 2 * USDC)].into());
         let funds = e.check(WALLET, 1_500).funds.unwrap();
         assert_eq!((funds.owed.as_str(), funds.headroom.as_deref()), ("0", Some("3000000")));
@@ -931,7 +931,7 @@ mod funds_tests {
 
     #[test]
     fn a_reload_keeps_the_events_recorded_while_it_read() {
-        let mut e = view(2, 100 * USDC, 100 * USDC, 0, crate::funds::wall_ms());
+        let mut e = view(2, 100 * USDC, 100 * USDC, 0, crate::metering::funds::wall_ms());
         let owed = |e: &Entitlements| e.check(WALLET, 1_500).funds.unwrap().owed;
         // Another process stored 2 units; while the reload reads them, this one records 1 unit of its own.
         let mark = e.begin_reload();
@@ -952,7 +952,7 @@ mod funds_tests {
 
     #[test]
     fn unknown_funds_refuse_overage_but_never_included_usage() {
-        let stale = crate::funds::wall_ms() - 46_000; // more than three 15 s intervals ago
+        let stale = crate::metering::funds::wall_ms() - 46_000; // more than three 15 s intervals ago
         let mut e = view(1, 100 * USDC, 100 * USDC, 0, stale);
         let mut batch = events(&[("free", 2), ("u", 1), ("free", 1)]);
         let (kinds, _) = admit(&mut e, &mut batch);

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     KeeperError,
-    api::Keeper,
-    metering::{BatchReport, Outcome},
+    metering::api::Keeper,
+    metering::event::{BatchReport, Outcome},
 };
 
 /// Events per batch.

@@ -16,7 +16,7 @@ use subsettle_abi::{Deployment, SplitEscrow, Subscriptions};
 
 use crate::{
     KeeperError,
-    outbox::{self, Action, OutboxReport, Sender},
+    settlement::outbox::{self, Action, OutboxReport, Sender},
 };
 
 /// An owner action.

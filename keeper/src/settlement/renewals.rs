@@ -14,7 +14,7 @@ use subsettle_abi::Subscriptions;
 
 use crate::{
     KeeperError,
-    outbox::{Action, batch_key, retry_slot},
+    settlement::outbox::{Action, batch_key, retry_slot},
 };
 
 /// How renewals are planned.

@@ -1,7 +1,7 @@
 //! Period close: once a paid period has ended and the late-event cutoff has passed, its usage is priced, the
 //! collected amount attributed, the lines committed to a Merkle root and the result written once. Events that
 //! arrive later for a closed period are billed by the next close of the subscription as adjustment lines.
-//! Settlement epochs ([`crate::epoch`]) then gather the closes into one amount per split.
+//! Settlement epochs ([`crate::settlement::epoch`]) then gather the closes into one amount per split.
 
 use std::collections::HashMap;
 
@@ -14,10 +14,10 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::{
     KeeperError,
-    catalog::Snapshot,
+    metering::catalog::Snapshot,
     merkle::{self, MerkleTree},
-    pricing::{Line, MeteredEvent, PeriodTerms, PricedPeriod, price_period},
-    subscriptions::{self, Period},
+    metering::pricing::{Line, MeteredEvent, PeriodTerms, PricedPeriod, price_period},
+    metering::subscriptions::{self, Period},
 };
 
 /// How period close runs.

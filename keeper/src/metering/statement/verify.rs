@@ -8,9 +8,9 @@ use sqlx::PgPool;
 use super::{CreditRef, Party, PeriodRef, Statement, StatementLine, chain_charges};
 use crate::{
     KeeperError,
-    close::line_leaf,
+    metering::close::line_leaf,
     merkle, money,
-    pricing::{Line, LineKey},
+    metering::pricing::{Line, LineKey},
 };
 
 /// What [`verify`] found.

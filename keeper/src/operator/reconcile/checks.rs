@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     KeeperError,
-    statement::{Party, Statement},
+    metering::statement::{Party, Statement},
 };
 
 fn figure(name: &'static str) -> Ids {

@@ -19,12 +19,12 @@ use sqlx::PgPool;
 use subsettle_abi::{ISubscriptions::Charge, Subscriptions};
 
 use crate::{
-    KeeperError, catalog,
-    close::{self, CloseOptions},
+    KeeperError, metering::catalog,
+    metering::close::{self, CloseOptions},
     merkle::MerkleTree,
-    outbox::{Action, batch_key, retry_slot},
-    pricing::{Line, MeteredEvent, PricedPeriod},
-    subscriptions::{self, Period},
+    settlement::outbox::{Action, batch_key, retry_slot},
+    metering::pricing::{Line, MeteredEvent, PricedPeriod},
+    metering::subscriptions::{self, Period},
 };
 
 /// The outbox keys of threshold charges start with this (then `:<slot>:`).
