@@ -43,14 +43,20 @@ pg_bin_dir() {
   return 1
 }
 
+# Where cargo puts what it builds: target/ unless CARGO_TARGET_DIR (or a cargo config) says otherwise.
+cargo_target_dir() {
+  cargo metadata --no-deps --format-version 1 | node -p 'JSON.parse(require("fs").readFileSync(0)).target_directory'
+}
+
 # A TCP port that was free a moment ago.
 free_port() {
   node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
 }
 
-# Runs a command as the owner of the throwaway Postgres: `postgres` when we are root (Postgres refuses root).
+# Runs a command as the owner of the throwaway Postgres: `postgres` when we are root (Postgres refuses root), then
+# from /, because that user may not be able to enter the caller's directory (give it absolute paths).
 as_pg_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 # Waits until `curl`-less JSON-RPC answers on $1 (a URL), up to 30 s.
