@@ -11,9 +11,21 @@ use crate::config::parse_duration_secs;
 #[derive(Debug, Parser)]
 #[command(name = "subsettle-keeper", version, about, long_about = None)]
 pub struct Cli {
+    /// Log lines as text for people or as one JSON object per line for a log collector.
+    #[arg(long, global = true, env = "SUBSETTLE_LOG_FORMAT", default_value = "text", value_enum)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (to stderr; the level comes from `RUST_LOG`, default `info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-05T10:00:00Z  INFO message key=value`.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","fields":{"message":…},"target":…}`.
+    Json,
 }
 
 /// The keeper's subcommands.
@@ -209,7 +221,7 @@ pub enum UsageCommand {
     Import {
         /// Settings.
         #[command(flatten)]
-        settings: crate::config::Overrides,
+        settings: crate::config::ImportSettings,
         /// The file (.ndjson, .jsonl or .csv).
         file: PathBuf,
         /// Format, when the extension does not tell.
@@ -223,7 +235,7 @@ pub enum UsageCommand {
 pub struct CloseArgs {
     /// Settings.
     #[command(flatten)]
-    pub settings: crate::config::Overrides,
+    pub settings: crate::config::CloseSettings,
     /// Also gather the new closes into a settlement epoch.
     #[arg(long)]
     pub epoch: bool,
@@ -264,10 +276,10 @@ pub struct DeployArgs {
 
 /// What the commands that sign transactions (`run`, `admin`) connect with.
 #[derive(Debug, Args)]
-pub struct ChainArgs {
+pub struct ChainArgs<S: clap::Args = crate::config::Overrides> {
     /// Settings.
     #[command(flatten)]
-    pub settings: crate::config::Overrides,
+    pub settings: S,
     /// JSON-RPC endpoint of the chain.
     #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
     pub rpc_url: String,
@@ -281,7 +293,7 @@ pub struct ChainArgs {
 pub struct ServeArgs {
     /// Settings.
     #[command(flatten)]
-    pub settings: crate::config::Overrides,
+    pub settings: crate::config::ServeSettings,
     /// Follow the clock of the chain at this JSON-RPC URL instead of the system clock: time is the system clock plus
     /// how far the latest block is ahead of it. For a local chain whose time is moved (the demo); on a live L2
     /// the two agree and this is not needed.
@@ -298,7 +310,7 @@ pub struct ServeArgs {
 pub struct RunArgs {
     /// Settings, the chain and the keeper's key.
     #[command(flatten)]
-    pub chain: ChainArgs,
+    pub chain: ChainArgs<crate::config::CloseSettings>,
     /// Time between steps.
     #[arg(long, default_value = "30s", value_parser = parse_duration_secs)]
     pub interval: u64,
@@ -455,4 +467,59 @@ pub fn parse_share(text: &str) -> Result<(Address, u16), String> {
     let address: Address = address.parse().map_err(|_| format!("`{address}` is not a 0x address"))?;
     let bps: u16 = bps.parse().ok().filter(|b| *b <= 10_000).ok_or_else(|| format!("`{bps}` is not a bps value from 0 to 10000"))?;
     Ok((address, bps))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    fn flags(path: &[&str]) -> Vec<String> {
+        let mut command = Cli::command();
+        command.build();
+        let mut sub = &command;
+        for name in path {
+            sub = sub.find_subcommand(name).unwrap_or_else(|| panic!("no subcommand {name}"));
+        }
+        sub.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn each_command_takes_only_the_settings_it_uses() {
+        let serve_only = ["http-addr", "max-body-bytes", "max-future-skew", "refresh-interval-ms", "api-token-file", "funds-interval", "usage-reload-interval", "close-interval"];
+        let close_only = ["default-split", "late-cutoff"];
+        for path in [&["status"][..], &["statement"], &["verify-statement"], &["reconcile"], &["model", "list"], &["price", "set"], &["admin"]] {
+            let have = flags(path);
+            for flag in serve_only.iter().chain(&close_only) {
+                assert!(!have.iter().any(|f| f == flag), "{path:?} lists --{flag}");
+            }
+            assert!(have.iter().any(|f| f == "database-url"), "{path:?} lacks --database-url");
+        }
+        for path in [&["close"][..], &["run"]] {
+            let have = flags(path);
+            assert!(close_only.iter().all(|f| have.iter().any(|h| h == f)), "{path:?} lacks a close flag");
+            assert!(!serve_only.iter().any(|f| have.iter().any(|h| h == f)), "{path:?} lists a serve flag");
+        }
+        let serve = flags(&["serve"]);
+        assert!(serve_only.iter().chain(&close_only).all(|f| serve.iter().any(|h| h == f)));
+        let import = flags(&["usage", "import"]);
+        assert!(import.iter().any(|f| f == "max-future-skew") && !import.iter().any(|f| f == "http-addr" || f == "default-split"));
+    }
+
+    #[test]
+    fn default_split_says_it_is_required() {
+        let mut command = Cli::command();
+        command.build();
+        for name in ["serve", "close", "run"] {
+            let sub = command.find_subcommand(name).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_long() == Some("default-split")).unwrap();
+            assert!(arg.get_help().unwrap().to_string().contains("Required"), "{name}: --default-split help does not say it is required");
+        }
+    }
+
+    #[test]
+    fn help_renders_for_every_command() {
+        Cli::command().debug_assert();
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(crate) async fn run_import(overrides: Overrides, file: std::path::PathBuf, format: Option<String>) -> anyhow::Result<()> {
+pub(crate) async fn run_import(overrides: subsettle_keeper::config::ImportSettings, file: std::path::PathBuf, format: Option<String>) -> anyhow::Result<()> {
     let (settings, pool) = open(&overrides).await?;
     let format = match format.as_deref() {
         Some("csv") => Format::Csv,

@@ -22,7 +22,7 @@ pub(crate) async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 /// The signer on the deployment's chain, refusing a node of another chain.
 pub(crate) async fn connect_sender(
     settings: &Settings,
-    chain: &ChainArgs,
+    chain: &ChainArgs<impl clap::Args>,
     fees: subsettle_keeper::settlement::outbox::FeePolicy,
 ) -> anyhow::Result<subsettle_keeper::settlement::outbox::Sender> {
     use alloy::providers::{Provider, ProviderBuilder};

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use subsettle_keeper::{
     metering::api::{self, ApiSettings, Keeper},
     metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    cli::{AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, ServeArgs, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
+    cli::{LogFormat, AdminArgs, AdminCommand, ChainArgs, CloseArgs, Cli, Command, ServeArgs, DeployArgs, ModelCommand, PriceCommand, RunArgs, StatementArgs, UsageCommand},
     clock::Clock,
     metering::close::{self, CloseOptions},
     config::{Overrides, Settings},
@@ -31,13 +31,15 @@ mod serve;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
         Command::Deploy(args) => chain::run_deploy(args).await,
         Command::Serve(args) => serve::run_serve(args).await,
         Command::Model(command) => models::run_model(command).await,
@@ -53,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn open(overrides: &Overrides) -> anyhow::Result<(Settings, sqlx::PgPool)> {
+async fn open(overrides: &impl subsettle_keeper::config::SettingsFlags) -> anyhow::Result<(Settings, sqlx::PgPool)> {
     let settings = Settings::resolve(overrides)?;
     Ok((settings.clone(), connect(&settings).await?))
 }
