@@ -177,18 +177,25 @@ impl ChainSource {
 
     /// Header of block `number`.
     pub async fn header(&self, number: u64) -> Result<Header, IndexerError> {
+        self.block_header(number)
+            .await?
+            .ok_or_else(|| IndexerError::Rpc(format!("block {number} is not available (yet)")))
+    }
+
+    /// Header of block `number`, or `None` when the node has no such block (it is above the node's head: not
+    /// mined yet, or gone with a reorg to a shorter chain).
+    pub async fn block_header(&self, number: u64) -> Result<Option<Header>, IndexerError> {
         let block = self
             .retrying("eth_getBlockByNumber", || async {
                 self.provider.get_block_by_number(BlockNumberOrTag::Number(number)).await
             })
-            .await?
-            .ok_or_else(|| IndexerError::Rpc(format!("block {number} is not available (yet)")))?;
-        Ok(Header {
+            .await?;
+        Ok(block.map(|block| Header {
             number: block.header.number,
             hash: block.header.hash,
             parent_hash: block.header.parent_hash,
             timestamp: block.header.timestamp,
-        })
+        }))
     }
 
     /// All logs of the followed contracts in the block with hash `hash` (EIP-234), consistent with that block.

@@ -153,6 +153,16 @@ impl Indexer {
         let end = target.map_or(head, |t| t.min(head));
         let next = cursor.as_ref().map_or(self.deployment.start_block, |c| to_u64(c.number) + 1);
         if next > end {
+            // No new block to read, but the chain may have changed without growing: a reorg to the same height,
+            // or to a shorter chain (the head is then below the cursor). The cursor block must still be the
+            // node's; its hash covers every block below it, so one header answers for the whole unfinalized
+            // window. (When there are new blocks, `follow` and `backfill` check the cursor themselves.)
+            if let Some(cursor) = &cursor {
+                let canonical = self.source.block_header(to_u64(cursor.number)).await?;
+                if canonical.is_none_or(|header| header.hash.as_slice() != cursor.hash.as_slice()) {
+                    return self.roll_back(cursor).await;
+                }
+            }
             return Ok(Progress { indexed: cursor.map(|c| to_u64(c.number)), idle: true, ..Progress::default() });
         }
         if next <= finalized.min(end) {
@@ -267,8 +277,9 @@ impl Indexer {
             let Some(stored) = stored else {
                 return Err(IndexerError::DeepReorg { chain_id: self.deployment.chain_id, below: to_u64(number) });
             };
-            let canonical = self.source.header(to_u64(number)).await?;
-            if canonical.hash.as_slice() == stored.as_slice() {
+            // A block the node does not have (above a shorter chain's head) is not canonical either.
+            let canonical = self.source.block_header(to_u64(number)).await?;
+            if canonical.is_some_and(|header| header.hash.as_slice() == stored.as_slice()) {
                 break Cursor { number, hash: stored };
             }
             if number == 0 {

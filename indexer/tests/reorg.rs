@@ -1,13 +1,29 @@
 //! Reorgs on a real anvil (snapshot, then revert and mine a different history): the index must equal the new
 //! canonical chain after a fork at depth 1 and at depth 10, and a fork below the finalized block must stop the
-//! indexer with an error instead of corrupting data.
+//! indexer with an error instead of corrupting data. A reorg that does not make the chain longer (`anvil_reorg`
+//! at the same height, a revert to a shorter chain) must be rolled back by the running indexer with no new
+//! block at all.
 
 mod common;
+#[path = "common/anvil_rpc.rs"]
+mod anvil_rpc;
 
-use alloy::{primitives::U256, providers::Provider, rpc::types::Filter, sol_types::SolEvent};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    primitives::U256,
+    providers::Provider,
+    rpc::types::Filter,
+    sol_types::{SolCall, SolEvent},
+};
+use anvil_rpc::{ReorgTx, reorg, revert, snapshot};
 use sqlx::PgPool;
 use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
-use subsettle_indexer::IndexerError;
+use subsettle_indexer::{IndexerError, sync::Indexer};
 use subsettle_testkit::{TestChain, TestDatabase};
 use common::{DAY, deploy_contracts, indexer, u};
 
@@ -160,4 +176,140 @@ async fn a_final_cursor_block_that_changed_stops_the_backfill() {
         .await
         .unwrap();
     assert_eq!(stray, 0, "nothing of the new history was appended to the old one");
+}
+
+/// `Indexer::run` (polling every 100 ms) in the background, as the daemon runs it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), IndexerError>>,
+}
+
+impl Running {
+    fn start(indexer: Indexer) -> Self {
+        let indexer = Arc::new(indexer);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            indexer
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Whether the index holds exactly the canonical chain's logs (by position and block hash) and its cursor is the
+/// head block (number and hash).
+async fn index_is_canonical(chain: &TestChain, d: &Deployment, pool: &PgPool) -> bool {
+    let provider = chain.provider(0);
+    let head = provider.get_block_by_number(BlockNumberOrTag::Latest).await.unwrap().unwrap().header;
+    let cursor: Option<(Option<i64>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT cursor_number, cursor_hash FROM chain.deployments").fetch_optional(pool).await.unwrap();
+    if cursor != Some((Some(head.number as i64), Some(head.hash.to_vec()))) {
+        return false;
+    }
+    let logs = provider
+        .get_logs(&Filter::new().address(vec![d.subscriptions, d.escrow]).from_block(d.start_block).to_block(head.number))
+        .await
+        .unwrap();
+    let mut expected: Vec<(i64, i32, Vec<u8>)> = logs
+        .iter()
+        .map(|l| (l.block_number.unwrap() as i64, l.log_index.unwrap() as i32, l.block_hash.unwrap().to_vec()))
+        .collect();
+    expected.sort();
+    let stored: Vec<(i64, i32, Vec<u8>)> =
+        sqlx::query_as("SELECT block_number, log_index, block_hash FROM chain.raw_logs ORDER BY 1, 2")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    stored == expected
+}
+
+/// Waits up to `within` for the index to equal the canonical chain; returns how long it took.
+async fn until_canonical(chain: &TestChain, d: &Deployment, pool: &PgPool, within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    while !index_is_canonical(chain, d, pool).await {
+        assert!(started.elapsed() < within, "{what}: the index still differs from the chain after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+async fn movements_of(pool: &PgPool, who: alloy::primitives::Address) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM chain.credit_movements WHERE subscriber = $1")
+        .bind(who.to_vec())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// With 100 ms polls: "within a few polls", with room for a loaded machine.
+const A_FEW_POLLS: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn a_reorg_that_keeps_the_height_is_rolled_back_with_no_new_block() {
+    let chain = TestChain::spawn().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let d = deploy_contracts(&chain).await;
+    setup(&chain, &d).await;
+    deposits(&chain, &d, 1, 3, USDC).await;
+    let (indexer, pool) = indexer(&chain, &db, &d).await;
+    let running = Running::start(indexer);
+
+    // The history that will be replaced: the last two blocks, each with a deposit of subscriber 2.
+    deposits(&chain, &d, 2, 2, 2 * USDC).await;
+    until_canonical(&chain, &d, &pool, Duration::from_secs(10), "before the reorg").await;
+    assert_eq!(movements_of(&pool, chain.address(2)).await, 2);
+
+    // Same height, new blocks: the first holds a deposit of subscriber 3 instead, the second nothing. No block
+    // is mined after it.
+    let provider = chain.provider(0);
+    let old_head = provider.get_block_by_number(BlockNumberOrTag::Latest).await.unwrap().unwrap().header;
+    let deposit = Subscriptions::depositCall { amount: u(3 * USDC) }.abi_encode();
+    reorg(&provider, 2, &[ReorgTx { from: chain.address(3), to: d.subscriptions, input: deposit.into(), block: 0 }])
+        .await;
+    let new_head = provider.get_block_by_number(BlockNumberOrTag::Latest).await.unwrap().unwrap().header;
+    assert_eq!(new_head.number, old_head.number);
+    assert_ne!(new_head.hash, old_head.hash);
+
+    let took = until_canonical(&chain, &d, &pool, A_FEW_POLLS, "after a same-height reorg").await;
+    eprintln!("same-height reorg rolled back and re-indexed in {took:?}");
+    assert_eq!(movements_of(&pool, chain.address(2)).await, 0, "the dropped deposits are gone");
+    assert_eq!(movements_of(&pool, chain.address(3)).await, 1, "the new canonical deposit is there");
+    assert_matches_chain(&chain, &d, &pool).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_revert_to_a_shorter_chain_is_rolled_back_with_no_new_block() {
+    let chain = TestChain::spawn().unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    let d = deploy_contracts(&chain).await;
+    setup(&chain, &d).await;
+    deposits(&chain, &d, 1, 3, USDC).await;
+    let (indexer, pool) = indexer(&chain, &db, &d).await;
+    let running = Running::start(indexer);
+
+    let provider = chain.provider(0);
+    let snapshot = snapshot(&provider).await;
+    let fork = provider.get_block_number().await.unwrap();
+    deposits(&chain, &d, 2, 3, 2 * USDC).await;
+    until_canonical(&chain, &d, &pool, Duration::from_secs(10), "before the revert").await;
+    assert_eq!(movements_of(&pool, chain.address(2)).await, 3);
+
+    // Back to the snapshot: the chain is three blocks shorter than the indexer's cursor, and stays so.
+    revert(&provider, snapshot).await;
+    assert_eq!(provider.get_block_number().await.unwrap(), fork);
+
+    let took = until_canonical(&chain, &d, &pool, A_FEW_POLLS, "after a revert to a shorter chain").await;
+    eprintln!("revert to a shorter chain rolled back in {took:?}");
+    assert_eq!(movements_of(&pool, chain.address(2)).await, 0, "the dropped deposits are gone");
+    assert_matches_chain(&chain, &d, &pool).await;
+    running.stop().await;
 }
