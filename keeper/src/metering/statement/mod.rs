@@ -570,15 +570,26 @@ pub async fn creator_statement(pool: &PgPool, chain_id: u64, decimals: u32, crea
     })
 }
 
-/// The statement's lines as CSV (one row per line; amounts in base units).
+/// The statement's lines as CSV (one row per line, a header row first; amounts in base units). Beside the line's
+/// fields it carries what the JSON has for checking the line: `root` and `proof` (the proof's hashes as `0x` hex
+/// joined by `;`, empty for a lone leaf), `settlement_tx` (the settlement of the line's epoch, once indexed) and
+/// `charge_tx` (subscriber statements: the latest indexed usage charge of the line's period).
 pub fn to_csv(statement: &Statement) -> String {
     let mut out = String::from(
-        "epoch_id,subscription_id,period_index,line_no,model,meter,adjustment_of,quantity,included_quantity,unit_price,per_units,price_effective_at,split_id,split_version,bps,overage_amount,attributed,amount,root\n",
+        "epoch_id,subscription_id,period_index,line_no,model,meter,adjustment_of,quantity,included_quantity,unit_price,per_units,price_effective_at,split_id,split_version,bps,overage_amount,attributed,amount,root,proof,settlement_tx,charge_tx\n",
     );
     for l in &statement.lines {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let hash = |h: Option<B256>| h.map(|h| h.to_string()).unwrap_or_default();
+        let proof = l.proof.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
+        let settlement_tx = l.epoch_id.and_then(|id| statement.epochs.iter().find(|e| e.epoch_id == id)).and_then(|e| e.tx_hash);
+        let charge_tx = statement
+            .periods
+            .iter()
+            .find(|p| p.subscription_id == l.subscription_id && p.period_index == l.period_index)
+            .and_then(|p| p.charge_tx);
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             opt(l.epoch_id),
             l.subscription_id,
             l.period_index,
@@ -597,7 +608,10 @@ pub fn to_csv(statement: &Statement) -> String {
             l.overage_amount,
             l.attributed,
             l.amount,
-            l.root
+            l.root,
+            proof,
+            hash(settlement_tx),
+            hash(charge_tx)
         ));
     }
     out
