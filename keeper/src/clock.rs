@@ -65,6 +65,49 @@ fn system_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+// Time text is read and written with chrono, whose `parse_from_rfc3339` follows RFC 3339 strictly (a full date
+// and time, a `Z` or `±HH:MM` offset with HH at most 23 and MM at most 59); chrono is well kept and widely used,
+// and its default features (the system clock, time zones) are left out. A hand-written parser here once accepted
+// `+99:99`.
+
+/// The latest time the keeper takes, `9999-12-31T23:59:59Z` in Unix seconds (RFC 3339 has four-digit years).
+pub const MAX_UNIX_SECS: i64 = 253_402_300_799;
+
+/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, `T`, `t` or a space between date and time) into
+/// Unix milliseconds; fractions below a millisecond are dropped. `None` for anything else, an impossible date or
+/// time, or an offset beyond ±23:59.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
+}
+
+/// Unix milliseconds as RFC 3339 UTC text with milliseconds (`2026-11-25T10:00:00.250Z`); a time chrono cannot
+/// represent is shown as the number.
+pub fn show_ms(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => format!("{ms} ms since 1970"),
+    }
+}
+
+/// Parses a time given on the command line: Unix seconds (`1798192800`) or RFC 3339 (`2026-12-25T10:00:00Z`,
+/// whole seconds), between 1970 and the end of 9999. For clap's `value_parser`, in the integer type of the flag.
+pub fn parse_time_arg<T: TryFrom<i64>>(text: &str) -> Result<T, String> {
+    let secs = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<i64>().map_err(|_| format!("`{text}` is too large for Unix seconds"))?
+    } else {
+        let ms = parse_rfc3339_ms(text)
+            .ok_or_else(|| format!("`{text}` is neither Unix seconds nor an RFC 3339 time like 2026-12-25T10:00:00Z"))?;
+        if ms.rem_euclid(1000) != 0 {
+            return Err(format!("`{text}` has a fraction of a second; give whole seconds"));
+        }
+        ms.div_euclid(1000)
+    };
+    if !(0..=MAX_UNIX_SECS).contains(&secs) {
+        return Err(format!("`{text}` is outside 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"));
+    }
+    T::try_from(secs).map_err(|_| format!("`{text}` does not fit this flag"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,82 +124,48 @@ mod tests {
         assert!(clock.now_secs() >= start + 30 * 86_400, "an older block does not move it back");
         Clock::System.observe_block(0);
     }
-}
 
-/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]`) into Unix milliseconds.
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') || bytes[13] != b':' || bytes[16] != b':' {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
+    #[test]
+    fn rfc3339_is_read_strictly_and_written_in_utc_with_milliseconds() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T10:00:00.25Z"), Some(1_795_600_800_250));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T10:00:00.250999z"), Some(1_795_600_800_250));
+        assert_eq!(parse_rfc3339_ms("2026-11-25t10:00:00Z"), Some(1_795_600_800_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-25 10:00:00Z"), Some(1_795_600_800_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T12:00:00+02:00"), Some(1_795_600_800_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-25T10:00:00+23:59"), Some(1_795_600_800_000 - (23 * 3600 + 59 * 60) * 1000));
+        assert_eq!(show_ms(1_795_600_800_250), "2026-11-25T10:00:00.250Z");
+        assert_eq!(show_ms(-1), "1969-12-31T23:59:59.999Z");
+        for bad in [
+            "2026-11-25T10:00:00+99:99",
+            "2026-11-25T10:00:00+24:00",
+            "2026-11-25T10:00:00+05:60",
+            "2026-11-25T10:00:00+05",
+            "2026-11-25T10:00:00+0500",
+            "2026-11-25T10:00:00",
+            "2026-02-29T00:00:00Z",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T10:00Z",
+            "2026-11-25 10:00",
+            "20261125T100000Z",
+            "2026-11-25T10:00:00.Z",
+            " 2026-11-25T10:00:00Z",
+            "2026-11-25T10:00:00Z[UTC]",
+            "yesterday",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
-        let padded: String = fraction[..digits].chars().chain(std::iter::repeat('0')).take(3).collect();
-        millis = padded.parse().ok()?;
-        rest = &fraction[digits..];
     }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let hours: i64 = rest[1..3].parse().ok()?;
-            let minutes: i64 = rest[4..6].parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (hours * 3600 + minutes * 60)
+
+    #[test]
+    fn command_line_times_are_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_time_arg::<i64>("1798192800"), Ok(1_798_192_800));
+        assert_eq!(parse_time_arg::<i64>("2026-12-25T10:00:00Z"), Ok(1_798_192_800));
+        assert_eq!(parse_time_arg::<u64>("2026-12-25T12:00:00+02:00"), Ok(1_798_192_800));
+        assert_eq!(parse_time_arg::<i64>("0"), Ok(0));
+        for bad in ["2026-12-25T10:00:00.5Z", "2026-12-25T10:00:00+99:99", "-5", "+5", "253402300800", "99999999999999999999", "", "soon"] {
+            assert!(parse_time_arg::<i64>(bad).is_err(), "{bad}");
         }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs) * 1000 + millis)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+        assert!(parse_time_arg::<i64>("2026-12-25T10:00:00+99:99").unwrap_err().contains("RFC 3339"));
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix milliseconds as RFC 3339 UTC text.
-pub fn show_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
 }
