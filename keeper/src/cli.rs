@@ -86,11 +86,11 @@ pub struct StatementArgs {
     /// Only this settlement epoch.
     #[arg(long)]
     pub epoch: Option<u64>,
-    /// Only periods (subscriber) or epochs (creator) ending at or after this Unix time.
-    #[arg(long)]
+    /// Only periods (subscriber) or epochs (creator) ending at or after this time (Unix seconds or RFC 3339).
+    #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
     pub from: Option<i64>,
-    /// ... and before this Unix time.
-    #[arg(long)]
+    /// ... and before this time (Unix seconds or RFC 3339).
+    #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
     pub to: Option<i64>,
     /// Output format.
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
@@ -143,8 +143,8 @@ pub enum ModelCommand {
         /// The on-chain split id.
         #[arg(long)]
         split: u64,
-        /// From when (Unix seconds): at least the escrow's split-change delay from now.
-        #[arg(long)]
+        /// From when (Unix seconds or RFC 3339): at least the escrow's split-change delay from now.
+        #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
         effective_at: i64,
         /// JSON-RPC endpoint of the chain, to read the escrow's split-change delay (else `rpc_url` in the config).
         #[arg(long, env = "SUBSETTLE_RPC_URL")]
@@ -190,8 +190,8 @@ pub enum PriceCommand {
         /// Units the price is for (default 1).
         #[arg(long, default_value = "1")]
         per: rust_decimal::Decimal,
-        /// From when (Unix seconds).
-        #[arg(long)]
+        /// From when (Unix seconds or RFC 3339).
+        #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
         effective_at: i64,
     },
     /// Set the usage a plan includes per period, from a time on.
@@ -208,8 +208,8 @@ pub enum PriceCommand {
         /// Included value in token units.
         #[arg(long, default_value = "0")]
         value: rust_decimal::Decimal,
-        /// From when (Unix seconds).
-        #[arg(long)]
+        /// From when (Unix seconds or RFC 3339).
+        #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
         effective_at: i64,
     },
 }
@@ -239,8 +239,8 @@ pub struct CloseArgs {
     /// Also gather the new closes into a settlement epoch.
     #[arg(long)]
     pub epoch: bool,
-    /// Judge due periods at this time (Unix seconds) instead of now, e.g. against a local chain's clock.
-    #[arg(long)]
+    /// Judge due periods at this time (Unix seconds or RFC 3339) instead of now, e.g. against a local chain's clock.
+    #[arg(long, value_parser = crate::clock::parse_time_arg::<i64>)]
     pub at: Option<i64>,
 }
 
@@ -412,13 +412,13 @@ pub enum AdminCommand {
         #[arg(long)]
         split: u64,
     },
-    /// Hold a recipient's claims for a dispute, until a Unix time.
+    /// Hold a recipient's claims for a dispute, until a time.
     Hold {
         /// Recipient.
         #[arg(long)]
         recipient: Address,
-        /// Until (Unix seconds).
-        #[arg(long)]
+        /// Until (Unix seconds or RFC 3339).
+        #[arg(long, value_parser = crate::clock::parse_time_arg::<u64>)]
         until: u64,
         /// The dispute's reference (hashed on chain).
         #[arg(long)]
@@ -516,6 +516,21 @@ mod tests {
             let arg = sub.get_arguments().find(|a| a.get_long() == Some("default-split")).unwrap();
             assert!(arg.get_help().unwrap().to_string().contains("Required"), "{name}: --default-split help does not say it is required");
         }
+    }
+
+    #[test]
+    fn times_are_unix_seconds_or_rfc_3339() {
+        use clap::Parser;
+        let at = |text: &str| match Cli::try_parse_from(["subsettle-keeper", "close", "--at", text]).map(|c| c.command) {
+            Ok(super::Command::Close(args)) => Ok(args.at),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(at("1798192800"), Ok(Some(1_798_192_800)));
+        assert_eq!(at("2026-12-25T12:00:00+02:00"), Ok(Some(1_798_192_800)));
+        assert!(at("2026-12-25T10:00:00+99:99").unwrap_err().contains("--at"));
+        let hold = Cli::try_parse_from(["subsettle-keeper", "admin", "hold", "--recipient", "0x0000000000000000000000000000000000000001", "--until", "2026-12-25T10:00:00Z", "--reason", "r"]);
+        assert!(hold.is_ok(), "{hold:?}");
     }
 
     #[test]
