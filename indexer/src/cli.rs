@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Overrides;
 
@@ -10,9 +10,22 @@ use crate::config::Overrides;
 #[derive(Debug, Parser)]
 #[command(name = "subsettle-indexer", version, about, long_about = None)]
 pub struct Cli {
+    /// Log lines on stderr as text, or as JSON objects one per line (`level`, `message`, `target`, `timestamp` and
+    /// the event's fields) for a log collector.
+    #[arg(long, global = true, env = "SUBSETTLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -61,7 +74,7 @@ pub struct Common {
     /// when the provider refuses).
     #[arg(long)]
     pub max_range: Option<u64>,
-    /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9101).
+    /// Serve /metrics and /healthz here, with `run` (default 127.0.0.1:9101; the keeper engine's is 9102).
     #[arg(long, env = "SUBSETTLE_INDEXER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
 }

@@ -8,6 +8,11 @@ use subsettle_abi::Deployment;
 
 use crate::{IndexerError, sync::SyncOptions};
 
+/// Where `run` serves `/metrics` and `/healthz` unless told otherwise: loopback only, next to the keeper
+/// engine's 127.0.0.1:9102.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9101);
+
 /// The TOML configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,8 +87,8 @@ pub struct Settings {
     pub sync: SyncOptions,
     /// Largest eth_getLogs range.
     pub max_range: u64,
-    /// Metrics server address, if any.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Address of the `/metrics` and `/healthz` server of `run`.
+    pub metrics_addr: SocketAddr,
 }
 
 fn bad(key: &str, value: impl std::fmt::Display, why: &str) -> IndexerError {
@@ -145,8 +150,10 @@ impl Settings {
             return Err(bad("max_range", 0, "must be at least 1"));
         }
         let metrics_addr = match overrides.metrics_addr.clone().or(file.metrics_addr) {
-            Some(text) => Some(text.parse().map_err(|_| bad("metrics_addr", &text, "is not an address like 127.0.0.1:9101"))?),
-            None => None,
+            Some(text) => {
+                text.parse().map_err(|_| bad("metrics_addr", &text, "is not an address like 127.0.0.1:9101"))?
+            }
+            None => DEFAULT_METRICS_ADDR,
         };
         Ok(Self {
             database_url,
@@ -211,6 +218,21 @@ mod tests {
         let overrides = Overrides { rpc_url: Some("http://127.0.0.1:8545".into()), concurrency: Some(0), ..overrides };
         let err = Settings::resolve(&overrides).unwrap_err().to_string();
         assert!(err.contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_served_on_a_default_address_unless_one_is_given() {
+        let dir = dir_with("");
+        let overrides = Overrides {
+            database_url: Some("postgres://x@localhost/db".into()),
+            deployment: Some(dir.path().join("deployment.json")),
+            rpc_url: Some("http://127.0.0.1:8545".into()),
+            ..Overrides::default()
+        };
+        let settings = Settings::resolve(&overrides).unwrap();
+        assert_eq!(settings.metrics_addr.to_string(), "127.0.0.1:9101");
+        let overrides = Overrides { metrics_addr: Some("0.0.0.0:9200".into()), ..overrides };
+        assert_eq!(Settings::resolve(&overrides).unwrap().metrics_addr.to_string(), "0.0.0.0:9200");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! - [`rows`]: typed rows and their bulk insertion; [`copy`]: the binary `COPY` encoding they are sent in.
 //! - [`store`]: one transaction per step (raw logs, typed rows, block hashes, cursor) and rollbacks.
 //! - [`sync`]: the loop: backfill below the finalized block, follow above it, roll back reorgs.
+//! - [`backoff`]: the wait between attempts while the node or the database is unreachable.
 //! - [`metrics`]: Prometheus counters and the health verdict, served by [`http`].
 //! - [`cli`]: the `subsettle-indexer` command line.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod copy;
@@ -66,4 +68,13 @@ pub enum IndexerError {
         /// The first block whose stored hash was unavailable or different.
         below: u64,
     },
+}
+
+impl IndexerError {
+    /// Whether retrying cannot help: the configuration is wrong (the node serves another chain than the
+    /// deployment's, a bad value, a busy metrics address) or the chain reorganised below the blocks kept. The
+    /// daemon stops on these and retries every other error (an unreachable node or database, a failed call).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::DeepReorg { .. })
+    }
 }

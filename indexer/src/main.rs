@@ -1,12 +1,14 @@
 //! `subsettle-indexer`: see the crate documentation of `subsettle_indexer`.
 
-use std::{sync::Arc, time::Duration};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
 use subsettle_indexer::{
-    cli::{Cli, Command},
+    IndexerError,
+    backoff::Backoff,
+    cli::{Cli, Command, LogFormat},
     config::{Followed, Settings},
     http,
     metrics::Metrics,
@@ -15,32 +17,87 @@ use subsettle_indexer::{
     sync::Indexer,
 };
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{error, info, warn};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run(common) => run(Settings::resolve(&common.overrides())?).await,
-        Command::Backfill { to, common } => backfill(Settings::resolve(&common.overrides())?, to).await,
-        Command::Status(common) => status(Settings::resolve(&common.overrides())?).await,
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(common) => async { run(Settings::resolve(&common.overrides())?).await }.await,
+        Command::Backfill { to, common } => async { backfill(Settings::resolve(&common.overrides())?, to).await }.await,
+        Command::Status(common) => async { status(Settings::resolve(&common.overrides())?).await }.await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The error and its causes, never a backtrace: the text says what to fix.
+            error!("{err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn open(settings: &Settings) -> anyhow::Result<Store> {
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`): text (coloured only on a terminal) or one JSON
+/// object per line with `timestamp`, `level`, `message`, the event's fields and `target` at the top level.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+/// Connects to Postgres and applies the migrations of schema `chain`.
+async fn open(settings: &Settings) -> Result<Store, IndexerError> {
+    // One plain connection first: it fails at once with the reason (refused, unknown host, bad password), where
+    // the pool would keep trying for its acquire timeout and then say only that it timed out.
+    PgConnection::connect(&settings.database_url).await?.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&settings.database_url)
-        .await
-        .context("connecting to Postgres (database_url)")?;
-    Ok(Store::open(pool).await?)
+        .await?;
+    Store::open(pool).await
+}
+
+/// Whether `err` means Postgres cannot be reached now (not started yet, restarting, out of connections), which
+/// waiting can fix, unlike a refused login, a missing database or a failed migration.
+fn postgres_unreachable(err: &IndexerError) -> bool {
+    let connecting = |err: &sqlx::Error| match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // 57P03: the database system is starting up (or shutting down); 53300: too many connections.
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "53300")),
+        _ => false,
+    };
+    match err {
+        IndexerError::Database(err) => connecting(err),
+        IndexerError::Migration(sqlx::migrate::MigrateError::Execute(err)) => connecting(err),
+        _ => false,
+    }
+}
+
+/// [`open`], retried with [`Backoff`] while Postgres cannot be reached, one warning per attempt.
+async fn open_retrying(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Store> {
+    let mut backoff = Backoff::default();
+    loop {
+        match open(settings).await {
+            Ok(store) => return Ok(store),
+            Err(err) if postgres_unreachable(&err) => {
+                let wait = backoff.failed();
+                metrics.failed(&err);
+                warn!(
+                    attempt = backoff.failures(),
+                    retry_in = %format!("{:.1}s", wait.as_secs_f64()),
+                    error = %err,
+                    "cannot reach Postgres (database_url); retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(err) => return Err(err).context("connecting to Postgres (database_url)"),
+        }
+    }
 }
 
 fn indexer(settings: &Settings, followed: &Followed, store: &Store, metrics: &Metrics) -> anyhow::Result<Indexer> {
@@ -71,38 +128,56 @@ async fn shutdown_signal() {
     }
 }
 
+/// The daemon: `/metrics` and `/healthz` first (so they answer, 503 with the reason, while Postgres or the node
+/// cannot be reached), then Postgres (waited for), then one indexing loop per deployment, until SIGINT/SIGTERM
+/// or an error no retry can fix.
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let store = open(&settings).await?;
     let metrics = Metrics::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let mut signal = std::pin::pin!(shutdown_signal());
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = settings.metrics_addr {
-        let stall_after = (settings.sync.poll_interval * 30).max(Duration::from_secs(60));
-        let server = http::serve(addr, metrics.clone(), stall_after, stopped(stop_rx.clone()));
-        tasks.spawn(async move { server.await.map_err(anyhow::Error::from) });
-        info!(%addr, "serving /metrics and /healthz");
-    }
-    for followed in &settings.deployments {
-        let indexer = Arc::new(indexer(&settings, followed, &store, &metrics)?);
-        let stop = stopped(stop_rx.clone());
-        info!(chain_id = followed.deployment.chain_id, subscriptions = %followed.deployment.subscriptions, "following");
-        tasks.spawn(async move { indexer.run(stop).await.map_err(anyhow::Error::from) });
-    }
+    let addr = settings.metrics_addr;
+    let stall_after = (settings.sync.poll_interval * 30).max(Duration::from_secs(60));
+    let server = http::serve(addr, metrics.clone(), stall_after, stopped(stop_rx.clone()));
+    tasks.spawn(async move { server.await.map_err(anyhow::Error::from) });
+    info!(%addr, "serving /metrics and /healthz");
 
-    tokio::select! {
-        () = shutdown_signal() => {
-            info!("signal received; finishing the current step");
-            let _ = stop_tx.send(true);
-        }
+    let store = tokio::select! {
+        () = &mut signal => None,
+        store = open_retrying(&settings, &metrics) => Some(store?),
+        // The metrics server only ends early on an error (its address is taken).
         Some(result) = tasks.join_next() => {
-            let _ = stop_tx.send(true);
-            result.context("indexer task panicked")??;
+            result.context("metrics server panicked")??;
+            None
         }
+    };
+    if let Some(store) = store {
+        for followed in &settings.deployments {
+            let indexer = Arc::new(indexer(&settings, followed, &store, &metrics)?);
+            let stop = stopped(stop_rx.clone());
+            info!(
+                chain_id = followed.deployment.chain_id,
+                subscriptions = %followed.deployment.subscriptions,
+                rpc_url = %followed.rpc_url,
+                "following"
+            );
+            tasks.spawn(async move { indexer.run(stop).await.map_err(anyhow::Error::from) });
+        }
+        tokio::select! {
+            () = &mut signal => info!("signal received; finishing the current step"),
+            Some(result) = tasks.join_next() => {
+                let _ = stop_tx.send(true);
+                result.context("indexer task panicked")??;
+            }
+        }
+    } else {
+        info!("signal received; stopping");
     }
+    let _ = stop_tx.send(true);
     while let Some(result) = tasks.join_next().await {
         result.context("indexer task panicked")??;
     }
@@ -111,7 +186,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Prints a live progress line on a terminal until the returned sender is dropped.
 fn progress_line(metrics: &Metrics, started: std::time::Instant) -> Option<tokio::sync::oneshot::Sender<()>> {
-    use std::io::{IsTerminal, Write};
+    use std::io::Write;
     if !std::io::stderr().is_terminal() {
         return None;
     }
@@ -134,7 +209,7 @@ fn progress_line(metrics: &Metrics, started: std::time::Instant) -> Option<tokio
 }
 
 async fn backfill(settings: Settings, to: Option<u64>) -> anyhow::Result<()> {
-    let store = open(&settings).await?;
+    let store = open(&settings).await.context("connecting to Postgres (database_url)")?;
     for followed in &settings.deployments {
         let metrics = Metrics::default();
         let started = std::time::Instant::now();
@@ -157,7 +232,7 @@ async fn backfill(settings: Settings, to: Option<u64>) -> anyhow::Result<()> {
 }
 
 async fn status(settings: Settings) -> anyhow::Result<()> {
-    let store = open(&settings).await?;
+    let store = open(&settings).await.context("connecting to Postgres (database_url)")?;
     let metrics = Metrics::default();
     for followed in &settings.deployments {
         let cursor = store.cursor(&followed.deployment).await?;

@@ -2,7 +2,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -22,6 +22,8 @@ struct Inner {
     last_rollback_depth: AtomicU64,
     last_progress_unix: AtomicU64,
     head_changed_unix: AtomicU64,
+    /// Why the last failed attempt failed, for `/healthz` (cleared by a successful step).
+    last_error: Mutex<Option<String>>,
 }
 
 fn now() -> u64 {
@@ -46,6 +48,12 @@ impl Metrics {
     /// Records that a step finished without error (even with nothing new).
     pub fn alive(&self) {
         self.0.last_progress_unix.store(now(), Ordering::Relaxed);
+        *self.0.last_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Records why an attempt failed (shown by `/healthz` until a step succeeds).
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        *self.0.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
 
     /// Counts a failed RPC call.
@@ -84,11 +92,15 @@ impl Metrics {
     pub fn health(&self, stall_after: Duration) -> Result<(), String> {
         let last = self.0.last_progress_unix.load(Ordering::Relaxed);
         let idle = now().saturating_sub(last);
+        let cause = || {
+            let error = self.0.last_error.lock().unwrap_or_else(PoisonError::into_inner);
+            error.as_ref().map_or(String::new(), |error| format!("; last error: {error}"))
+        };
         if last == 0 {
-            return Err("no step has completed yet".into());
+            return Err(format!("no step has completed yet{}", cause()));
         }
         if idle > stall_after.as_secs() {
-            return Err(format!("no successful step for {idle} s"));
+            return Err(format!("no successful step for {idle} s{}", cause()));
         }
         Ok(())
     }

@@ -11,11 +11,16 @@ use alloy::{
     primitives::{Address, B256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{Filter, Log},
-    transports::{RpcError, TransportErrorKind},
+    transports::{RpcError, TransportErrorKind, http::reqwest},
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{IndexerError, metrics::Metrics};
+
+/// Longest wait for a TCP (and TLS) connection to the node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one RPC answer (a wide eth_getLogs from a remote provider included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// JSON-RPC "internal error": a server-side failure, not an answer about the request.
 const INTERNAL_ERROR: i64 = -32603;
@@ -101,13 +106,36 @@ fn suggested_end(err: &RpcError<TransportErrorKind>, from: u64, to: u64) -> Opti
     }
 }
 
+/// An RPC error with its causes, e.g. "error sending request for url (...): client error (Connect): tcp connect
+/// error: Connection refused (os error 111)": the transport's own text leaves out why the request failed.
+fn describe(err: &RpcError<TransportErrorKind>) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl ChainSource {
     /// Connects to `rpc_url` to read the logs of `addresses`.
     pub fn connect(rpc_url: &str, addresses: Vec<Address>, max_range: u64, retry: Retry, metrics: Metrics) -> Result<Self, IndexerError> {
         let url = rpc_url
             .parse()
             .map_err(|_| IndexerError::Config(format!("rpc_url `{rpc_url}` is not a URL")))?;
-        let provider = ProviderBuilder::new().connect_http(url).erased();
+        // A node that stops answering without closing the connection (a dropped network path) must fail the
+        // call rather than hang the loop: the retries and the run loop's backoff take it from there.
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| IndexerError::Config(format!("rpc_url `{rpc_url}`: cannot build an HTTP client: {e}")))?;
+        let provider = ProviderBuilder::new().connect_reqwest(client, url).erased();
         let max_range = max_range.max(1);
         let first = max_range.min(FIRST_RANGE);
         Ok(Self { provider, addresses, range: AtomicU64::new(first), max_range, retry, metrics })
@@ -125,11 +153,11 @@ impl ChainSource {
                 Ok(value) => return Ok(value),
                 Err(err) if attempt >= self.retry.attempts => {
                     self.metrics.rpc_error();
-                    return Err(IndexerError::Rpc(format!("{what}: {err}")));
+                    return Err(IndexerError::Rpc(format!("{what}: {}", describe(&err))));
                 }
                 Err(err) => {
                     self.metrics.rpc_error();
-                    warn!(%err, attempt, what, "RPC call failed; retrying");
+                    debug!(err = describe(&err), attempt, what, "RPC call failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.retry.max);
                     attempt += 1;
@@ -141,6 +169,15 @@ impl ChainSource {
     /// The chain id the node reports.
     pub async fn chain_id(&self) -> Result<u64, IndexerError> {
         self.retrying("eth_chainId", || self.provider.get_chain_id()).await
+    }
+
+    /// The chain id the node reports, asked once: the daemon's first contact with the node, whose failures
+    /// the caller retries with its own, longer backoff (see [`crate::sync::Indexer::run`]).
+    pub async fn chain_id_once(&self) -> Result<u64, IndexerError> {
+        self.provider.get_chain_id().await.map_err(|err| {
+            self.metrics.rpc_error();
+            IndexerError::Rpc(format!("eth_chainId: {}", describe(&err)))
+        })
     }
 
     /// The latest block number.
@@ -164,9 +201,9 @@ impl ChainSource {
                 Err(err) => {
                     self.metrics.rpc_error();
                     if attempt >= self.retry.attempts {
-                        return Err(IndexerError::Rpc(format!("eth_getBlockByNumber(finalized): {err}")));
+                        return Err(IndexerError::Rpc(format!("eth_getBlockByNumber(finalized): {}", describe(&err))));
                     }
-                    warn!(%err, attempt, "reading the finalized block failed; retrying");
+                    debug!(err = describe(&err), attempt, "reading the finalized block failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.retry.max);
                     attempt += 1;
@@ -240,9 +277,9 @@ impl ChainSource {
                         // range again, which a later size error can still split.
                         self.metrics.rpc_error();
                         if attempt >= self.retry.attempts {
-                            return Err(IndexerError::Rpc(format!("eth_getLogs: {err}")));
+                            return Err(IndexerError::Rpc(format!("eth_getLogs: {}", describe(&err))));
                         }
-                        warn!(%err, attempt, start, end, "eth_getLogs failed; retrying");
+                        debug!(err = describe(&err), attempt, start, end, "eth_getLogs failed; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(self.retry.max);
                         attempt += 1;

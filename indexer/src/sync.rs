@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::{
     IndexerError,
+    backoff::Backoff,
     logs::{batch, to_i64},
     metrics::Metrics,
     source::{ChainSource, Header},
@@ -76,6 +77,11 @@ impl Indexer {
     /// Checks that the node serves the deployment's chain and registers the deployment.
     pub async fn prepare(&self) -> Result<Option<Cursor>, IndexerError> {
         let chain_id = self.source.chain_id().await?;
+        self.register(chain_id).await
+    }
+
+    /// Registers the deployment once the node said it serves `chain_id`, which must be the deployment's.
+    async fn register(&self, chain_id: u64) -> Result<Option<Cursor>, IndexerError> {
         if chain_id != self.deployment.chain_id {
             return Err(IndexerError::Config(format!(
                 "the RPC serves chain {chain_id}, but the deployment is on chain {}",
@@ -90,32 +96,86 @@ impl Indexer {
         Ok(cursor)
     }
 
-    /// Indexes until `shutdown` resolves, polling when caught up. Transient errors are logged and retried
-    /// after a pause; a reorg below the finalized block stops the loop with an error.
+    /// Indexes until `shutdown` resolves, polling when caught up.
+    ///
+    /// Nothing a retry can fix stops the loop: until the node answers (and serves the deployment's chain) and
+    /// the deployment is registered, and whenever a step fails later (the node or Postgres gone, a failed
+    /// call), the attempt is logged in one line and retried after a [`Backoff`] (0.5 s doubling to 30 s) for
+    /// as long as it takes. The loop ends with an error only for [`IndexerError::is_permanent`] errors: the node
+    /// serves another chain, or a reorg went below the finalized block.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), IndexerError> {
         tokio::pin!(shutdown);
-        self.prepare().await?;
+        let chain_id = self.deployment.chain_id;
+        let mut backoff = Backoff::default();
+        // Start. One eth_chainId per attempt (the backoff spaces them, not the source's quick retries); a shutdown
+        // cancels an attempt in flight, which at most registered the deployment (idempotent).
+        let cursor = loop {
+            let attempt = async {
+                let served = self.source.chain_id_once().await?;
+                self.register(served).await
+            };
+            let result = tokio::select! {
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+                result = attempt => result,
+            };
+            match result {
+                Ok(cursor) => break cursor,
+                Err(err) if err.is_permanent() => return Err(err),
+                Err(err) => {
+                    let wait = backoff.failed();
+                    self.metrics.failed(&err);
+                    warn!(
+                        chain_id,
+                        attempt = backoff.failures(),
+                        retry_in = %Seconds(wait),
+                        error = %OneLine(&err),
+                        "cannot start: the node or Postgres does not answer; retrying"
+                    );
+                    if wait_or_stop(&mut shutdown, wait).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let failed = backoff.succeeded();
+        info!(
+            chain_id,
+            from_block = cursor.map_or(self.deployment.start_block, |c| to_u64(c.number) + 1),
+            failed_attempts = failed,
+            "the node answers; indexing"
+        );
         loop {
             let started = tokio::time::Instant::now();
             let pause = match self.step(None).await {
                 Ok(progress) => {
+                    let failed = backoff.succeeded();
+                    if failed > 0 {
+                        info!(chain_id, failed_attempts = failed, "indexing again");
+                    }
                     self.metrics.alive();
                     // Polls start every `poll_interval` (the step's own time is not added to the wait), so a
                     // block waits at most one interval plus one step.
                     if progress.idle { self.options.poll_interval.saturating_sub(started.elapsed()) } else { Duration::ZERO }
                 }
-                Err(err @ IndexerError::DeepReorg { .. }) => return Err(err),
+                Err(err) if err.is_permanent() => return Err(err),
                 Err(err) => {
-                    warn!(%err, "indexing step failed; retrying after a pause");
-                    self.options.poll_interval.max(Duration::from_secs(1))
+                    let wait = backoff.failed();
+                    self.metrics.failed(&err);
+                    warn!(
+                        chain_id,
+                        attempt = backoff.failures(),
+                        retry_in = %Seconds(wait),
+                        error = %OneLine(&err),
+                        "indexing step failed; retrying"
+                    );
+                    wait
                 }
             };
-            tokio::select! {
-                () = &mut shutdown => {
-                    info!("shutting down");
-                    return Ok(());
-                }
-                () = tokio::time::sleep(pause) => {}
+            if wait_or_stop(&mut shutdown, pause).await {
+                return Ok(());
             }
         }
     }
@@ -292,6 +352,44 @@ impl Indexer {
         self.metrics.reorg(depth);
         warn!(fork = fork.number, depth, removed_logs = removed, "reorg: rolled back to the fork point");
         Ok(Progress { indexed: Some(to_u64(fork.number)), rolled_back: depth, ..Progress::default() })
+    }
+}
+
+/// Sleeps for `pause` unless `shutdown` resolves first; returns whether it did (and says so in the log).
+async fn wait_or_stop(shutdown: &mut Pin<&mut impl Future<Output = ()>>, pause: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.as_mut() => {
+            info!("shutting down");
+            true
+        }
+        () = tokio::time::sleep(pause) => false,
+    }
+}
+
+/// A duration in seconds with one decimal, for log lines ("2.4s").
+struct Seconds(Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}s", self.0.as_secs_f64())
+    }
+}
+
+/// An error on one line: a node's or proxy's answer quoted in an error may carry line breaks, and every failed
+/// attempt is one log line.
+struct OneLine<'a>(&'a IndexerError);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        let mut words = text.split_whitespace();
+        if let Some(first) = words.next() {
+            f.write_str(first)?;
+            for word in words {
+                write!(f, " {word}")?;
+            }
+        }
+        Ok(())
     }
 }
 
