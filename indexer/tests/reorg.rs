@@ -214,10 +214,8 @@ async fn index_is_canonical(chain: &TestChain, d: &Deployment, pool: &PgPool) ->
     if cursor != Some((Some(head.number as i64), Some(head.hash.to_vec()))) {
         return false;
     }
-    let logs = provider
-        .get_logs(&Filter::new().address(vec![d.subscriptions, d.escrow]).from_block(d.start_block).to_block(head.number))
-        .await
-        .unwrap();
+    let filter = Filter::new().address(vec![d.subscriptions, d.escrow]).from_block(d.start_block).to_block(head.number);
+    let logs = provider.get_logs(&filter).await.unwrap();
     let mut expected: Vec<(i64, i32, Vec<u8>)> = logs
         .iter()
         .map(|l| (l.block_number.unwrap() as i64, l.log_index.unwrap() as i32, l.block_hash.unwrap().to_vec()))
