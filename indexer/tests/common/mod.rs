@@ -25,7 +25,7 @@ use subsettle_indexer::{
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
-    deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
