@@ -167,7 +167,7 @@ async fn main() -> Result<()> {
 
     let mut engine = Engine {
         pool: pool.clone(),
-        sender: Sender { provider: operator.clone(), key, chain_id: deployment.chain_id, fees: FeePolicy::default() },
+        sender: Sender { provider: operator.clone(), key, chain_id: deployment.chain_id, fees: FeePolicy::default(), finality: subsettle_keeper::settlement::outbox::Finality::Confirmations(1) },
         deployment: deployment.clone(),
         close: CloseOptions { chain_id: deployment.chain_id, late_cutoff: 3_600, decimals: 6, default_split: split_ids.first().copied(), batch: 2_000 },
         renewals: RenewalPolicy { batch: 500, retry_interval: 3_600 },

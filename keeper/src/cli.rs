@@ -286,6 +286,10 @@ pub struct ChainArgs<S: clap::Args = crate::config::Overrides> {
     /// File holding the signing key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
     #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
+    /// Count an action's transaction final once its block has this many confirmations (itself included) instead
+    /// of waiting for the node's `finalized` block: required for a node without that tag; 1 on a local chain.
+    #[arg(long, env = "SUBSETTLE_CONFIRMATIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub confirmations: Option<u64>,
 }
 
 /// `subsettle-keeper serve`
@@ -356,6 +360,13 @@ pub struct AdminArgs {
     /// Settings, the chain and the owner's key.
     #[command(flatten)]
     pub chain: ChainArgs,
+    /// Makes the request unique under this key (1-64 of A-Z a-z 0-9 . _ -) instead of its arguments: to create a
+    /// second identical plan or split on purpose. A re-run with the same key sends nothing again.
+    #[arg(long, global = true)]
+    pub idempotency_key: Option<String>,
+    /// How long to wait until the transactions are final; a re-run of the same command follows them.
+    #[arg(long, global = true, default_value = "10m", value_parser = parse_duration_secs)]
+    pub wait: u64,
     /// The action.
     #[command(subcommand)]
     pub action: AdminCommand,
@@ -458,6 +469,13 @@ pub enum AdminCommand {
         /// The new keeper.
         #[arg(long)]
         keeper: Address,
+    },
+    /// Let the engine try a failed settlement again at its next step, with a new round of attempts (after fixing
+    /// its cause; the failures stay in the outbox as `superseded`). Writes to Postgres only.
+    RetrySettlement {
+        /// The epoch (= settlement id).
+        #[arg(long)]
+        epoch: u64,
     },
 }
 

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 fn keeper(market: &Market, deployment: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"));
     command.env("DATABASE_URL", market.db.url()).env("SUBSETTLE_DEPLOYMENT", deployment).env("RUST_LOG", "warn");
+    command.env("SUBSETTLE_CONFIRMATIONS", "1"); // anvil's `finalized` block is 64 blocks behind its head
     command
 }
 

@@ -340,7 +340,8 @@ async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_o
         close_epoch(&market.pool, chain, market.now(), EpochScope::AllClosed, SettleRoom::UNLIMITED).await.unwrap().expect("an epoch");
 
         // The settlement is signed and stored, then the process dies (before or after broadcasting it).
-        plan(&market.pool, &plan_settlements(&market.pool, chain, escrow).await.unwrap()).await.unwrap();
+        let policy = SettlementPolicy { batch: 10, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000, charge_threshold: None };
+        plan(&market.pool, &plan_settlements(&market.pool, chain, escrow, policy, market.now()).await.unwrap(), market.now()).await.unwrap();
         assert_eq!(sign_and_die(&market, dir.path(), broadcast).await, "settle:1");
         // A new keeper takes over: it settles that one first, plans nothing twice, and pays out.
         let engine = market.engine(dir.path());
@@ -352,8 +353,7 @@ async fn a_crash_before_or_after_broadcasting_a_settlement_or_a_payout_ends_in_o
         // Now the payout dies the same way, planned by hand before the engine gets to it.
         let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE kind = 'claim'").fetch_one(&market.pool).await.unwrap();
         assert_eq!(open, 0, "no payout planned before the credits were indexed");
-        let policy = SettlementPolicy { batch: 10, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000, charge_threshold: None };
-        plan(&market.pool, &plan_payouts(&market.pool, chain, escrow, policy, market.now()).await.unwrap()).await.unwrap();
+        plan(&market.pool, &plan_payouts(&market.pool, chain, escrow, policy, market.now()).await.unwrap(), market.now()).await.unwrap();
         assert!(sign_and_die(&market, dir.path(), broadcast).await.starts_with("claim:"));
         for _ in 0..3 {
             engine.step(false).await.unwrap();
@@ -468,7 +468,11 @@ async fn a_settlement_lists_its_splits_in_numeric_order() {
         .await
         .unwrap();
     sqlx::query("INSERT INTO keeper.epoch_splits (epoch_id, split_id, amount) VALUES (5, 10, 1), (5, 2, 2), (5, 9, 3)").execute(&market.pool).await.unwrap();
-    let actions = subsettle_keeper::settlement::plan::plan_settlements(&market.pool, market.deployment.chain_id, market.deployment.escrow).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = market.engine(dir.path()).settlement;
+    let actions = subsettle_keeper::settlement::plan::plan_settlements(&market.pool, market.deployment.chain_id, market.deployment.escrow, policy, market.now())
+        .await
+        .unwrap();
     assert_eq!(actions.len(), 1);
     let call = SplitEscrow::settleCall::abi_decode(&actions[0].calldata).unwrap();
     assert_eq!(call.splitIds, [2u64, 9, 10].map(U256::from), "as numbers, not as text (\"10\" < \"2\")");

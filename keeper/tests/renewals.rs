@@ -39,8 +39,8 @@ async fn due_subscriptions_are_renewed_exactly_once_across_a_crash() {
     let actions = plan_now(market.now()).await.unwrap();
     assert_eq!(actions.len(), 2, "three due subscriptions in batches of two");
     assert!(actions[0].key.ends_with(&format!("{}@1,{}@1", market.subscribers[0].1, market.subscribers[1].1)), "{}", actions[0].key);
-    assert_eq!(plan(&market.pool, &actions).await.unwrap(), 2);
-    assert_eq!(plan(&market.pool, &actions).await.unwrap(), 0, "the same keys are stored once");
+    assert_eq!(plan(&market.pool, &actions, market.now()).await.unwrap(), 2);
+    assert_eq!(plan(&market.pool, &actions, market.now()).await.unwrap(), 0, "the same keys are stored once");
     assert!(plan_now(market.now()).await.unwrap().is_empty(), "planned subscriptions are not planned again in the slot");
 
     // The first action is signed and persisted, then the process "dies" before broadcasting it.
@@ -90,7 +90,7 @@ async fn due_subscriptions_are_renewed_exactly_once_across_a_crash() {
         calldata: settle.abi_encode().into(),
         items: serde_json::json!([]),
     };
-    plan(&market.pool, &[action]).await.unwrap();
+    plan(&market.pool, &[action], market.now()).await.unwrap();
     let mut report = OutboxReport::default();
     second.send_planned(&market.pool, &mut report).await.unwrap();
     assert_eq!(report.failed, 1);
@@ -112,7 +112,7 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_replacement_is
     let policy = RenewalPolicy::default();
     let actions =
         plan_renewals(&market.pool, &provider, market.deployment.chain_id, market.deployment.subscriptions, policy, market.now()).await.unwrap();
-    plan(&market.pool, &actions).await.unwrap();
+    plan(&market.pool, &actions, market.now()).await.unwrap();
 
     // The node stops mining: the transaction waits in the pool.
     let _: serde_json::Value = alloy::providers::Provider::raw_request(&provider, "evm_setAutomine".into(), (false,)).await.unwrap();
@@ -151,7 +151,7 @@ async fn an_action_whose_nonce_another_transaction_used_is_signed_again_and_appl
         plan_renewals(&market.pool, &provider, market.deployment.chain_id, market.deployment.subscriptions, RenewalPolicy::default(), market.now())
             .await
             .unwrap();
-    plan(&market.pool, &actions).await.unwrap();
+    plan(&market.pool, &actions, market.now()).await.unwrap();
 
     // Signed and stored, but the process dies before broadcasting; meanwhile the same key is used elsewhere.
     let mut report = OutboxReport::default();

@@ -1,12 +1,18 @@
 //! The operator's owner actions on the contracts, sent through the outbox like every other transaction (so the
 //! engine's nonces stay consistent): each is validated here first, then pre-checked by the node (a revert is
 //! reported with the contract's error name), sent, and its receipt's events are what the command prints.
+//!
+//! Every action applies once. Its outbox key comes from its arguments (the hash of the call) or from a
+//! caller-given idempotency key, never from the clock, so running the same command again after a timeout, a
+//! crash or by mistake follows or reports the first request and sends nothing; how an action repeated on purpose
+//! is told apart from a re-run is [`Repeat`].
 
 use std::time::{Duration, Instant};
 
 use alloy::{
+    eips::BlockNumberOrTag,
     primitives::{Address, B256, U256, keccak256},
-    providers::Provider,
+    providers::{DynProvider, Provider},
     rpc::types::Log,
     sol_types::{SolCall, SolEventInterface},
 };
@@ -175,16 +181,20 @@ impl AdminAction {
         }
     }
 
-    /// The outbox actions (one per contract call) under keys unique to this request.
-    pub fn actions(&self, deployment: &Deployment, request_id: &str) -> Vec<Action> {
+    /// How a repeat of this action is recognised (see [`Repeat`]).
+    pub fn repeat(&self) -> Repeat {
+        match self {
+            Self::CreatePlan { .. } | Self::CreateSplit { .. } | Self::Refund { .. } => Repeat::OncePerArguments,
+            _ => Repeat::ByState,
+        }
+    }
+
+    /// The contract calls of this action, as outbox actions without their keys yet: (call name, action).
+    pub fn calls(&self, deployment: &Deployment) -> Vec<(&'static str, Action)> {
         let subs = deployment.subscriptions;
         let escrow = deployment.escrow;
-        let call = |name: &str, target: Address, calldata: Vec<u8>, items: serde_json::Value| Action {
-            key: format!("admin:{name}:{request_id}"),
-            kind: "admin",
-            target,
-            calldata: calldata.into(),
-            items,
+        let call = |name: &'static str, target: Address, calldata: Vec<u8>, items: serde_json::Value| {
+            (name, Action { key: String::new(), kind: "admin", target, calldata: calldata.into(), items })
         };
         let u = U256::from;
         match self {
@@ -254,78 +264,273 @@ impl AdminAction {
             ],
         }
     }
+
+    /// For a [`Repeat::ByState`] action: whether the chain already holds what call `name` would set, said in
+    /// words; `None` when it does not (or the thing is unknown: the pre-check then names the contract's error).
+    pub async fn in_effect(&self, name: &str, provider: &DynProvider, deployment: &Deployment) -> Result<Option<String>, KeeperError> {
+        let subs = Subscriptions::new(deployment.subscriptions, provider);
+        let escrow = SplitEscrow::new(deployment.escrow, provider);
+        let read = |action: &'static str| move |e: alloy::contract::Error| KeeperError::Chain { action, message: e.to_string() };
+        let now = || async {
+            let block = provider.get_block_by_number(BlockNumberOrTag::Latest).await.map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?;
+            Ok::<U256, KeeperError>(U256::from(block.map_or(0, |b| b.header.timestamp)))
+        };
+        Ok(match self {
+            Self::SetPlanActive { plan, active } => match subs.plan(U256::from(*plan)).call().await {
+                Ok(p) if p.period != 0 && p.active == *active => Some(format!("plan {plan} is already {}", if *active { "open" } else { "closed" })),
+                _ => None,
+            },
+            Self::Pause => subs.chargingPaused().call().await.map_err(read("chargingPaused"))?.then(|| "charging is already paused".to_owned()),
+            Self::Unpause => (!subs.chargingPaused().call().await.map_err(read("chargingPaused"))?).then(|| "charging is not paused".to_owned()),
+            Self::SetKeeper { keeper } => {
+                let current = if name == "set-keeper-escrow" {
+                    escrow.keeper().call().await.map_err(read("SplitEscrow.keeper"))?
+                } else {
+                    subs.keeper().call().await.map_err(read("Subscriptions.keeper"))?
+                };
+                let contract = if name == "set-keeper-escrow" { "SplitEscrow" } else { "Subscriptions" };
+                (current == *keeper).then(|| format!("{contract}'s keeper is already {keeper}"))
+            }
+            Self::Hold { recipient, until, .. } => {
+                let hold = escrow.holdOf(*recipient).call().await.map_err(read("holdOf"))?;
+                let now = now().await?;
+                (U256::from(hold.until) == U256::from(*until) && U256::from(*until) > now).then(|| format!("{recipient} is already held until {until}"))
+            }
+            Self::Release { recipient } => {
+                let hold = escrow.holdOf(*recipient).call().await.map_err(read("holdOf"))?;
+                (U256::from(hold.until) <= now().await?).then(|| format!("{recipient} is not held"))
+            }
+            Self::ProposeSplitChange { split, recipients, bps, remainder_index } => match escrow.latestVersion(U256::from(*split)).call().await {
+                Ok(version) if !version.is_zero() => {
+                    let newest = escrow.splitVersion(U256::from(*split), version).call().await.map_err(read("splitVersion"))?;
+                    (newest.recipients == *recipients && newest.bps == *bps && newest.remainderIndex == U256::from(*remainder_index)).then(|| {
+                        format!("split {split}'s newest version ({version}, effective at {}) already has these shares", newest.effectiveAt)
+                    })
+                }
+                _ => None,
+            },
+            Self::CancelSplitChange { split } => match escrow.latestVersion(U256::from(*split)).call().await {
+                Ok(version) if !version.is_zero() => {
+                    let newest = escrow.splitVersion(U256::from(*split), version).call().await.map_err(read("splitVersion"))?;
+                    (newest.effectiveAt <= now().await?).then(|| format!("split {split} has no pending change"))
+                }
+                _ => None,
+            },
+            Self::CreatePlan { .. } | Self::CreateSplit { .. } | Self::Refund { .. } => None,
+        })
+    }
 }
 
-/// The outcome of one admin transaction.
+/// How a repeat of an admin action is recognised, so that re-running a command (after a timeout, a crash, or by
+/// mistake) never acts twice, while an action repeated on purpose still goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// `create-plan`, `create-split`, `refund`: each makes something new or moves money, so it applies once per
+    /// identical arguments. Another identical one is made only under a new `--idempotency-key`; a refund applies
+    /// once per reference whatever the key (its reference is its on-chain id).
+    OncePerArguments,
+    /// `set-plan-active`, `pause`, `unpause`, `set-keeper`, `hold`, `release`, `propose-split-change`,
+    /// `cancel-split-change`: each sets state, so nothing is sent when the chain already holds what it sets, and it
+    /// is sent whenever it does not (pause, unpause, pause again all go through).
+    ByState,
+}
+
+/// What a request does with one call, decided from the outbox and the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Plan the call under this new key and send it.
+    Send(String),
+    /// An identical request is still on its way under this key: follow it; nothing new is sent.
+    Follow(String),
+    /// Nothing to send: already applied (by the action under this key, when this keeper sent it), as said.
+    Done(Option<String>, String),
+}
+
+/// The outbox keys of a call start with `admin:<call>:` and then the hash of its target and calldata (or
+/// `key:<idempotency key>`); attempts are numbered after that.
+fn key_prefix(name: &str, action: &Action, idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => format!("admin:{name}:key:{key}"),
+        None => {
+            let mut bytes = action.target.to_vec();
+            bytes.extend_from_slice(&action.calldata);
+            format!("admin:{name}:{}", alloy::hex::encode(&keccak256(bytes)[..16]))
+        }
+    }
+}
+
+/// Checks a caller-given idempotency key: 1 to 64 characters from `A-Z a-z 0-9 . _ -`.
+pub fn check_idempotency_key(key: &str) -> Result<(), KeeperError> {
+    let fine = !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fine { Ok(()) } else { Err(invalid("idempotency_key", format!("`{key}`: 1 to 64 characters from A-Z a-z 0-9 . _ -"))) }
+}
+
+/// Decides what a request does with call `name` of `action` (see [`Repeat`]): follow an identical request still
+/// on its way; report one already applied (or, by state, what the chain already holds); else send it under the
+/// next attempt's key. A failed attempt left nothing on chain, so a request after it sends again.
+pub async fn decide(
+    pool: &PgPool,
+    provider: &DynProvider,
+    deployment: &Deployment,
+    admin: &AdminAction,
+    name: &str,
+    action: &Action,
+    idempotency_key: Option<&str>,
+) -> Result<Decision, KeeperError> {
+    let prefix = key_prefix(name, action, idempotency_key);
+    let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT action_key, state, target, calldata FROM keeper.outbox WHERE starts_with(action_key, $1) ORDER BY planned_at, action_key",
+    )
+    .bind(format!("{prefix}:"))
+    .fetch_all(pool)
+    .await?;
+    if let Some(key) = idempotency_key
+        && let Some((other, ..)) = rows.iter().find(|(_, _, target, calldata)| target.as_slice() != action.target.as_slice() || calldata.as_slice() != action.calldata.as_ref())
+    {
+        return Err(invalid("idempotency_key", format!("`{key}` was used for a different {name} ({other}); give another key")));
+    }
+    if let Some((key, ..)) = rows.iter().rev().find(|(_, state, ..)| state == "planned" || state == "sent") {
+        return Ok(Decision::Follow(key.clone()));
+    }
+    let applied = rows.iter().rev().find(|(_, state, ..)| state == "confirmed").map(|(key, ..)| key.clone());
+    match admin.repeat() {
+        Repeat::OncePerArguments => {
+            if let Some(key) = applied {
+                let again = if matches!(admin, AdminAction::Refund { .. }) {
+                    "a refund's reference applies once"
+                } else {
+                    "give --idempotency-key to make another identical one"
+                };
+                return Ok(Decision::Done(Some(key), format!("already applied by an identical earlier request; nothing sent ({again})")));
+            }
+        }
+        Repeat::ByState => {
+            if let Some(holds) = admin.in_effect(name, provider, deployment).await? {
+                let by = if applied.is_some() { "" } else { " (not by this keeper's outbox)" };
+                return Ok(Decision::Done(applied, format!("already applied: {holds}{by}; nothing sent")));
+            }
+        }
+    }
+    Ok(Decision::Send(format!("{prefix}:{}", rows.len() + 1)))
+}
+
+/// The outcome of one admin call.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdminOutcome {
-    /// The outbox key.
-    pub action: String,
-    /// `confirmed` or `failed`.
+    /// The outbox key (`None`: nothing was ever sent for it, the chain already held what it sets).
+    pub action: Option<String>,
+    /// `confirmed` (final), `failed`, `sent` (not final when the wait ended), or `unchanged` (nothing to send).
     pub state: String,
-    /// The transaction, when one was sent.
+    /// Whether this request signed a transaction for it.
+    pub sent_now: bool,
+    /// What this request found: an identical one already applied or on its way.
+    pub note: Option<String>,
+    /// The transaction, when one was mined.
     pub tx_hash: Option<B256>,
+    /// The block it was mined in.
+    pub block: Option<u64>,
     /// Why it failed.
     pub failure: Option<String>,
     /// The events it emitted: the resulting state.
     pub events: Vec<String>,
 }
 
-/// Validates, sends through the outbox and waits (up to `timeout`) for every transaction of `action`.
+impl AdminOutcome {
+    /// Whether the call's effect is on chain, final (by this request or an earlier one), or was there already.
+    pub fn applied(&self) -> bool {
+        self.state == "confirmed" || self.state == "unchanged"
+    }
+}
+
+/// Validates `action`, decides per call what to do ([`decide`]), sends what is to be sent through the outbox
+/// (only this request's actions), and waits up to `wait` until every action it sent or follows is final. On
+/// timeout the outcomes say `sent`: running the same request again follows them and sends nothing new.
 pub async fn execute(
     pool: &PgPool,
     sender: &Sender,
     deployment: &Deployment,
     action: &AdminAction,
-    request_id: &str,
-    timeout: Duration,
+    idempotency_key: Option<&str>,
+    wait: Duration,
 ) -> Result<Vec<AdminOutcome>, KeeperError> {
     action.validate()?;
-    let actions = action.actions(deployment, request_id);
-    outbox::plan(pool, &actions).await?;
+    if let Some(key) = idempotency_key {
+        check_idempotency_key(key)?;
+    }
+    let mut plans = Vec::new();
+    for (name, call) in action.calls(deployment) {
+        let decision = decide(pool, &sender.provider, deployment, action, name, &call, idempotency_key).await?;
+        plans.push((call, decision));
+    }
+    let now = sender.latest_header().await?.timestamp as i64;
+    let mut to_send = Vec::new();
+    let mut followed = Vec::new();
+    for (call, decision) in &plans {
+        match decision {
+            Decision::Send(key) => {
+                outbox::plan(pool, &[Action { key: key.clone(), ..call.clone() }], now).await?;
+                to_send.push(key.clone());
+            }
+            Decision::Follow(key) => {
+                tracing::info!(action = %key, "an identical request is on its way; following it, nothing new is sent");
+                followed.push(key.clone());
+            }
+            Decision::Done(_, note) => tracing::info!("{note}"),
+        }
+    }
     let mut report = OutboxReport::default();
-    sender.send_planned(pool, &mut report).await?;
+    // A followed action still planned (its request stopped before signing) is signed now, for the first time.
+    let ours: Vec<String> = to_send.iter().chain(&followed).cloned().collect();
+    sender.send_planned_of(pool, &mut report, &ours).await?;
     let started = Instant::now();
-    loop {
+    while !ours.is_empty() {
         sender.reconcile(pool, &mut report).await?;
-        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
         let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE action_key = ANY($1) AND state IN ('planned', 'sent')")
-            .bind(&keys)
+            .bind(&ours)
             .fetch_one(pool)
             .await?;
-        if open == 0 {
+        if open == 0 || started.elapsed() > wait {
             break;
-        }
-        if started.elapsed() > timeout {
-            return Err(KeeperError::Chain { action: "admin", message: format!("not mined within {timeout:?}; see `status`") });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut outcomes = Vec::new();
-    for action in &actions {
-        let (state, hashes, failure): (String, Vec<Vec<u8>>, Option<String>) =
-            sqlx::query_as("SELECT state, tx_hashes, failure FROM keeper.outbox WHERE action_key = $1")
-                .bind(&action.key)
-                .fetch_one(pool)
-                .await?;
-        let mut tx_hash = None;
-        let mut events = Vec::new();
-        for hash in hashes.iter().rev() {
-            let hash = B256::from_slice(hash);
-            if let Some(receipt) = sender
-                .provider
-                .get_transaction_receipt(hash)
-                .await
-                .map_err(|e| KeeperError::Chain { action: "eth_getTransactionReceipt", message: e.to_string() })?
-            {
-                tx_hash = Some(hash);
-                events = receipt.inner.logs().iter().filter_map(describe).collect();
-                break;
+    for (_, decision) in &plans {
+        let (key, note, sent_now) = match decision {
+            Decision::Send(key) => (Some(key.clone()), None, true),
+            Decision::Follow(key) => {
+                (Some(key.clone()), Some("pending: an identical earlier request is on its way; followed it, nothing new sent".to_owned()), false)
             }
-        }
-        outcomes.push(AdminOutcome { action: action.key.clone(), state, tx_hash, failure, events });
+            Decision::Done(key, note) => (key.clone(), Some(note.clone()), false),
+        };
+        outcomes.push(outcome(pool, sender, key, note, sent_now, matches!(decision, Decision::Done(None, _))).await?);
     }
     Ok(outcomes)
+}
+
+/// The outcome of the call under `key`, with the events of its mined transaction.
+async fn outcome(pool: &PgPool, sender: &Sender, key: Option<String>, note: Option<String>, sent_now: bool, unchanged: bool) -> Result<AdminOutcome, KeeperError> {
+    let mut outcome = AdminOutcome { action: key.clone(), state: "unchanged".into(), sent_now, note, tx_hash: None, block: None, failure: None, events: Vec::new() };
+    let Some(key) = key else { return Ok(outcome) };
+    let (state, hashes, failure): (String, Vec<Vec<u8>>, Option<String>) =
+        sqlx::query_as("SELECT state, tx_hashes, failure FROM keeper.outbox WHERE action_key = $1").bind(&key).fetch_one(pool).await?;
+    outcome.state = if unchanged { "unchanged".into() } else { state };
+    outcome.failure = failure;
+    for hash in hashes.iter().rev() {
+        let hash = B256::from_slice(hash);
+        if let Some(receipt) = sender
+            .provider
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(|e| KeeperError::Chain { action: "eth_getTransactionReceipt", message: e.to_string() })?
+        {
+            outcome.tx_hash = Some(hash);
+            outcome.block = receipt.block_number;
+            outcome.events = receipt.inner.logs().iter().filter_map(describe).collect();
+            break;
+        }
+    }
+    Ok(outcome)
 }
 
 fn describe(log: &Log) -> Option<String> {

@@ -1,6 +1,6 @@
 //! The settlement engine's loop (`subsettle-keeper run`): under a Postgres lease, each step (every interval, or
 //! sooner when a renewal or a period close falls due) first reconciles the
-//! outbox with the chain, then closes due periods, gathers an epoch when its cadence has come, plans renewals,
+//! outbox with the chain (confirming what is final, sending again what a reorg dropped), then closes due periods, gathers an epoch when its cadence has come, plans renewals,
 //! charges, settlements and payouts, and sends what was planned. Time is the chain's (the latest block's
 //! timestamp), so a local chain whose clock is moved behaves like a real one.
 
@@ -148,7 +148,7 @@ impl Engine {
             let policy = ThresholdPolicy { threshold, retry_interval: self.settlement.retry_interval, batch: charges.batch };
             actions.extend(plan_threshold_charges(&self.pool, &self.close, d.subscriptions, policy, now, dry_run).await?);
         }
-        actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow).await?);
+        actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow, self.settlement, now).await?);
         actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
         Ok(actions)
     }
@@ -186,7 +186,7 @@ impl Engine {
             }
         }
         let actions = self.plan_all(now, gas_limit, false).await?;
-        report.outbox.planned = outbox::plan(&self.pool, &actions).await?;
+        report.outbox.planned = outbox::plan(&self.pool, &actions, now).await?;
         report.actions = actions.into_iter().map(|a| a.key).collect();
         self.sender.send_planned(&self.pool, &mut report.outbox).await?;
         Ok(report)

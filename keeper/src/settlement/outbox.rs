@@ -2,7 +2,8 @@
 //! with a nonce taken from this table, persisted signed before they are broadcast, and matched to their receipts.
 //! A restart first re-broadcasts what was signed and not yet mined, so a crash at any point neither loses an
 //! action nor sends it twice; the contracts' own idempotency (anchored periods, cumulative charges, unique
-//! settlement ids) covers the rest.
+//! settlement ids) covers the rest. An action is confirmed (or failed) only once its block is final ([`Finality`]):
+//! until then it stays `sent`, and a transaction that a reorg dropped is broadcast again with its nonce.
 
 use std::time::Duration;
 
@@ -53,6 +54,59 @@ pub fn batch_key(prefix: &str, items: &[String]) -> String {
     }
 }
 
+/// When a mined transaction is final, so that its action is marked `confirmed` (or `failed`) and never looked at
+/// again. Until then a reorg may drop it, and it is broadcast again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finality {
+    /// At or below the node's `finalized` block (on an L2, once the batch holding it is final on L1).
+    Finalized,
+    /// Once its block has this many confirmations: the block itself and `n - 1` above it (at least 1). For nodes
+    /// without a `finalized` block tag, and local chains (anvil's `finalized` is 64 blocks behind its head, and a
+    /// quiet local chain makes no blocks of its own).
+    Confirmations(u64),
+}
+
+impl Finality {
+    /// The newest final block now, if any.
+    pub async fn final_block(&self, provider: &DynProvider) -> Result<Option<u64>, KeeperError> {
+        match *self {
+            Self::Finalized => {
+                let block = provider.get_block_by_number(BlockNumberOrTag::Finalized).await.map_err(rpc("eth_getBlockByNumber(finalized)"))?;
+                Ok(block.map(|b| b.header.number))
+            }
+            Self::Confirmations(n) => {
+                let head = provider.get_block_number().await.map_err(rpc("eth_blockNumber"))?;
+                Ok((head + 1).checked_sub(n.max(1)))
+            }
+        }
+    }
+
+    /// Whether the node can say what is final under this policy: a node without the `finalized` tag is refused
+    /// with `Finalized` (give `--confirmations`).
+    pub async fn check(&self, provider: &DynProvider) -> Result<(), KeeperError> {
+        match *self {
+            Self::Confirmations(0) => Err(KeeperError::Invalid { field: "confirmations".into(), reason: "at least 1".into() }),
+            Self::Confirmations(_) => Ok(()),
+            Self::Finalized => match provider.get_block_by_number(BlockNumberOrTag::Finalized).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(KeeperError::Invalid {
+                    field: "confirmations".into(),
+                    reason: format!("the node does not answer for its `finalized` block ({e}); give --confirmations N to count confirmations instead"),
+                }),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Finality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Finalized => f.write_str("the node's finalized block"),
+            Self::Confirmations(n) => write!(f, "{n} confirmation(s)"),
+        }
+    }
+}
+
 /// Fee policy for the transactions the keeper signs.
 #[derive(Debug, Clone, Copy)]
 pub struct FeePolicy {
@@ -83,6 +137,8 @@ pub struct Sender {
     pub chain_id: u64,
     /// Fees.
     pub fees: FeePolicy,
+    /// When a mined transaction's action is confirmed.
+    pub finality: Finality,
 }
 
 /// What one pass over the outbox did.
@@ -92,8 +148,12 @@ pub struct OutboxReport {
     pub planned: u64,
     /// Rows signed and broadcast.
     pub sent: u64,
-    /// Rows whose transaction was mined successfully.
+    /// Rows whose transaction was mined successfully and is final.
     pub confirmed: u64,
+    /// Rows whose transaction is mined but not final yet (they stay `sent`).
+    pub awaiting_finality: u64,
+    /// Rows whose transaction was seen mined and is no longer (a reorg dropped it): broadcast again.
+    pub dropped: u64,
     /// Rows refused by a pre-check or reverted.
     pub failed: u64,
     /// Transactions re-signed with higher fees.
@@ -106,12 +166,12 @@ fn rpc(action: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> Kee
     move |e| KeeperError::Chain { action, message: e.to_string() }
 }
 
-/// Writes actions that are not in the outbox yet; returns how many were new.
-pub async fn plan(pool: &PgPool, actions: &[Action]) -> Result<u64, KeeperError> {
+/// Writes actions that are not in the outbox yet, planned at chain time `now`; returns how many were new.
+pub async fn plan(pool: &PgPool, actions: &[Action], now: i64) -> Result<u64, KeeperError> {
     let mut planned = 0;
     for action in actions {
         let inserted = sqlx::query(
-            "INSERT INTO keeper.outbox (action_key, kind, target, calldata, items) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO keeper.outbox (action_key, kind, target, calldata, items, chain_time) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (action_key) DO NOTHING",
         )
         .bind(&action.key)
@@ -119,6 +179,7 @@ pub async fn plan(pool: &PgPool, actions: &[Action]) -> Result<u64, KeeperError>
         .bind(action.target.as_slice())
         .bind(action.calldata.as_ref())
         .bind(&action.items)
+        .bind(now)
         .execute(pool)
         .await?;
         planned += inserted.rows_affected();
@@ -195,11 +256,17 @@ impl Sender {
     /// transaction, or `None` when nothing is planned. A pre-check that reverts fails the action (with the
     /// contract's error name) without using a nonce.
     pub async fn sign_next(&self, pool: &PgPool, report: &mut OutboxReport) -> Result<Option<Vec<u8>>, KeeperError> {
+        self.sign_next_of(pool, report, None).await
+    }
+
+    /// [`Self::sign_next`] among the actions `keys` only (all when `None`).
+    async fn sign_next_of(&self, pool: &PgPool, report: &mut OutboxReport, keys: Option<&[String]>) -> Result<Option<Vec<u8>>, KeeperError> {
         let mut tx = pool.begin().await?;
         let row: Option<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT action_key, target, calldata FROM keeper.outbox WHERE state = 'planned'
+            "SELECT action_key, target, calldata FROM keeper.outbox WHERE state = 'planned' AND ($1::TEXT[] IS NULL OR action_key = ANY($1))
              ORDER BY planned_at, action_key LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
+        .bind(keys)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((key, target, calldata)) = row else { return Ok(None) };
@@ -257,7 +324,18 @@ impl Sender {
 
     /// Signs, persists and broadcasts every planned action, one at a time.
     pub async fn send_planned(&self, pool: &PgPool, report: &mut OutboxReport) -> Result<(), KeeperError> {
-        while let Some(raw) = self.sign_next(pool, report).await? {
+        while let Some(raw) = self.sign_next_of(pool, report, None).await? {
+            if !raw.is_empty() {
+                self.broadcast(&raw).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::send_planned`] for the actions `keys` only (an operator command sends its own actions, not the
+    /// engine's).
+    pub async fn send_planned_of(&self, pool: &PgPool, report: &mut OutboxReport, keys: &[String]) -> Result<(), KeeperError> {
+        while let Some(raw) = self.sign_next_of(pool, report, Some(keys)).await? {
             if !raw.is_empty() {
                 self.broadcast(&raw).await?;
             }
@@ -280,15 +358,18 @@ impl Sender {
         Ok(())
     }
 
-    /// Matches every sent action to its receipt: confirmed, failed (reverted, with the error name), or still
-    /// pending, then re-broadcast, or re-signed with higher fees after `bump_after`. An action whose nonce was used
-    /// by a transaction this keeper never signed (the same key used elsewhere) can no longer be mined: it is
-    /// planned again, to be signed with a new nonce; the contracts make a repeated effect a no-op.
+    /// Matches every sent action to its receipt. A receipt in a final block ([`Finality`]) marks it confirmed, or
+    /// failed (reverted, with the error name); a receipt in a block not final yet leaves it `sent`, with the block
+    /// noted. Without a receipt (not mined yet, or mined and then dropped by a reorg) the stored transaction is
+    /// broadcast again, or re-signed with higher fees after `bump_after`, always with its own nonce, so it can be
+    /// mined once at most. An action whose nonce was used by a transaction this keeper never signed (the same key
+    /// used elsewhere) can no longer be mined: it is planned again, to be signed with a new nonce; the contracts
+    /// make a repeated effect a no-op.
     pub async fn reconcile(&self, pool: &PgPool, report: &mut OutboxReport) -> Result<(), KeeperError> {
-        type SentRow = (String, Vec<u8>, Vec<u8>, i64, i64, String, String, Vec<Vec<u8>>, Vec<u8>, f64);
+        type SentRow = (String, Vec<u8>, Vec<u8>, i64, i64, String, String, Vec<Vec<u8>>, Vec<u8>, f64, Option<i64>);
         let rows: Vec<SentRow> = sqlx::query_as(
             "SELECT action_key, target, calldata, nonce, gas_limit, max_fee_per_gas::TEXT, priority_fee::TEXT, tx_hashes,
-                    raw_tx, EXTRACT(EPOCH FROM now() - sent_at)::FLOAT8
+                    raw_tx, EXTRACT(EPOCH FROM now() - sent_at)::FLOAT8, block_number
              FROM keeper.outbox WHERE state = 'sent' AND sender = $1 ORDER BY nonce",
         )
         .bind(self.address().as_slice())
@@ -300,7 +381,9 @@ impl Sender {
         // Read before the receipts: a nonce below this count with none of our receipts was used by another
         // transaction (had ours been mined first, its receipt would be found below).
         let used_nonces = self.provider.get_transaction_count(self.address()).await.map_err(rpc("eth_getTransactionCount"))?;
-        for (key, target, calldata, nonce, gas_limit, max_fee, priority, hashes, raw, age) in rows {
+        // Read before the receipts too: a block final now is final when its receipt is read.
+        let final_block = self.finality.final_block(&self.provider).await?;
+        for (key, target, calldata, nonce, gas_limit, max_fee, priority, hashes, raw, age, seen_in) in rows {
             let mut mined = None;
             for hash in hashes.iter().rev() {
                 let hash = B256::from_slice(hash);
@@ -311,6 +394,19 @@ impl Sender {
             }
             if let Some(receipt) = mined {
                 let block = receipt.block_number.unwrap_or_default();
+                if final_block.is_none_or(|f| block > f) {
+                    // Mined, not final: a reorg may still drop it. It stays `sent` (in flight for every planner).
+                    if seen_in != Some(block as i64) {
+                        sqlx::query("UPDATE keeper.outbox SET block_number = $2 WHERE action_key = $1 AND state = 'sent'")
+                            .bind(&key)
+                            .bind(block as i64)
+                            .execute(pool)
+                            .await?;
+                        tracing::info!(action = %key, block, finality = %self.finality, "mined; waiting until final");
+                    }
+                    report.awaiting_finality += 1;
+                    continue;
+                }
                 let (state, failure) = if receipt.status() {
                     report.confirmed += 1;
                     ("confirmed", None)
@@ -338,6 +434,13 @@ impl Sender {
                 .execute(pool)
                 .await?;
                 continue;
+            }
+            if let Some(block) = seen_in {
+                // Seen mined before, gone now: a reorg dropped it. Its nonce is free again (or used by another
+                // transaction, below), so the same signed transaction goes out again.
+                sqlx::query("UPDATE keeper.outbox SET block_number = NULL WHERE action_key = $1 AND state = 'sent'").bind(&key).execute(pool).await?;
+                report.dropped += 1;
+                tracing::warn!(action = %key, block, nonce, "a reorg dropped the transaction mined in this block; broadcasting it again");
             }
             if (nonce as u64) < used_nonces {
                 self.plan_again(pool, &key, nonce).await?;

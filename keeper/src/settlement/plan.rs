@@ -1,7 +1,7 @@
 //! Planning the money actions after period close: cumulative overage charges with their usage roots, settlement
 //! epochs once every charge they attribute is confirmed on chain, and pushed payouts to recipients above a
 //! threshold who are not on hold. Each is an [`Action`] with a deterministic key; charges and payouts are tried
-//! once per retry slot.
+//! once per retry slot, a failed settlement again after a retry interval, a bounded number of times.
 
 use alloy::{
     primitives::{Address, B256, U256},
@@ -82,52 +82,180 @@ pub async fn plan_charges(pool: &PgPool, chain_id: u64, subscriptions: Address, 
         .collect()
 }
 
-/// Epochs not settled yet whose every overage charge the chain has collected; one `settle` each.
-pub async fn plan_settlements(pool: &PgPool, chain_id: u64, escrow: Address) -> Result<Vec<Action>, KeeperError> {
-    let epochs: Vec<(i64, i64, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT e.epoch_id, e.epoch_start, e.closed_at, e.usage_root FROM keeper.epochs e
+/// How many times a settlement is tried (its first attempt and the automatic retries) before it waits for the
+/// operator (`admin retry-settlement --epoch N`, [`retry_settlement`]).
+pub const SETTLE_ATTEMPTS: usize = 5;
+
+/// The outbox key of attempt `attempt` (from 1) at settling `epoch`: `settle:<epoch>`, then `settle:<epoch>:<attempt>`.
+pub fn settle_key(epoch: i64, attempt: usize) -> String {
+    if attempt <= 1 { format!("settle:{epoch}") } else { format!("settle:{epoch}:{attempt}") }
+}
+
+/// One attempt at settling an epoch, as the outbox holds it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    state: String,
+    chain_time: Option<i64>,
+}
+
+/// Epochs not settled on chain (as indexed) whose every overage charge the chain has collected; one `settle` each,
+/// in epoch order (the escrow takes epochs only one after another).
+///
+/// An epoch whose attempt is planned, sent, or confirmed but not indexed yet is left alone. One whose attempts all
+/// failed (refused by the pre-check, or reverted in a final block) is tried again under a new key once
+/// `policy.retry_interval` of chain time has passed since its last attempt was planned, up to [`SETTLE_ATTEMPTS`]
+/// attempts; then it waits for the operator. The settlement id is the epoch id, so whatever happens to the
+/// attempts the escrow credits an epoch once. A retry goes alone, and an epoch that waits (for a charge, a retry or
+/// the operator) holds back the later ones, which the escrow would refuse before it anyway.
+pub async fn plan_settlements(pool: &PgPool, chain_id: u64, escrow: Address, policy: SettlementPolicy, now: i64) -> Result<Vec<Action>, KeeperError> {
+    let epochs: Vec<(i64, i64, i64, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT e.epoch_id, e.epoch_start, e.closed_at, e.usage_root,
+                NOT EXISTS (
+                    SELECT 1 FROM keeper.epoch_closes ec JOIN keeper.period_closes c USING (close_id)
+                    LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
+                         AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
+                    WHERE ec.epoch_id = e.epoch_id AND COALESCE(ch.charged, 0) < c.overage_charge)
+         FROM keeper.epochs e
          WHERE e.chain_id = $1
            AND NOT EXISTS (SELECT 1 FROM chain.settlements s WHERE s.chain_id = e.chain_id AND s.settlement_id = e.epoch_id::NUMERIC)
-           AND NOT EXISTS (SELECT 1 FROM keeper.outbox o WHERE o.action_key = 'settle:' || e.epoch_id)
-           AND NOT EXISTS (
-               SELECT 1 FROM keeper.epoch_closes ec JOIN keeper.period_closes c USING (close_id)
-               LEFT JOIN chain.charged_per_period ch ON ch.chain_id = c.chain_id
-                    AND ch.subscription_id = c.subscription_id::NUMERIC AND ch.period_index = c.period_index::NUMERIC
-               WHERE ec.epoch_id = e.epoch_id AND COALESCE(ch.charged, 0) < c.overage_charge)
          ORDER BY e.epoch_id",
     )
     .bind(chain_id as i64)
     .fetch_all(pool)
     .await?;
-    let mut actions = Vec::with_capacity(epochs.len());
-    for (epoch, start, end, root) in epochs {
-        let splits: Vec<(String, String)> =
-            sqlx::query_as("SELECT split_id::TEXT, amount::TEXT FROM keeper.epoch_splits WHERE epoch_id = $1 ORDER BY epoch_splits.split_id")
-                .bind(epoch)
-                .fetch_all(pool)
-                .await?;
-        let split_ids = splits.iter().map(|(s, _)| s.parse::<U256>()).collect::<Result<Vec<_>, _>>();
-        let amounts = splits.iter().map(|(_, a)| a.parse::<U256>()).collect::<Result<Vec<_>, _>>();
-        let (Ok(split_ids), Ok(amounts)) = (split_ids, amounts) else {
-            return Err(KeeperError::ChainData(format!("epoch {epoch}: a split id or amount is not an integer")));
-        };
-        let call = SplitEscrow::settleCall {
-            settlementId: U256::from(epoch as u64),
-            epochStart: U256::from(start.max(0) as u64),
-            epochEnd: U256::from(end.max(0) as u64),
-            splitIds: split_ids,
-            amounts,
-            usageRoot: B256::from_slice(&root),
-        };
-        actions.push(Action {
-            key: format!("settle:{epoch}"),
-            kind: "settle",
-            target: escrow,
-            calldata: call.abi_encode().into(),
-            items: json!(splits.iter().map(|(s, a)| json!({ "split": s, "amount": a })).collect::<Vec<_>>()),
-        });
+    let ids: Vec<i64> = epochs.iter().map(|(id, ..)| *id).collect();
+    let rows: Vec<(i64, String, Option<i64>)> =
+        sqlx::query_as("SELECT epoch_id, state, chain_time FROM keeper.settle_attempts WHERE epoch_id = ANY($1) ORDER BY planned_at, action_key")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+    let mut attempts: std::collections::BTreeMap<i64, Vec<Attempt>> = std::collections::BTreeMap::new();
+    for (epoch, state, chain_time) in rows {
+        attempts.entry(epoch).or_default().push(Attempt { state, chain_time });
+    }
+    let mut actions = Vec::new();
+    for (epoch, start, end, root, collected) in epochs {
+        let tries = attempts.remove(&epoch).unwrap_or_default();
+        if tries.iter().any(|a| matches!(a.state.as_str(), "planned" | "sent" | "confirmed")) {
+            continue; // on its way, or confirmed and not indexed yet
+        }
+        if !collected {
+            break;
+        }
+        let failed: Vec<&Attempt> = tries.iter().filter(|a| a.state == "failed").collect();
+        if failed.len() >= SETTLE_ATTEMPTS {
+            tracing::warn!(epoch, attempts = failed.len(), "settlement failed every attempt; waiting for `admin retry-settlement --epoch {epoch}`");
+            break;
+        }
+        let last = failed.iter().filter_map(|a| a.chain_time).max();
+        if last.is_some_and(|at| now < at.saturating_add(policy.retry_interval)) {
+            break; // tried in this retry interval already
+        }
+        actions.push(settle_action(pool, escrow, epoch, start, end, &root, settle_key(epoch, tries.len() + 1)).await?);
+        if !failed.is_empty() {
+            break; // a retry goes alone: the later epochs follow once it is through
+        }
     }
     Ok(actions)
+}
+
+/// The `settle` call of an epoch, under `key`.
+async fn settle_action(pool: &PgPool, escrow: Address, epoch: i64, start: i64, end: i64, root: &[u8], key: String) -> Result<Action, KeeperError> {
+    let splits: Vec<(String, String)> =
+        sqlx::query_as("SELECT split_id::TEXT, amount::TEXT FROM keeper.epoch_splits WHERE epoch_id = $1 ORDER BY epoch_splits.split_id")
+            .bind(epoch)
+            .fetch_all(pool)
+            .await?;
+    let split_ids = splits.iter().map(|(s, _)| s.parse::<U256>()).collect::<Result<Vec<_>, _>>();
+    let amounts = splits.iter().map(|(_, a)| a.parse::<U256>()).collect::<Result<Vec<_>, _>>();
+    let (Ok(split_ids), Ok(amounts)) = (split_ids, amounts) else {
+        return Err(KeeperError::ChainData(format!("epoch {epoch}: a split id or amount is not an integer")));
+    };
+    let call = SplitEscrow::settleCall {
+        settlementId: U256::from(epoch as u64),
+        epochStart: U256::from(start.max(0) as u64),
+        epochEnd: U256::from(end.max(0) as u64),
+        splitIds: split_ids,
+        amounts,
+        usageRoot: B256::from_slice(root),
+    };
+    Ok(Action {
+        key,
+        kind: "settle",
+        target: escrow,
+        calldata: call.abi_encode().into(),
+        items: json!(splits.iter().map(|(s, a)| json!({ "split": s, "amount": a })).collect::<Vec<_>>()),
+    })
+}
+
+/// What [`retry_settlement`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SettlementRetry {
+    /// Its failed attempts were set aside: the engine tries it again at its next step, with a full round of
+    /// attempts.
+    Reopened {
+        /// Failed attempts set aside (state `superseded`, their failures kept).
+        failed_attempts: usize,
+        /// The newest failure.
+        last_failure: Option<String>,
+    },
+    /// No failed attempt to set aside: it was never tried, its retry is already granted, or it is on its way.
+    NothingFailed {
+        /// The newest attempt's key and state, if any.
+        latest: Option<(String, String)>,
+    },
+    /// The chain (as indexed) has the settlement already.
+    Settled,
+}
+
+/// The operator's retry of a settlement (`admin retry-settlement --epoch N`): sets aside the failed attempts at
+/// settling `epoch` (state `superseded`, failure kept), so that the engine tries it again at its next step with a
+/// full round of [`SETTLE_ATTEMPTS`]. An attempt on its way is left alone. Running it again changes nothing.
+pub async fn retry_settlement(pool: &PgPool, chain_id: u64, epoch: i64) -> Result<SettlementRetry, KeeperError> {
+    let mut tx = pool.begin().await?;
+    let known: Option<bool> = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chain.settlements s WHERE s.chain_id = e.chain_id AND s.settlement_id = e.epoch_id::NUMERIC)
+         FROM keeper.epochs e WHERE e.chain_id = $1 AND e.epoch_id = $2 FOR UPDATE",
+    )
+    .bind(chain_id as i64)
+    .bind(epoch)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match known {
+        None => return Err(KeeperError::Invalid { field: "epoch".into(), reason: format!("{epoch} is not an epoch of chain {chain_id}") }),
+        Some(true) => return Ok(SettlementRetry::Settled),
+        Some(false) => {}
+    }
+    let open: Option<(String, String)> = sqlx::query_as(
+        "SELECT action_key, state FROM keeper.settle_attempts WHERE epoch_id = $1 AND state IN ('planned', 'sent', 'confirmed')
+         ORDER BY planned_at DESC LIMIT 1",
+    )
+    .bind(epoch)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if open.is_some() {
+        return Ok(SettlementRetry::NothingFailed { latest: open });
+    }
+    let set_aside: Vec<(String, Option<String>)> = sqlx::query_as(
+        "UPDATE keeper.outbox SET state = 'superseded' WHERE kind = 'settle' AND split_part(action_key, ':', 2) = $1::TEXT AND state = 'failed'
+         RETURNING action_key, failure",
+    )
+    .bind(epoch)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if set_aside.is_empty() {
+        let latest: Option<(String, String)> =
+            sqlx::query_as("SELECT action_key, state FROM keeper.settle_attempts WHERE epoch_id = $1 ORDER BY planned_at DESC LIMIT 1")
+                .bind(epoch)
+                .fetch_optional(pool)
+                .await?;
+        return Ok(SettlementRetry::NothingFailed { latest });
+    }
+    tracing::info!(epoch, attempts = set_aside.len(), "failed settlement attempts set aside; the engine tries again at its next step");
+    let last_failure = set_aside.iter().filter_map(|(_, f)| f.clone()).next_back();
+    Ok(SettlementRetry::Reopened { failed_attempts: set_aside.len(), last_failure })
 }
 
 /// Recipients whose claimable balance is at least the threshold and who are not on hold; `claimMany` batches.

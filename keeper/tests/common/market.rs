@@ -232,6 +232,8 @@ impl Market {
             key: subsettle_keeper::signer::OperatorKey::load(Some(&self.key_file(dir))).unwrap(),
             chain_id: self.deployment.chain_id,
             fees: subsettle_keeper::settlement::outbox::FeePolicy::default(),
+            // One confirmation: anvil mines at once, and its `finalized` block is 64 blocks behind its head.
+            finality: subsettle_keeper::settlement::outbox::Finality::Confirmations(1),
         }
     }
 

@@ -36,7 +36,10 @@ pub(crate) async fn connect_sender(
         "rpc_url: the node is chain {chain_id}, the deployment is on chain {}",
         settings.deployment.chain_id
     );
-    Ok(subsettle_keeper::settlement::outbox::Sender { provider, key, chain_id, fees })
+    use subsettle_keeper::settlement::outbox::Finality;
+    let finality = chain.confirmations.map_or(Finality::Finalized, Finality::Confirmations);
+    finality.check(&provider).await?;
+    Ok(subsettle_keeper::settlement::outbox::Sender { provider, key, chain_id, fees, finality })
 }
 
 /// Token units to base units, refusing more decimals than the token has.
@@ -47,7 +50,7 @@ fn base_units(field: &str, value: Decimal, decimals: u32) -> anyhow::Result<u128
 }
 
 pub(crate) async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
-    use subsettle_keeper::operator::admin::{AdminAction, execute};
+    use subsettle_keeper::operator::admin::{AdminAction, check_idempotency_key, execute};
     let (settings, pool) = open(&args.chain.settings).await?;
     let decimals = settings.decimals;
     let action = match args.action {
@@ -73,14 +76,54 @@ pub(crate) async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Pause => AdminAction::Pause,
         AdminCommand::Unpause => AdminAction::Unpause,
         AdminCommand::SetKeeper { keeper } => AdminAction::SetKeeper { keeper },
+        AdminCommand::RetrySettlement { epoch } => return run_retry_settlement(&settings, &pool, epoch).await,
     };
     action.validate()?;
+    if let Some(key) = &args.idempotency_key {
+        check_idempotency_key(key)?;
+    }
     let sender = connect_sender(&settings, &args.chain, Default::default()).await?;
-    let request_id = format!("{}", Clock::System.now_ms());
-    let outcomes = execute(&pool, &sender, &settings.deployment, &action, &request_id, Duration::from_secs(120)).await?;
+    let wait = Duration::from_secs(args.wait);
+    let outcomes = execute(&pool, &sender, &settings.deployment, &action, args.idempotency_key.as_deref(), wait).await?;
     println!("{}", serde_json::to_string_pretty(&outcomes)?);
-    if outcomes.iter().any(|o| o.state != "confirmed") {
+    for outcome in &outcomes {
+        if let Some(note) = &outcome.note {
+            eprintln!("{}: {note}", outcome.action.as_deref().unwrap_or("admin"));
+        }
+    }
+    if outcomes.iter().any(|o| o.state == "sent" || o.state == "planned") {
+        anyhow::bail!(
+            "not final within {}; run the same command again to follow it (it sends nothing again), or see `status`",
+            humanize(args.wait)
+        );
+    }
+    if outcomes.iter().any(|o| !o.applied()) {
         anyhow::bail!("the action did not go through; see the failure above");
+    }
+    Ok(())
+}
+
+fn humanize(secs: u64) -> String {
+    if secs % 60 == 0 && secs > 0 { format!("{} min", secs / 60) } else { format!("{secs} s") }
+}
+
+/// `admin retry-settlement --epoch N`: sets a failed settlement's attempts aside so the engine tries it again.
+async fn run_retry_settlement(settings: &Settings, pool: &sqlx::PgPool, epoch: u64) -> anyhow::Result<()> {
+    use subsettle_keeper::settlement::plan::{SettlementRetry, retry_settlement};
+    let epoch = i64::try_from(epoch).context("--epoch: too large")?;
+    let outcome = retry_settlement(pool, settings.deployment.chain_id, epoch).await?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    match &outcome {
+        SettlementRetry::Reopened { failed_attempts, .. } => {
+            eprintln!("epoch {epoch}: {failed_attempts} failed attempt(s) set aside; the engine tries the settlement again at its next step")
+        }
+        SettlementRetry::NothingFailed { latest: Some((key, state)) } if state != "superseded" => {
+            eprintln!("epoch {epoch}: already applied or pending: its latest attempt {key} is {state}; nothing to retry")
+        }
+        SettlementRetry::NothingFailed { .. } => {
+            eprintln!("epoch {epoch}: already applied: no failed attempt to set aside (its retry is granted; the engine sends it at its next step)")
+        }
+        SettlementRetry::Settled => eprintln!("epoch {epoch}: already applied: the chain has settlement {epoch}"),
     }
     Ok(())
 }
