@@ -9,15 +9,16 @@
 //! - [`operator`]: deploy, admin actions, import and reconcile, run by hand.
 //!
 //! Shared by all three: [`config`] (settings and the TOML file), [`signer`] (the operator key, never printed),
-//! [`clock`] (time as the keeper sees it), [`money`] (the one rounding rule), [`merkle`] (usage roots and proofs)
-//! and [`store`] (Postgres connections and schema `keeper`). [`cli`] is the command line; nothing in the jobs
-//! imports it.
+//! [`clock`] (time as the keeper sees it), [`metrics`] (Prometheus exposition pieces), [`money`] (the one
+//! rounding rule), [`merkle`] (usage roots and proofs) and [`store`] (Postgres connections and schema `keeper`).
+//! [`cli`] is the command line; nothing in the jobs imports it.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod merkle;
 pub mod metering;
+pub mod metrics;
 pub mod money;
 pub mod operator;
 pub mod settlement;

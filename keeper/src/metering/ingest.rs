@@ -14,7 +14,7 @@ use crate::{
     clock::{parse_rfc3339_ms, show_ms},
     metering::{
         catalog::Snapshot,
-        entitlement::{Entitlements, Refusal},
+        entitlement::{Admission, Entitlements, Refusal, RefusalKind, ledger},
         event::{BatchReport, Outcome, UsageEvent},
     },
 };
@@ -134,21 +134,55 @@ fn read_quantity(value: Option<&Value>, scale: u32, id: Option<&str>) -> Result<
         Some(_) => return Err(Outcome::rejected(id, "quantity", "must be a number or a decimal string")),
         None => return Err(Outcome::rejected(id, "quantity", "missing")),
     };
-    if text.contains(['e', 'E']) {
-        return Err(Outcome::rejected(id, "quantity", format!("`{text}`: write the quantity without an exponent")));
+    let shown = shown(&text);
+    if text.contains(['e', 'E']) && text.parse::<f64>().is_ok_and(f64::is_finite) {
+        return Err(Outcome::rejected(id, "quantity", format!("`{shown}`: write the quantity without an exponent")));
     }
-    let quantity = Decimal::from_str_exact(&text).map_err(|_| Outcome::rejected(id, "quantity", format!("`{text}` is not a decimal number")))?;
-    if quantity.is_sign_negative() && !quantity.is_zero() {
-        return Err(Outcome::rejected(id, "quantity", format!("{text} is negative")));
-    }
-    if quantity > MAX_QUANTITY {
-        return Err(Outcome::rejected(id, "quantity", format!("{text} is above the limit of {MAX_QUANTITY} per event")));
-    }
+    // One written form: digits with an optional fraction (`12`, `12.5`, `0.001`). No sign (`+5`), spaces,
+    // a bare point (`5.`, `.5`) or digit separators (`1_000`), which the decimal parser alone would take.
+    let Some(integer_digits) = decimal_digits(&text) else {
+        let negative = text.strip_prefix('-').and_then(decimal_digits).is_some();
+        return Err(Outcome::rejected(
+            id,
+            "quantity",
+            if negative {
+                format!("{shown} is negative")
+            } else {
+                format!("`{shown}` is not a decimal number: write digits with an optional fraction, e.g. \"12\" or \"12.5\" (no sign, spaces or exponent)")
+            },
+        ));
+    };
+    // Trailing zeros of the fraction do not count (`2.50` is fine at scale 1), however many there are.
+    let exact = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    let quantity = match Decimal::from_str_exact(exact) {
+        Ok(quantity) if quantity <= MAX_QUANTITY => quantity,
+        // Too many digits for an exact decimal: either above the limit or far more places than a meter takes.
+        Err(_) if integer_digits <= 15 => {
+            return Err(Outcome::rejected(id, "quantity", format!("{shown} has more than {scale} decimal places for this meter")));
+        }
+        _ => return Err(Outcome::rejected(id, "quantity", format!("{shown} is above the limit of {MAX_QUANTITY} per event"))),
+    };
     let quantity = quantity.normalize();
     if quantity.scale() > scale {
-        return Err(Outcome::rejected(id, "quantity", format!("{text} has more than {scale} decimal places for this meter")));
+        return Err(Outcome::rejected(id, "quantity", format!("{shown} has more than {scale} decimal places for this meter")));
     }
     Ok(quantity)
+}
+
+/// `text` as a decimal string `[0-9]+(\.[0-9]+)?`: the number of its integer digits (without leading zeros).
+fn decimal_digits(text: &str) -> Option<usize> {
+    let (integer, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    (digits(integer) && digits(fraction)).then(|| integer.trim_start_matches('0').len())
+}
+
+/// Input text for a reason, cut short when long.
+fn shown(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// Timestamps: RFC 3339 text (`2026-11-25T10:00:00.250Z`) or an integer of Unix seconds.
@@ -175,7 +209,7 @@ fn read_timestamp(value: Option<&Value>, id: Option<&str>) -> Result<i64, Outcom
 fn read_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
         _ => None,
     }
 }
@@ -188,9 +222,86 @@ fn read_properties(value: Option<&Value>, id: Option<&str>) -> Result<Option<Val
             if size > MAX_PROPERTIES_BYTES {
                 return Err(Outcome::rejected(id, "properties", format!("{size} bytes, above the limit of {MAX_PROPERTIES_BYTES}")));
             }
+            if let Some((field, reason)) = unstorable(object, "properties") {
+                return Err(Outcome::rejected(id, &field, reason));
+            }
             Ok(Some(object.clone()))
         }
         Some(_) => Err(Outcome::rejected(id, "properties", "must be a JSON object")),
+    }
+}
+
+/// The first place in `value` (named from `path`, e.g. `properties.tags[2]`) holding text that Postgres refuses
+/// to store, with the reason. Postgres takes every Unicode character in `text` and `jsonb` but U+0000 (JSON
+/// `\u0000`), in a string or a key. (Numbers need no check: a parsed JSON number is a finite 64-bit float or
+/// integer, all of which `jsonb` holds; invalid UTF-8 and lone surrogates never get past the JSON parser.)
+pub fn unstorable(value: &Value, path: &str) -> Option<(String, String)> {
+    const REASON: &str = "contains the character U+0000 (\\u0000), which Postgres cannot store";
+    match value {
+        Value::String(text) if text.contains('\0') => Some((path.to_owned(), REASON.into())),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| unstorable(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let inner = field_path(path, key);
+            if key.contains('\0') { Some((inner, format!("the key {REASON}"))) } else { unstorable(item, &inner) }
+        }),
+        _ => None,
+    }
+}
+
+/// `path.key`, or `path["key"]` (the key as a JSON string) for a key that is not a plain name.
+pub fn field_path(path: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_owned(),
+        (false, true) => format!("{path}.{key}"),
+        (_, false) => format!("{path}[{}]", Value::String(key.to_owned())),
+    }
+}
+
+/// Parses one event's JSON text (an element of a JSON array, an NDJSON line). When the text is well-formed JSON
+/// but a value in it cannot be read (a number beyond a 64-bit float such as `1e400000`, a lone surrogate such as
+/// `\ud800`, nesting over 128 deep), the rejection names the innermost field at fault and the event's id if it
+/// can be read; when it is not JSON at all, the field is `place` (e.g. `line 3`).
+pub fn parse_event(text: &str, place: &str) -> Result<Value, Outcome> {
+    let error = match serde_json::from_str::<Value>(text) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    let Ok(fields) = serde_json::from_str::<std::collections::BTreeMap<String, &serde_json::value::RawValue>>(text) else {
+        return Err(Outcome::rejected(None, place, format!("malformed JSON: {}", without_position(&error))));
+    };
+    let event_id = fields.get("event_id").and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    let (field, reason) = fields
+        .iter()
+        .find_map(|(key, raw)| locate(raw.get(), field_path("", key), 8))
+        .unwrap_or_else(|| (place.to_owned(), without_position(&error)));
+    Err(Outcome::rejected(event_id.as_deref(), &field, format!("not a JSON value the keeper can read: {reason}")))
+}
+
+/// The innermost field under `path` (at most `depth` levels down) whose JSON text does not parse, with why.
+fn locate(text: &str, path: String, depth: usize) -> Option<(String, String)> {
+    use serde_json::value::RawValue;
+    let error = serde_json::from_str::<Value>(text).err()?;
+    if depth > 0 {
+        if let Ok(fields) = serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(text) {
+            if let Some(found) = fields.iter().find_map(|(key, raw)| locate(raw.get(), field_path(&path, key), depth - 1)) {
+                return Some(found);
+            }
+        } else if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text)
+            && let Some(found) = items.iter().enumerate().find_map(|(i, raw)| locate(raw.get(), format!("{path}[{i}]"), depth - 1))
+        {
+            return Some(found);
+        }
+    }
+    Some((path, without_position(&error)))
+}
+
+/// A JSON parser's message without its `at line N column M`, which would point into a fragment.
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -205,8 +316,11 @@ fn payload_hash(event: &UsageEvent) -> B256 {
 }
 
 /// Stores the valid events of a batch exactly once and reports every event's outcome in input order.
-/// `prepared` holds, per input event, either the validated event or its rejection.
-pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>) -> Result<(BatchReport, Vec<UsageEvent>), KeeperError> {
+/// `prepared` holds, per input event, either the validated event or its rejection. The new events are admitted
+/// against caps and funds in the transaction that stores them ([`crate::metering::entitlement::ledger`]), on the
+/// usage every batch and replica admitted before: one refused there is not stored and gets `payment_required`,
+/// with its refusal's kind in `admission.kinds`.
+pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>, admission: Admission<'_>) -> Result<BatchReport, KeeperError> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; prepared.len()];
     // The first occurrence of an id in the batch is the one stored; later ones compare against it.
     let mut first: HashMap<String, (usize, B256)> = HashMap::new();
@@ -225,12 +339,17 @@ pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>) ->
     }
 
     // Events of subscribers not to be served are not stored; a resend of one stored earlier is still a duplicate.
-    let inserted = insert_new(pool, candidates.iter().map(|(_, e)| e).filter(|e| e.refused.is_none())).await?;
-    let mut accepted = Vec::new();
+    let new: Vec<&UsageEvent> = candidates.iter().map(|(_, e)| e).filter(|e| e.refused.is_none()).collect();
+    let stored = ledger::store(pool, &admission, &new).await?;
+    let refused: HashMap<&str, (RefusalKind, String)> =
+        new.iter().zip(stored.refusals).filter_map(|(event, refusal)| refusal.map(|r| (event.event_id.as_str(), r))).collect();
     let mut existing_ids = Vec::new();
     for (index, event) in &candidates {
-        if inserted.contains_key(event.event_id.as_str()) {
+        if stored.inserted.contains(&event.event_id) {
             outcomes[*index] = Some(Outcome::Accepted { event_id: event.event_id.clone() });
+        } else if let Some((kind, reason)) = refused.get(event.event_id.as_str()) {
+            outcomes[*index] = Some(Outcome::PaymentRequired { event_id: event.event_id.clone(), reason: reason.clone() });
+            admission.kinds[*index] = Some(*kind);
         } else {
             existing_ids.push(event.event_id.clone());
         }
@@ -255,13 +374,8 @@ pub async fn store(pool: &PgPool, prepared: Vec<Result<UsageEvent, Outcome>>) ->
             });
         }
     }
-    for (_, event) in candidates {
-        if inserted.contains_key(event.event_id.as_str()) {
-            accepted.push(event);
-        }
-    }
     let outcomes = outcomes.into_iter().map(|o| o.expect("every event has an outcome")).collect();
-    Ok((BatchReport::from_outcomes(outcomes), accepted))
+    Ok(BatchReport::from_outcomes(outcomes))
 }
 
 fn compare(event_id: &str, stored: B256, incoming: B256, place: &str) -> Outcome {
@@ -275,48 +389,6 @@ fn compare(event_id: &str, stored: B256, incoming: B256, place: &str) -> Outcome
     }
 }
 
-/// Inserts the events whose ids are new, in one statement; returns the ids inserted.
-async fn insert_new<'a>(pool: &PgPool, events: impl Iterator<Item = &'a UsageEvent>) -> Result<HashMap<String, ()>, KeeperError> {
-    let mut ids = Vec::new();
-    let mut hashes = Vec::new();
-    let mut subscriptions = Vec::new();
-    let mut models = Vec::new();
-    let mut meters = Vec::new();
-    let mut quantities = Vec::new();
-    let mut times = Vec::new();
-    let mut properties: Vec<Option<Value>> = Vec::new();
-    for event in events {
-        ids.push(event.event_id.as_str());
-        hashes.push(event.payload_hash.as_slice().to_vec());
-        subscriptions.push(event.subscription_id as i64);
-        models.push(event.model.as_str());
-        meters.push(event.meter.as_str());
-        quantities.push(event.quantity);
-        times.push(event.occurred_at_ms);
-        properties.push(event.properties.clone());
-    }
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO keeper.usage_events (event_id, payload_hash, subscription_id, model_id, meter, quantity, occurred_at_ms, properties)
-         SELECT * FROM UNNEST($1::TEXT[], $2::BYTEA[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::NUMERIC[], $7::BIGINT[], $8::JSONB[])
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-    )
-    .bind(&ids)
-    .bind(&hashes)
-    .bind(&subscriptions)
-    .bind(&models)
-    .bind(&meters)
-    .bind(&quantities)
-    .bind(&times)
-    .bind(&properties)
-    .fetch_all(pool)
-    .await?;
-    Ok(inserted.into_iter().map(|id| (id, ())).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +396,77 @@ mod tests {
     #[test]
     fn max_quantity_is_ten_to_the_fifteenth() {
         assert_eq!(MAX_QUANTITY, Decimal::from(1_000_000_000_000_000u64));
+    }
+
+    fn quantity(value: Value, scale: u32) -> Result<Decimal, String> {
+        read_quantity(Some(&value), scale, None).map_err(|outcome| match outcome {
+            Outcome::Rejected { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_quantity_is_written_one_way() {
+        assert_eq!(quantity(Value::from(12), 0), Ok(Decimal::from(12)));
+        assert_eq!(quantity(Value::from("12.50"), 1), Ok(Decimal::new(125, 1)));
+        assert_eq!(quantity(Value::from("007"), 0), Ok(Decimal::from(7)));
+        assert_eq!(quantity(Value::from("0.125000000000000000000000000000000"), 3), Ok(Decimal::new(125, 3)));
+        assert_eq!(quantity(Value::from("1000000000000000"), 0), Ok(MAX_QUANTITY));
+        for text in ["+5", " 5", "5 ", "5.", ".5", "1_000", "0x10", "five", "", "5..0", "١٢"] {
+            let reason = quantity(Value::from(text), 6).unwrap_err();
+            assert!(reason.contains("is not a decimal number"), "{text}: {reason}");
+        }
+        assert!(quantity(Value::from("-4"), 0).unwrap_err().contains("-4 is negative"));
+        assert!(quantity(Value::from(-4), 0).unwrap_err().contains("-4 is negative"));
+        assert!(quantity(Value::from("1e3"), 0).unwrap_err().contains("without an exponent"));
+        assert!(quantity(Value::from("1000000000000000.5"), 1).unwrap_err().contains("above the limit"));
+        assert!(quantity(Value::from("99999999999999999999999999999999"), 0).unwrap_err().contains("above the limit"));
+        assert!(quantity(Value::from("0.0000000000000000000000000000001"), 6).unwrap_err().contains("more than 6 decimal places"));
+        assert!(quantity(Value::from(1.5), 1).unwrap_err().contains("decimal string"));
+        let long = quantity(Value::from("9".repeat(10_000) + "x"), 0).unwrap_err();
+        assert!(long.len() < 200, "a long input is cut short in the reason: {long}");
+    }
+
+    #[test]
+    fn subscription_ids_are_digits_only() {
+        assert_eq!(read_u64(&Value::from("17")), Some(17));
+        assert_eq!(read_u64(&Value::from(17)), Some(17));
+        for text in ["+17", " 17", "17 ", "", "-1", "1.0"] {
+            assert_eq!(read_u64(&Value::from(text)), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn text_postgres_refuses_is_found_and_named() {
+        let value: Value = serde_json::from_str(r#"{"a": "fine", "foo": {"tags": ["x", "y\u0000z"]}}"#).unwrap();
+        let (field, reason) = unstorable(&value, "properties").unwrap();
+        assert_eq!(field, "properties.foo.tags[1]");
+        assert!(reason.contains("U+0000"), "{reason}");
+        let value: Value = serde_json::from_str(r#"{"we ird\u0000": 1}"#).unwrap();
+        assert_eq!(unstorable(&value, "properties").unwrap().0, r#"properties["we ird\u0000"]"#);
+        let value: Value = serde_json::from_str(r#"{"a": ["\u0001", "\ud83d\ude00", 1e308, -5, null]}"#).unwrap();
+        assert_eq!(unstorable(&value, "properties"), None);
+    }
+
+    #[test]
+    fn an_event_with_a_value_the_parser_cannot_read_names_the_field() {
+        let rejected = |text: &str| match parse_event(text, "line 7") {
+            Err(Outcome::Rejected { event_id, field, reason }) => (event_id, field, reason),
+            other => panic!("{other:?}"),
+        };
+        let (id, field, reason) = rejected(r#"{"event_id": "e-1", "quantity": 1, "properties": {"big": 1e400000}}"#);
+        assert_eq!((id.as_deref(), field.as_str()), (Some("e-1"), "properties.big"));
+        assert!(reason.contains("number out of range"), "{reason}");
+        let (id, field, reason) = rejected(r#"{"properties": {"list": [1, "\ud800"]}, "event_id": "e-2"}"#);
+        assert_eq!((id.as_deref(), field.as_str()), (Some("e-2"), "properties.list[1]"));
+        assert!(reason.contains("hex escape"), "{reason}");
+        let (id, field, _) = rejected("{broken");
+        assert_eq!((id, field.as_str()), (None, "line 7"));
+        assert_eq!(parse_event(r#"{"event_id": "e-3"}"#, "line 1").unwrap()["event_id"], "e-3");
+        let deep = format!("{{\"event_id\": \"e-4\", \"properties\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        let (id, field, reason) = rejected(&deep);
+        assert_eq!(id.as_deref(), Some("e-4"));
+        assert!(field.starts_with("properties[0][0]"), "{field}");
+        assert!(reason.contains("recursion limit"), "{reason}");
     }
 }

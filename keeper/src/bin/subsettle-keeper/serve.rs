@@ -2,7 +2,10 @@
 //! follow it.
 
 use alloy::providers::DynProvider;
-use subsettle_keeper::metering::funds::{FundsPolicy, FundsReader};
+use subsettle_keeper::metering::{
+    api::{HttpGuard, HttpLimits},
+    funds::{FundsPolicy, FundsReader},
+};
 
 use super::*;
 
@@ -31,12 +34,48 @@ pub(crate) async fn read_split_notice(provider: &DynProvider, deployment: &subse
     u64::try_from(delay).context("splitChangeDelay does not fit 64 bits")
 }
 
+/// The server's limits from the flags, checked against each other and the largest body.
+fn http_limits(args: &ServeArgs, settings: &Settings) -> anyhow::Result<HttpLimits> {
+    let limits = HttpLimits {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        request_timeout: Duration::from_secs(args.request_timeout),
+        max_connections: args.max_connections,
+        max_body_memory: args.max_body_memory,
+    };
+    limits.check(settings.max_body_bytes)?;
+    Ok(limits)
+}
+
+/// `serve`'s pool: a request waits at most `--db-timeout` for a connection, so that with Postgres down or
+/// unreachable it is answered 503 at once rather than after sqlx's default of 30 s.
+async fn serve_pool(settings: &Settings, db_timeout: u64) -> anyhow::Result<sqlx::PgPool> {
+    anyhow::ensure!(db_timeout >= 1, "db_timeout: must be at least 1s");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(db_timeout))
+        .connect(&settings.database_url)
+        .await
+        .context("connecting to Postgres")?;
+    store::migrate(&pool).await.context("migrating schema keeper")?;
+    store::check_one_deployment(&pool, &settings.deployment).await?;
+    Ok(pool)
+}
+
 pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (settings, pool) = open(&args.settings).await?;
+    let settings = Settings::resolve(&args.settings)?;
     require_default_split(&settings)?;
     if settings.api_token.is_none() {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
+    let limits = http_limits(&args, &settings)?;
+    match api::raise_open_files_limit() {
+        Ok((before, after)) if after > before => tracing::info!(before, after, "raised the open files limit (soft) to the hard limit"),
+        Ok((_, limit)) => tracing::info!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+    let pool = serve_pool(&settings, args.db_timeout).await?;
     let provider = connect_chain(&settings, args.rpc_url.as_deref(), "serve").await?;
     let split_notice = read_split_notice(&provider, &settings.deployment).await?;
     let chain_clock = match &args.chain_clock {
@@ -61,7 +100,8 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "could not read the wallets' funds; billable usage is refused until they are read"),
     }
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(api::serve(keeper.clone(), settings.http_addr, stopped.clone()));
+    let guard = HttpGuard::new(limits, settings.max_body_bytes);
+    let server = tokio::spawn(api::serve(keeper.clone(), settings.http_addr, guard, stopped.clone()));
     let funds = tokio::spawn(funds_loop(keeper.clone(), reader, settings.clone(), stopped.clone()));
     let background = tokio::spawn(background(keeper, settings.clone(), chain_clock, stopped));
     shutdown_signal().await;

@@ -1,27 +1,45 @@
 //! The keeper's HTTP API: usage ingest, entitlement, models and prices. Writes need the operator's bearer token;
 //! every error is JSON `{"code": ..., "message": ...}`. The OpenAPI description is `docs/keeper-openapi.yaml`.
+//!
+//! - [`auth`]: the token, checked before a body is read.
+//! - [`body`]: media types, bodies read under a deadline and a memory budget, batches split into events.
+//! - [`limits`]: the timeouts, the connection limit and the body memory budget.
+//! - [`server`]: the HTTP/1.1 server that enforces them, and graceful shutdown.
+//! - [`metrics`]: answers and latencies per route for `/metrics`.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, OnceLock, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use alloy::primitives::Address;
 use axum::{
-    Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
-    http::{HeaderMap, StatusCode, header},
+    Extension, Json, Router,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::watch;
+
+pub mod auth;
+pub mod body;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+
+pub use limits::{HttpGuard, HttpLimits};
+pub use server::{raise_open_files_limit, serve};
+
+use auth::Operator;
+use body::Payload;
+use metrics::{DbFailure, HttpMetrics};
 
 use crate::{
     KeeperError,
@@ -79,13 +97,32 @@ pub struct ServeMetrics {
     payment_required: [AtomicU64; RefusalKind::ALL.len()],
     /// Wall clock (Unix ms) of the last refresh that read every live wallet's funds; 0: none yet.
     last_funds_refresh_ms: AtomicI64,
+    /// Ingested events per outcome, in [`OUTCOMES`] order.
+    events: [AtomicU64; OUTCOMES.len()],
+    /// Answers and latencies per route.
+    pub http: HttpMetrics,
 }
+
+/// The outcomes of an ingested event, as labelled in `/metrics`.
+const OUTCOMES: [&str; 5] = ["accepted", "duplicate", "conflict", "rejected", "payment_required"];
 
 impl ServeMetrics {
     fn refused(&self, kind: RefusalKind) {
         if let Some(i) = RefusalKind::ALL.iter().position(|k| *k == kind) {
             self.payment_required[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn ingested(&self, report: &BatchReport) {
+        let counts = [report.accepted, report.duplicates, report.conflicts, report.rejected, report.payment_required];
+        for (counter, count) in self.events.iter().zip(counts) {
+            counter.fetch_add(count as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Ingested events with `outcome` (as in a batch report: `accepted`, `duplicate`, ...) so far.
+    pub fn events(&self, outcome: &str) -> u64 {
+        OUTCOMES.iter().position(|o| *o == outcome).map_or(0, |i| self.events[i].load(Ordering::Relaxed))
     }
 
     /// Events refused with 402 for `kind` so far.
@@ -152,10 +189,9 @@ impl Keeper {
         // Read without holding the lock; ingest goes on against the previous view meanwhile.
         let now = self.clock.now_secs();
         let subscriptions = subscriptions::load_all(&self.pool, self.settings.chain_id).await?;
-        let reload = Reload::begin(&self.entitlements);
         let stale = self.entitlements.read().expect("entitlement lock").stale(&subscriptions, now);
         let usage = entitlement::load_open_usage(&self.pool, &stale).await?;
-        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, reload.mark, &snapshot, self.settings.decimals);
+        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, &snapshot, self.settings.decimals);
         Ok(())
     }
 
@@ -163,10 +199,9 @@ impl Keeper {
     /// processes (another `serve` replica, `usage import`) counts against caps and funds here too.
     pub async fn reload_open_usage(&self) -> Result<(), KeeperError> {
         let snapshot = self.snapshot();
-        let reload = Reload::begin(&self.entitlements);
         let targets = self.entitlements.read().expect("entitlement lock").reload_targets(self.clock.now_secs());
         let usage = entitlement::load_open_usage(&self.pool, &targets).await?;
-        self.entitlements.write().expect("entitlement lock").apply_reload(&targets, usage, reload.mark, &snapshot, self.settings.decimals);
+        self.entitlements.write().expect("entitlement lock").apply_reload(&targets, usage, &snapshot, self.settings.decimals);
         Ok(())
     }
 
@@ -193,24 +228,19 @@ impl Keeper {
                 .collect();
             (prepared, kinds, entitlements.funds_policy().is_some())
         };
-        // Funds are judged and reserved under one write lock, so that concurrent batches of a wallet do not both
-        // spend the same headroom; the reservation ends once the events are recorded (or the request is dropped).
-        let mut reservation = Reservation { lock: &self.entitlements, reserved: Vec::new() };
+        // The view filters first; caps and funds are judged for good in the transaction that stores the events, on
+        // the usage every batch and replica admitted (`entitlement::ledger`), which brings the view up to date.
         if judge_funds {
-            let mut entitlements = self.entitlements.write().expect("entitlement lock");
-            reservation.reserved = entitlements.admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
+            self.entitlements.read().expect("entitlement lock").admit(&mut prepared, &mut kinds, &snapshot, self.settings.decimals, now);
         }
-        let (report, accepted) = ingest::store(&self.pool, prepared).await?;
-        {
-            let mut entitlements = self.entitlements.write().expect("entitlement lock");
-            entitlements.record(&accepted, &snapshot, self.settings.decimals);
-            entitlements.release(&reservation.take());
-        }
+        let admission = entitlement::Admission { view: &self.entitlements, catalog: &snapshot, decimals: self.settings.decimals, now, kinds: &mut kinds };
+        let report = ingest::store(&self.pool, prepared, admission).await?;
         for (outcome, kind) in report.results.iter().zip(&kinds) {
             if matches!(outcome, Outcome::PaymentRequired { .. }) {
                 self.metrics.refused(kind.unwrap_or(RefusalKind::NotEntitled));
             }
         }
+        self.metrics.ingested(&report);
         Ok(report)
     }
 
@@ -223,9 +253,30 @@ impl Keeper {
         Ok(SplitNotice { now: self.clock.now_secs(), delay_secs })
     }
 
-    /// The text exposition of `/metrics`.
+    /// The text exposition of `/metrics` (without the HTTP server's own figures).
     pub fn render_metrics(&self) -> String {
         let mut out = String::from(
+            "# HELP subsettle_keeper_ingested_events_total Usage events ingested by this process, by outcome.\n\
+             # TYPE subsettle_keeper_ingested_events_total counter\n",
+        );
+        for outcome in OUTCOMES {
+            out.push_str(&format!("subsettle_keeper_ingested_events_total{{outcome=\"{outcome}\"}} {}\n", self.metrics.events(outcome)));
+        }
+        let options = self.pool.options();
+        out.push_str(&format!(
+            "# HELP subsettle_keeper_db_pool_connections Postgres connections of this process's pool, by state.\n\
+             # TYPE subsettle_keeper_db_pool_connections gauge\n\
+             subsettle_keeper_db_pool_connections{{state=\"open\"}} {}\nsubsettle_keeper_db_pool_connections{{state=\"idle\"}} {}\n\
+             # HELP subsettle_keeper_db_pool_max_connections Most connections the pool opens.\n\
+             # TYPE subsettle_keeper_db_pool_max_connections gauge\nsubsettle_keeper_db_pool_max_connections {}\n\
+             # HELP subsettle_keeper_db_acquire_timeout_seconds How long a request waits for a connection before answering 503.\n\
+             # TYPE subsettle_keeper_db_acquire_timeout_seconds gauge\nsubsettle_keeper_db_acquire_timeout_seconds {}\n",
+            self.pool.size(),
+            self.pool.num_idle(),
+            options.get_max_connections(),
+            options.get_acquire_timeout().as_secs_f64(),
+        ));
+        out.push_str(
             "# HELP subsettle_keeper_payment_required_total Usage events refused with 402 by this process, by reason.\n\
              # TYPE subsettle_keeper_payment_required_total counter\n",
         );
@@ -252,56 +303,18 @@ impl Keeper {
     }
 }
 
-/// A reload of open usage in flight: events recorded meanwhile are kept to be added on top of it; ended when
-/// dropped (also when the reload fails or its request is dropped).
-struct Reload<'a> {
-    lock: &'a RwLock<Entitlements>,
-    mark: usize,
-}
-
-impl<'a> Reload<'a> {
-    fn begin(lock: &'a RwLock<Entitlements>) -> Self {
-        let mark = lock.write().expect("entitlement lock").begin_reload();
-        Self { lock, mark }
-    }
-}
-
-impl Drop for Reload<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut entitlements) = self.lock.write() {
-            entitlements.end_reload();
-        }
-    }
-}
-
-/// Overage reserved for a batch in flight; released when dropped if not taken (the request failed or its
-/// connection closed before the events were recorded).
-struct Reservation<'a> {
-    lock: &'a RwLock<Entitlements>,
-    reserved: Vec<(u64, u128)>,
-}
-
-impl Reservation<'_> {
-    fn take(mut self) -> Vec<(u64, u128)> {
-        std::mem::take(&mut self.reserved)
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.reserved.is_empty()
-            && let Ok(mut entitlements) = self.lock.write()
-        {
-            entitlements.release(&self.reserved);
-        }
-    }
-}
-
-/// The router.
+/// The router with the default [`HttpLimits`] (for serving it in-process, e.g. in tests; `serve` uses
+/// [`router_with`] under its own limits).
 pub fn router(keeper: Arc<Keeper>) -> Router {
-    let limit = keeper.settings.max_body_bytes;
+    let guard = HttpGuard::new(HttpLimits::default(), keeper.settings.max_body_bytes);
+    router_with(keeper, guard)
+}
+
+/// The router under `guard`'s body memory budget, body deadline and request deadline.
+pub fn router_with(keeper: Arc<Keeper>, guard: Arc<HttpGuard>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(get_ready))
         .route("/metrics", get(get_metrics))
         .route("/v1/usage", post(post_usage))
         .route("/v1/entitlement/{subscriber}", get(get_entitlement))
@@ -312,22 +325,10 @@ pub fn router(keeper: Arc<Keeper>) -> Router {
         .route("/v1/allowances", post(set_allowance))
         .route("/v1/statements/{party}/{address}", get(get_statement))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(limits::deadline))
+        .layer(middleware::from_fn_with_state(keeper.clone(), metrics::observe))
+        .layer(Extension(guard))
         .with_state(keeper)
-}
-
-/// Serves until `shutdown` turns true.
-pub async fn serve(keeper: Arc<Keeper>, addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> Result<(), KeeperError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| KeeperError::Invalid { field: "http_addr".into(), reason: format!("{addr}: {e}") })?;
-    tracing::info!(%addr, "keeper API listening");
-    axum::serve(listener, router(keeper))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .map_err(|e| KeeperError::Invalid { field: "http".into(), reason: e.to_string() })
 }
 
 /// A JSON error.
@@ -336,17 +337,27 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Set when the database is why: counted in `/metrics`.
+    db: Option<DbFailure>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), db: None }
+    }
+
+    fn unavailable(db: DbFailure) -> Self {
+        Self { db: Some(db), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the keeper could not complete the request; retry") }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response();
+        if let Some(db) = self.db {
+            response.extensions_mut().insert(db);
+        }
+        response
     }
 }
 
@@ -354,90 +365,52 @@ impl From<KeeperError> for ApiError {
     fn from(error: KeeperError) -> Self {
         match error {
             KeeperError::Invalid { field, reason } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{field}: {reason}")),
+            KeeperError::Database(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("no database connection within the acquire timeout; answering 503");
+                Self::unavailable(DbFailure::AcquireTimeout)
+            }
+            // A value Postgres refuses (data exception, class 22) or a constraint it violates (class 23) is refused
+            // again on every retry: the request is at fault, not the keeper. Validation should have caught it.
+            KeeperError::Database(sqlx::Error::Database(db))
+                if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
+            {
+                tracing::warn!(error = %db, "the database refused a value that passed validation");
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("the database refused a value: {}", db.message()))
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the keeper could not complete the request; retry")
+                Self::unavailable(DbFailure::Error)
             }
         }
     }
 }
 
-fn authorize(keeper: &Keeper, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = keeper.settings.api_token.as_deref() else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this keeper takes no writes over HTTP"));
-    };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the operator token as `Authorization: Bearer <token>`")),
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong operator token")),
-    }
+/// A model id from a path: of the catalog's form, so that it can be looked up (a NUL or other text Postgres
+/// refuses never reaches it).
+fn path_model_id(model_id: &str) -> Result<(), ApiError> {
+    catalog::check_model_id(model_id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown model {:?}", model_id)))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Splits a body into events: a JSON array, or NDJSON (one object per line) when the content type says so.
-pub fn parse_batch(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Result<Value, Outcome>>, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let items: Vec<Result<Value, Outcome>> = if content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/ndjson") {
-        body.split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(n, line)| {
-                serde_json::from_slice(line).map_err(|e| Outcome::Rejected {
-                    event_id: None,
-                    field: format!("line {}", n + 1),
-                    reason: format!("malformed JSON: {e}"),
-                })
-            })
-            .collect()
-    } else if content_type.starts_with("application/json") {
-        let values: Vec<Value> = serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not a JSON array of events: {e}")))?;
-        values.into_iter().map(Ok).collect()
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("`{content_type}`: send application/json (an array) or application/x-ndjson"),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the batch has no events"));
-    }
-    if items.len() > MAX_BATCH_EVENTS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("{} events; at most {MAX_BATCH_EVENTS} per batch", items.len()),
-        ));
-    }
-    Ok(items)
-}
-
-/// A request body, or the JSON error for one over the size limit (or cut short).
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
-
-fn body_bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is over the limit of {limit} bytes"))
-        } else {
-            ApiError::new(rejection.status(), "bad_body", rejection.body_text())
-        }
-    })
-}
-
-async fn post_usage(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let items = parse_batch(&headers, &body)?;
+async fn post_usage(_: Operator, State(keeper): State<Arc<Keeper>>, body: Payload) -> Result<Response, ApiError> {
+    let items = body.events()?;
     let report = keeper.ingest(items).await?;
     // 402 when events were refused for entitlement: those were not stored; the rest of the batch was processed.
     let status = if report.payment_required > 0 { StatusCode::PAYMENT_REQUIRED } else { StatusCode::OK };
     Ok((status, Json(report)).into_response())
+}
+
+/// Readiness: 200 while Postgres answers within the pool's acquire timeout, else 503 with the reason (a load
+/// balancer takes this replica out of rotation meanwhile). `/healthz` is liveness only.
+async fn get_ready(State(keeper): State<Arc<Keeper>>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let limit = keeper.pool.options().get_acquire_timeout();
+    let answered = tokio::time::timeout(limit, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&keeper.pool)).await;
+    let reason = match answered {
+        Ok(Ok(_)) => return Ok(Json(json!({ "status": "ready", "database_ms": started.elapsed().as_millis() as u64 })).into_response()),
+        Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => format!("database: no answer within {} ms", limit.as_millis()),
+        Ok(Err(error)) => format!("database: {error}"),
+    };
+    Err(ApiError { db: Some(DbFailure::AcquireTimeout), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason) })
 }
 
 async fn get_entitlement(State(keeper): State<Arc<Keeper>>, Path(subscriber): Path<String>) -> Result<Response, ApiError> {
@@ -463,14 +436,8 @@ async fn list_models(State(keeper): State<Arc<Keeper>>) -> Response {
     Json(snapshot.models.values().cloned().collect::<Vec<_>>()).into_response()
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
-}
-
-async fn add_model(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let model: NewModel = parse_json(&body)?;
+async fn add_model(_: Operator, State(keeper): State<Arc<Keeper>>, body: Payload) -> Result<Response, ApiError> {
+    let model: NewModel = body.json()?;
     catalog::add_model(&keeper.pool, keeper.settings.chain_id, &model).await?;
     keeper.refresh().await?;
     Ok((StatusCode::CREATED, Json(json!({ "model_id": model.model_id }))).into_response())
@@ -483,10 +450,9 @@ struct SplitChange {
     effective_at: i64,
 }
 
-async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let change: SplitChange = parse_json(&body)?;
+async fn set_split(_: Operator, State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, body: Payload) -> Result<Response, ApiError> {
+    path_model_id(&model_id)?;
+    let change: SplitChange = body.json()?;
     let notice = keeper.split_notice_now()?;
     catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at, notice).await?;
     keeper.refresh().await?;
@@ -496,6 +462,7 @@ async fn set_split(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<Strin
 /// A model's split mapping history, public like the model list: creators can see which split a model earns for
 /// and from when, and that every change gave the escrow's notice.
 async fn get_splits(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>) -> Result<Response, ApiError> {
+    path_model_id(&model_id)?;
     let Some(history) = catalog::split_history(&keeper.pool, &model_id).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown model `{model_id}`")));
     };
@@ -518,32 +485,31 @@ async fn get_splits(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<Stri
     Ok(Json(json!({ "model_id": model_id, "notice_secs": keeper.split_notice.get(), "as_of": now, "splits": splits })).into_response())
 }
 
-async fn get_metrics(State(keeper): State<Arc<Keeper>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], keeper.render_metrics()).into_response()
+/// Public like `/healthz`, on the API's address: counts and latencies, no wallet or usage figures.
+async fn get_metrics(State(keeper): State<Arc<Keeper>>, Extension(guard): Extension<Arc<HttpGuard>>) -> Response {
+    let mut text = keeper.render_metrics();
+    keeper.metrics.http.render(&mut text);
+    guard.render(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn add_meter(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let meter: catalog::NewMeter = parse_json(&body)?;
+async fn add_meter(_: Operator, State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, body: Payload) -> Result<Response, ApiError> {
+    path_model_id(&model_id)?;
+    let meter: catalog::NewMeter = body.json()?;
     catalog::add_meter(&keeper.pool, &model_id, &meter).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
-async fn set_price(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let price: NewPrice = parse_json(&body)?;
+async fn set_price(_: Operator, State(keeper): State<Arc<Keeper>>, body: Payload) -> Result<Response, ApiError> {
+    let price: NewPrice = body.json()?;
     catalog::set_price(&keeper.pool, &price).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
-async fn set_allowance(State(keeper): State<Arc<Keeper>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&keeper, &headers)?;
-    let body = body_bytes(body, keeper.settings.max_body_bytes)?;
-    let allowance: NewAllowance = parse_json(&body)?;
+async fn set_allowance(_: Operator, State(keeper): State<Arc<Keeper>>, body: Payload) -> Result<Response, ApiError> {
+    let allowance: NewAllowance = body.json()?;
     catalog::set_allowance(&keeper.pool, keeper.settings.chain_id, &allowance).await?;
     keeper.refresh().await?;
     Ok(StatusCode::CREATED.into_response())
@@ -558,13 +524,12 @@ struct StatementQuery {
 }
 
 async fn get_statement(
+    // Statements show a wallet's usage: the operator fetches them (and hands them to the party), not anyone.
+    _: Operator,
     State(keeper): State<Arc<Keeper>>,
     Path((party, address)): Path<(String, String)>,
-    headers: HeaderMap,
     query: Result<axum::extract::Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    // Statements show a wallet's usage: the operator fetches them (and hands them to the party), not anyone.
-    authorize(&keeper, &headers)?;
     if party != "creator" && party != "subscriber" {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("`{party}`: use creator or subscriber")));
     }
