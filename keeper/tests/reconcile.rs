@@ -210,3 +210,55 @@ async fn the_binary_exits_0_when_all_agree_and_1_naming_the_recipient_after_a_ta
     assert!(named, "{report}");
     assert_eq!(report["escrow"]["unallocated"], "158000000");
 }
+
+#[tokio::test]
+async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_reason_not_pending_or_a_difference() {
+    use subsettle_abi::TestUSDC;
+    use subsettle_keeper::{metering::catalog, metering::close::close_due_periods};
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    // Both use 600 images (4 USDC over the allowance); subscriber 1 empties its wallet.
+    let now = market.now();
+    let events = json!([market.event("u-0", 0, "image-gen", "images", "600", now), market.event("u-1", 1, "image-gen", "images", "600", now)]);
+    assert_eq!(market.usage(&events).await.0, 200);
+    let provider = market.chain.provider(2);
+    let token = TestUSDC::new(market.deployment.token, &provider);
+    let balance = token.balanceOf(market.subscribers[1].0).call().await.unwrap();
+    confirm!(token.transfer(market.chain.address(9), balance));
+
+    // The engine closes period 0 of both, renews subscriber 0 and charges both: subscriber 1's charge fails.
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.usage_charge_failures").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(failed, 1);
+    // Subscriber 0 uses 600 images in period 1, which is closed with no engine running: its charge is never sent.
+    assert_eq!(market.usage(&json!([market.event("u-2", 0, "image-gen", "images", "600", market.now())])).await.0, 200);
+    market.advance(30 * 86_400 + CUTOFF as u64).await;
+    let snapshot = catalog::load(&market.pool).await.unwrap();
+    close_due_periods(&market.pool, &snapshot, &market.close_options(), market.now()).await.unwrap();
+    // Both charge windows (2 days after each period's end) pass.
+    market.advance(2 * 86_400).await;
+
+    let report = reconciled(&market).await;
+    let table = to_table(&report);
+    let (s0, s1) = (market.subscribers[0].1, market.subscribers[1].1);
+    let item = |id: u64, period: u64| {
+        report.uncollectable.iter().find(|u| u.ids.subscription_id == Some(id) && u.ids.period == Some(period)).unwrap_or_else(|| panic!("{table}"))
+    };
+    let never_sent = item(s0, 1);
+    assert_eq!((never_sent.charge.as_str(), never_sent.collected.as_str()), ("4000000", "0"));
+    assert!(never_sent.detail.contains("charge window closed") && never_sent.detail.contains("chargeWindow() 172800 s"), "{table}");
+    assert!(never_sent.detail.contains("never sent its charge"), "{table}");
+    let failed = item(s1, 0);
+    assert!(failed.detail.contains("charge window closed") && failed.detail.contains("insufficient_balance"), "{table}");
+    assert!(failed.what_to_do.contains("unallocated()") && failed.what_to_do.contains("ChargeWindowClosed"));
+    // Neither is pending ("not planned yet") nor a charged difference.
+    assert!(!report.pending.iter().any(|p| p.check == Check::Charged), "{table}");
+    assert!(!report.differences.iter().any(|d| d.check == Check::Charged), "{table}");
+    assert!(table.contains("uncollectable (the charge window has closed; not differences)") && table.contains("what to do:"), "{table}");
+    assert!(!table.contains("not planned yet"), "{table}");
+}

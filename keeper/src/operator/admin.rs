@@ -301,7 +301,7 @@ impl AdminAction {
                 (U256::from(hold.until) <= now().await?).then(|| format!("{recipient} is not held"))
             }
             Self::ProposeSplitChange { split, recipients, bps, remainder_index } => match escrow.latestVersion(U256::from(*split)).call().await {
-                Ok(version) if !version.is_zero() => {
+                Ok(version) => {
                     let newest = escrow.splitVersion(U256::from(*split), version).call().await.map_err(read("splitVersion"))?;
                     (newest.recipients == *recipients && newest.bps == *bps && newest.remainderIndex == U256::from(*remainder_index)).then(|| {
                         format!("split {split}'s newest version ({version}, effective at {}) already has these shares", newest.effectiveAt)
@@ -310,7 +310,7 @@ impl AdminAction {
                 _ => None,
             },
             Self::CancelSplitChange { split } => match escrow.latestVersion(U256::from(*split)).call().await {
-                Ok(version) if !version.is_zero() => {
+                Ok(version) => {
                     let newest = escrow.splitVersion(U256::from(*split), version).call().await.map_err(read("splitVersion"))?;
                     (newest.effectiveAt <= now().await?).then(|| format!("split {split} has no pending change"))
                 }
@@ -512,9 +512,11 @@ pub async fn execute(
 async fn outcome(pool: &PgPool, sender: &Sender, key: Option<String>, note: Option<String>, sent_now: bool, unchanged: bool) -> Result<AdminOutcome, KeeperError> {
     let mut outcome = AdminOutcome { action: key.clone(), state: "unchanged".into(), sent_now, note, tx_hash: None, block: None, failure: None, events: Vec::new() };
     let Some(key) = key else { return Ok(outcome) };
-    let (state, hashes, failure): (String, Vec<Vec<u8>>, Option<String>) =
-        sqlx::query_as("SELECT state, tx_hashes, failure FROM keeper.outbox WHERE action_key = $1").bind(&key).fetch_one(pool).await?;
+    let (state, hashes, failure, nonce): (String, Vec<Vec<u8>>, Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT state, tx_hashes, failure, nonce FROM keeper.outbox WHERE action_key = $1").bind(&key).fetch_one(pool).await?;
     outcome.state = if unchanged { "unchanged".into() } else { state };
+    // A call refused by its pre-check was never signed.
+    outcome.sent_now &= nonce.is_some();
     outcome.failure = failure;
     for hash in hashes.iter().rev() {
         let hash = B256::from_slice(hash);

@@ -238,8 +238,12 @@ pub async fn retry_settlement(pool: &PgPool, chain_id: u64, epoch: i64) -> Resul
         return Ok(SettlementRetry::NothingFailed { latest: open });
     }
     let set_aside: Vec<(String, Option<String>)> = sqlx::query_as(
-        "UPDATE keeper.outbox SET state = 'superseded' WHERE kind = 'settle' AND split_part(action_key, ':', 2) = $1::TEXT AND state = 'failed'
-         RETURNING action_key, failure",
+        "WITH set_aside AS (
+             UPDATE keeper.outbox o SET state = 'superseded' FROM keeper.settle_attempts a
+             WHERE o.action_key = a.action_key AND a.epoch_id = $1 AND o.state = 'failed'
+             RETURNING o.action_key, o.failure, o.planned_at
+         )
+         SELECT action_key, failure FROM set_aside ORDER BY planned_at, action_key",
     )
     .bind(epoch)
     .fetch_all(&mut *tx)

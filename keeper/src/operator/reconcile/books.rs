@@ -20,6 +20,12 @@ pub(super) struct KeeperCharge {
     pub(super) confirmed: bool,
     /// The newest charge action's state, for pending work.
     pub(super) last_state: Option<String>,
+    /// The period's end (Unix seconds): its charge window runs from here.
+    pub(super) period_end: i64,
+    /// The plan fee collected for the period.
+    pub(super) fee: String,
+    /// The reason of the newest `UsageChargeFailed` for the period indexed by the reconciled block, if any.
+    pub(super) last_failure: Option<String>,
 }
 
 /// A settlement epoch.
@@ -29,9 +35,10 @@ pub(super) struct KeeperEpoch {
     pub(super) total: String,
     /// The epoch's usage root.
     pub(super) root: B256,
-    /// Whether `settle:<id>` was confirmed at or before the reconciled block.
+    /// Whether an attempt at settling it (`settle:<id>`, `settle:<id>:<attempt>`) was confirmed at or before the
+    /// reconciled block.
     pub(super) confirmed: bool,
-    /// The outbox state of `settle:<id>`, when planned.
+    /// The newest attempt's key and outbox state, when planned.
     pub(super) state: Option<String>,
 }
 
@@ -48,7 +55,7 @@ pub(super) struct Books {
 
 impl Books {
     pub(super) async fn load(pool: &PgPool, chain_id: u64, block: u64) -> Result<Self, KeeperError> {
-        type CloseRow = (i64, i64, Vec<u8>, String, bool, Option<String>);
+        type CloseRow = (i64, i64, Vec<u8>, String, bool, Option<String>, i64, String, Option<String>);
         let closes: Vec<CloseRow> = sqlx::query_as(
             "WITH items AS (
                  SELECT state, block_number, planned_at, subscription_id AS id, period_index AS period, cumulative FROM keeper.charge_items
@@ -58,26 +65,36 @@ impl Books {
                     EXISTS (SELECT 1 FROM items i WHERE i.id = c.subscription_id AND i.period = c.period_index
                               AND i.cumulative >= c.overage_charge AND i.state = 'confirmed' AND i.block_number <= $2),
                     (SELECT i.state || COALESCE(' in block ' || i.block_number, '') FROM items i
-                     WHERE i.id = c.subscription_id AND i.period = c.period_index ORDER BY i.planned_at DESC LIMIT 1)
+                     WHERE i.id = c.subscription_id AND i.period = c.period_index ORDER BY i.planned_at DESC LIMIT 1),
+                    c.period_end, c.fee::TEXT,
+                    (SELECT f.reason FROM chain.usage_charge_failures f
+                     WHERE f.chain_id = c.chain_id AND f.subscription_id = c.subscription_id::NUMERIC
+                       AND f.period_index = c.period_index::NUMERIC AND f.block_number <= $2
+                     ORDER BY f.block_number DESC, f.log_index DESC LIMIT 1)
              FROM keeper.period_closes c WHERE c.chain_id = $1",
         )
         .bind(chain_id as i64)
         .bind(block as i64)
         .fetch_all(pool)
         .await?;
-        type EpochRow = (i64, String, Vec<u8>, Option<String>, Option<i64>);
+        type EpochRow = (i64, String, Vec<u8>, Option<String>, bool);
         let epochs: Vec<EpochRow> = sqlx::query_as(
-            "SELECT e.epoch_id, e.total::TEXT, e.usage_root, o.state, o.block_number
-             FROM keeper.epochs e LEFT JOIN keeper.outbox o ON o.action_key = 'settle:' || e.epoch_id WHERE e.chain_id = $1",
+            "SELECT e.epoch_id, e.total::TEXT, e.usage_root,
+                    (SELECT a.state || ' (' || a.action_key || ')' FROM keeper.settle_attempts a
+                     WHERE a.epoch_id = e.epoch_id ORDER BY a.planned_at DESC, a.action_key DESC LIMIT 1),
+                    EXISTS (SELECT 1 FROM keeper.settle_attempts a
+                            WHERE a.epoch_id = e.epoch_id AND a.state = 'confirmed' AND a.block_number <= $2)
+             FROM keeper.epochs e WHERE e.chain_id = $1",
         )
         .bind(chain_id as i64)
+        .bind(block as i64)
         .fetch_all(pool)
         .await?;
         let mut books = Self { charges: BTreeMap::new(), epochs: BTreeMap::new(), subscribers: BTreeSet::new() };
-        for (id, period, subscriber, charge, confirmed, last_state) in closes {
+        for (id, period, subscriber, charge, confirmed, last_state, period_end, fee, last_failure) in closes {
             let subscriber = Address::try_from(subscriber.as_slice()).map_err(|_| KeeperError::ChainData(format!("close {id}/{period}: subscriber is not 20 bytes")))?;
             books.subscribers.insert(subscriber);
-            books.charges.insert((id as u64, period as u64), KeeperCharge { charge, confirmed, last_state });
+            books.charges.insert((id as u64, period as u64), KeeperCharge { charge, confirmed, last_state, period_end, fee, last_failure });
         }
         // Running periods charged mid-period (`--charge-threshold`): the keeper's figure is the largest threshold
         // charge confirmed by the reconciled block.
@@ -92,10 +109,10 @@ impl Books {
         .await?;
         for (id, period, charge) in running {
             let last_state = Some("confirmed (a threshold charge)".to_owned());
-            books.charges.entry((id as u64, period as u64)).or_insert(KeeperCharge { charge, confirmed: true, last_state });
+            let running = KeeperCharge { charge, confirmed: true, last_state, period_end: 0, fee: "0".into(), last_failure: None };
+            books.charges.entry((id as u64, period as u64)).or_insert(running);
         }
-        for (id, total, root, state, mined) in epochs {
-            let confirmed = state.as_deref() == Some("confirmed") && mined.is_some_and(|b| b <= block as i64);
+        for (id, total, root, state, confirmed) in epochs {
             let root = B256::try_from(root.as_slice()).map_err(|_| KeeperError::ChainData(format!("epoch {id}: usage root is not 32 bytes")))?;
             books.epochs.insert(id as u64, KeeperEpoch { total, root, confirmed, state });
         }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use alloy::primitives::{Address, U256};
 
 use super::{
-    Check, Difference, EscrowFigures, IndexedEscrow, Ids, Sources, Tally,
-    books::{Books, KeeperEpoch, PartyStatement},
+    Check, Difference, EscrowFigures, IndexedEscrow, Ids, Sources, Tally, UNCOLLECTABLE_REMEDY, Uncollectable,
+    books::{Books, KeeperCharge, KeeperEpoch, PartyStatement},
     indexed::{Indexed, difference_text},
     onchain::{ChainSubscription, OnChain},
 };
@@ -132,8 +132,34 @@ fn ledger_pairs(subscriptions: &BTreeMap<u64, ChainSubscription>) -> impl Iterat
     })
 }
 
+/// Why the contract will no longer charge `period` of a subscription at the reconciled block, if it will not
+/// (`Subscriptions._chargeablePeriod`): the period is neither the current nor the previous one, or the block is
+/// past the period's end plus `chargeWindow()` plus the time charging was paused since that end.
+fn window_closed(period: u64, close: &KeeperCharge, subscription: Option<&ChainSubscription>, clock: (u64, u64), paused: &BTreeMap<u64, u64>) -> Option<String> {
+    let (block_time, window) = clock;
+    if let Some(s) = subscription.filter(|s| s.period_index >= period + 2) {
+        return Some(format!(
+            "the subscription is in period {} now, and Subscriptions charges only the current period and the one before",
+            s.period_index
+        ));
+    }
+    let end = u64::try_from(close.period_end).ok()?;
+    let paused = paused.get(&end).copied().unwrap_or(0);
+    let last = end.saturating_add(window).saturating_add(paused);
+    (block_time > last).then(|| {
+        format!("its charge window closed after {last} (period end {end} + chargeWindow() {window} s + {paused} s paused since), before block time {block_time}")
+    })
+}
+
+/// The overage the index says the chain collected for `pair`.
+fn collected(indexed: &Indexed, pair: &(u64, u64)) -> U256 {
+    indexed.charged.get(pair).and_then(|c| c.parse().ok()).unwrap_or_default()
+}
+
 /// Overage charged per subscription and period: `chargedInPeriod` (where the ledger still keeps the period),
-/// `chain.charged_per_period`, and the keeper's close (once its charge is confirmed; a zero charge needs none).
+/// `chain.charged_per_period`, and the keeper's close (once its charge is confirmed; a zero charge needs none). A
+/// close the chain collected less of than its charge, whose charge window has closed, is listed as uncollectable
+/// with the contract's reason instead.
 pub(super) async fn charged(
     tally: &mut Tally,
     chain: &OnChain,
@@ -145,10 +171,35 @@ pub(super) async fn charged(
     pairs.extend(ledger_pairs(subscriptions));
     let kept = pairs.iter().copied().filter(|(id, period)| subscriptions.get(id).is_none_or(|s| s.keeps(*period)));
     let on_chain = chain.charged(kept).await?;
+    // Closes the chain has collected less of than their charge: is their window still open?
+    let short: Vec<u64> = books
+        .charges
+        .iter()
+        .filter(|(pair, close)| close.period_end > 0 && close.charge.parse::<U256>().is_ok_and(|charge| collected(indexed, pair) < charge))
+        .filter_map(|(_, close)| u64::try_from(close.period_end).ok())
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let (clock, paused) = if short.is_empty() { ((0, 0), BTreeMap::new()) } else { (chain.charge_clock().await?, chain.paused_since(short).await?) };
     for pair in pairs {
         let ids = Ids { subscription_id: Some(pair.0), period: Some(pair.1), ..Ids::default() };
+        let closed = books.charges.get(&pair).filter(|close| close.period_end > 0 && close.charge.parse::<U256>().is_ok_and(|c| collected(indexed, &pair) < c));
         let keeper = match books.charges.get(&pair) {
             None => Some("no close".to_owned()),
+            Some(close) if let Some(why) = closed.and_then(|c| window_closed(pair.1, c, subscriptions.get(&pair.0), clock, &paused)) => {
+                let got = collected(indexed, &pair);
+                let mut detail = format!("the keeper closed it at {}, the chain collected {got}: uncollectable, {why}", close.charge);
+                if let Some(reason) = &close.last_failure {
+                    detail.push_str(&format!("; the last charge failed on chain: {reason}"));
+                }
+                match &close.last_state {
+                    Some(state) => detail.push_str(&format!("; the keeper's last charge action: {state}")),
+                    None => detail.push_str("; the keeper never sent its charge (the window had closed when it could)"),
+                }
+                detail.push_str(&format!("; the period's plan fee {} was collected", close.fee));
+                tally.uncollectable.push(Uncollectable { ids: ids.clone(), charge: close.charge.clone(), collected: got.to_string(), detail, what_to_do: UNCOLLECTABLE_REMEDY });
+                None
+            }
             Some(close) if close.confirmed || close.charge == "0" => Some(close.charge.clone()),
             Some(close) => {
                 let state = close.last_state.as_deref().unwrap_or("not planned yet");

@@ -3,7 +3,7 @@
 //! own views, read at the block the indexer has reached (so that chain and index describe the same moment); the
 //! indexer's mirror in schema `chain`; and the keeper's books in schema `keeper` (period closes, epochs, outbox
 //! confirmations, statements). Work the keeper has decided but not yet seen confirmed by that block is listed as
-//! pending, not as a difference. Nothing is written: run it on a read-only connection ([`crate::store::connect_read_only`]).
+//! pending, and overage charges whose charge window has closed short as uncollectable; neither is a difference. Nothing is written: run it on a read-only connection ([`crate::store::connect_read_only`]).
 //!
 //! - `onchain`: the contracts' views at one block.
 //! - `indexed`: the indexer's tables and views, including the exact event-side derivation of `unallocated()`.
@@ -150,6 +150,30 @@ pub struct Pending {
     pub detail: String,
 }
 
+/// What the operator can do about an [`Uncollectable`] charge (also in docs/keeper.md, Reconciliation).
+pub const UNCOLLECTABLE_REMEDY: &str = "nothing on chain can collect it now (Subscriptions answers ChargeWindowClosed to any \
+charge of the period). The close stays out of every settlement epoch, so what the chain did collect for the period (its plan fee, \
+any part of the charge) stays in unallocated() and no split is credited for it. Recover the shortfall off-chain if at all (the \
+subscriber's statement lists the usage lines behind it) and book it as uncollectable revenue.";
+
+/// A closed period's overage charge that the chain collected less of than the keeper closed it at, and never will:
+/// the contract's charge window for the period has closed (`Subscriptions._chargeablePeriod`: a period is charged
+/// only while it is the current or the previous period, and until its end plus `chargeWindow()`, not counting time
+/// paused). Information, not a difference: the chain and the index agree on what was collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Uncollectable {
+    /// The subscription and period.
+    pub ids: Ids,
+    /// The cumulative charge the keeper closed the period at, base units.
+    pub charge: String,
+    /// What the chain collected for it, base units (as indexed).
+    pub collected: String,
+    /// Why, in the contract's terms, and what the keeper tried.
+    pub detail: String,
+    /// What the operator can do ([`UNCOLLECTABLE_REMEDY`]).
+    pub what_to_do: &'static str,
+}
+
 /// How many figures a check compared and how many differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Section {
@@ -225,6 +249,8 @@ pub struct Report {
     pub differences: Vec<Difference>,
     /// Work not confirmed yet (not differences).
     pub pending: Vec<Pending>,
+    /// Overage charges whose window has closed short of what the keeper closed them at (not differences).
+    pub uncollectable: Vec<Uncollectable>,
 }
 
 impl Report {
@@ -260,6 +286,7 @@ struct Tally {
     sections: BTreeMap<Check, Section>,
     differences: Vec<Difference>,
     pending: Vec<Pending>,
+    uncollectable: Vec<Uncollectable>,
 }
 
 impl Tally {
@@ -341,5 +368,6 @@ async fn reconcile_at(pool: &PgPool, provider: &DynProvider, deployment: &Deploy
         sections: Check::ALL.iter().map(|c| tally.sections.get(c).copied().unwrap_or(Section { check: *c, checked: 0, differ: 0 })).collect(),
         differences: tally.differences,
         pending: tally.pending,
+        uncollectable: tally.uncollectable,
     })
 }

@@ -27,6 +27,8 @@ pub(super) struct ChainSubscription {
     pub(super) charged_in_period: u64,
     /// `usageLedger(id).chargedInPreviousPeriod`.
     pub(super) charged_in_previous_period: u64,
+    /// `subscription(id).periodIndex`: the current (last paid) period.
+    pub(super) period_index: u64,
 }
 
 impl ChainSubscription {
@@ -132,6 +134,30 @@ impl OnChain {
         each(ids, move |id| async move { escrow.settlementUsed(U256::from(id)).block(block).call().await.map_err(failed("settlementUsed")) }).await
     }
 
+    /// The block's timestamp and `chargeWindow()`.
+    pub(super) async fn charge_clock(&self) -> Result<(u64, u64), KeeperError> {
+        use alloy::providers::Provider;
+        let block = self
+            .subscriptions
+            .provider()
+            .get_block(self.block)
+            .await
+            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
+            .ok_or_else(|| KeeperError::ChainData(format!("the node has no block {:?}", self.block)))?;
+        let window = self.subscriptions.chargeWindow().block(self.block).call().await.map_err(failed("chargeWindow"))?;
+        Ok((block.header.timestamp, u64::try_from(window).unwrap_or(u64::MAX)))
+    }
+
+    /// `pausedSince(from)` for each time: seconds charging was paused between it and the block.
+    pub(super) async fn paused_since(&self, froms: impl IntoIterator<Item = u64>) -> Result<BTreeMap<u64, u64>, KeeperError> {
+        let (subscriptions, block) = (&self.subscriptions, self.block);
+        each(froms, move |from| async move {
+            let paused = subscriptions.pausedSince(U256::from(from)).block(block).call().await.map_err(failed("pausedSince"))?;
+            Ok(u64::try_from(paused).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
     /// Every subscription, `1..=subscriptionCount()`, with its usage ledger.
     pub(super) async fn subscriptions(&self) -> Result<BTreeMap<u64, ChainSubscription>, KeeperError> {
         let (subscriptions, block) = (&self.subscriptions, self.block);
@@ -145,6 +171,7 @@ impl OnChain {
                 ledger_period: ledger.period.to::<u64>(),
                 charged_in_period: ledger.chargedInPeriod.to::<u64>(),
                 charged_in_previous_period: ledger.chargedInPreviousPeriod.to::<u64>(),
+                period_index: sub.periodIndex.to::<u64>(),
             })
         })
         .await

@@ -1,5 +1,5 @@
 //! The report for a terminal: the escrow's figures, then a short section per check with its counts and one line
-//! per difference, then the pending work. Amounts are base units of the token, exactly as the sources hold them.
+//! per difference, then the pending work and the uncollectable charges. Amounts are base units of the token, exactly as the sources hold them.
 
 use std::fmt::Write;
 
@@ -47,6 +47,13 @@ pub fn to_table(report: &Report) -> String {
         for pending in &report.pending {
             let _ = writeln!(out, "  {:<13} {}: {}", pending.check.name(), pending.ids, pending.detail);
         }
+    }
+    if !report.uncollectable.is_empty() {
+        let _ = writeln!(out, "\nuncollectable (the charge window has closed; not differences):");
+        for item in &report.uncollectable {
+            let _ = writeln!(out, "  {}: {}", item.ids, item.detail);
+        }
+        let _ = writeln!(out, "  what to do: {}", super::UNCOLLECTABLE_REMEDY);
     }
     let _ = match report.differences.len() {
         0 => writeln!(out, "\nall sources agree"),
