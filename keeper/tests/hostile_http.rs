@@ -313,6 +313,22 @@ async fn unauthenticated_slow_idle_and_surplus_connections_hold_no_memory_and_ar
     assert!(serve.metric("subsettle_keeper_http_timeouts_total{part=\"header\"}").await >= 1.0);
     assert!(serve.metric("subsettle_keeper_http_timeouts_total{part=\"body\"}").await >= 1.0);
 
+    // A client that asks (pipelined requests) and never reads the answers is cut off once the answers have
+    // stalled for the idle timeout.
+    let reader = TcpStream::connect(&serve.addr).await.unwrap();
+    let (_unread, mut writer) = reader.into_split();
+    let asking = tokio::spawn(async move {
+        let ask = b"GET /metrics HTTP/1.1\r\nHost: keeper\r\n\r\n".repeat(20_000);
+        let _ = writer.write_all(&ask).await;
+        writer
+    });
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while serve.metric("subsettle_keeper_http_timeouts_total{part=\"send\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "a client that does not read its answers is still connected");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    asking.abort();
+
     // At most --max-connections (2) are served at once: a third waits until one closes.
     let limited = Serve::start(&market, dir.path(), market.db.url(), &["--max-connections", "2"]).await;
     let first = TcpStream::connect(&limited.addr).await.unwrap();

@@ -70,10 +70,25 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
     let limits = http_limits(&args, &settings)?;
-    match api::raise_open_files_limit() {
-        Ok((before, after)) if after > before => tracing::info!(before, after, "raised the open files limit (soft) to the hard limit"),
-        Ok((_, limit)) => tracing::info!(limit, "open files limit"),
-        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    let open_files = match api::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(before, after, "raised the open files limit (soft) to the hard limit");
+            }
+            after
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open files limit");
+            0
+        }
+    };
+    // Room for the listener, Postgres, the RPC client and the process's own files besides the connections.
+    if open_files > 0 && (limits.max_connections as u64).saturating_add(128) > open_files {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_files,
+            "--max-connections is close to the open files limit: accepts may fail once it is reached; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower --max-connections"
+        );
     }
     let pool = serve_pool(&settings, args.db_timeout).await?;
     let provider = connect_chain(&settings, args.rpc_url.as_deref(), "serve").await?;

@@ -28,7 +28,8 @@ pub struct HttpLimits {
     /// A request's body must arrive within this after its headers, else 408.
     pub body_timeout: Duration,
     /// A connection with no request in flight is closed after this long (a gateway's keep-alive connections
-    /// must be dropped by it first, so set its idle timeout lower).
+    /// must be dropped by it first, so set its idle timeout lower); so is one whose client has not read any of
+    /// an answer for this long.
     pub idle_timeout: Duration,
     /// A request gets an answer within this, body included; else 503.
     pub request_timeout: Duration,
@@ -99,6 +100,8 @@ pub struct HttpGuard {
     pub(crate) body_bytes: Arc<Semaphore>,
     /// Connections closed because their headers came too slowly.
     pub(crate) header_timeouts: AtomicU64,
+    /// Connections closed because their client stopped reading an answer for `idle_timeout`.
+    pub(crate) send_timeouts: AtomicU64,
     /// Requests answered 408 because their body came too slowly.
     pub(crate) body_timeouts: AtomicU64,
     /// Requests answered 503 because the request took longer than `request_timeout`.
@@ -118,6 +121,7 @@ impl HttpGuard {
             limits,
             max_body_bytes,
             header_timeouts: AtomicU64::new(0),
+            send_timeouts: AtomicU64::new(0),
             body_timeouts: AtomicU64::new(0),
             request_timeouts: AtomicU64::new(0),
             body_memory_full: AtomicU64::new(0),
@@ -144,7 +148,7 @@ impl HttpGuard {
              # HELP subsettle_keeper_http_body_bytes_in_flight Request-body bytes reserved in memory now.\n# TYPE subsettle_keeper_http_body_bytes_in_flight gauge\nsubsettle_keeper_http_body_bytes_in_flight {}\n\
              # HELP subsettle_keeper_http_max_body_memory Request-body bytes that may be held at once (--max-body-memory).\n# TYPE subsettle_keeper_http_max_body_memory gauge\nsubsettle_keeper_http_max_body_memory {}\n\
              # HELP subsettle_keeper_http_timeouts_total Connections closed or requests refused for taking too long, by what was slow.\n# TYPE subsettle_keeper_http_timeouts_total counter\n\
-             subsettle_keeper_http_timeouts_total{{part=\"header\"}} {}\nsubsettle_keeper_http_timeouts_total{{part=\"body\"}} {}\nsubsettle_keeper_http_timeouts_total{{part=\"request\"}} {}\n\
+             subsettle_keeper_http_timeouts_total{{part=\"header\"}} {}\nsubsettle_keeper_http_timeouts_total{{part=\"body\"}} {}\nsubsettle_keeper_http_timeouts_total{{part=\"request\"}} {}\nsubsettle_keeper_http_timeouts_total{{part=\"send\"}} {}\n\
              # HELP subsettle_keeper_http_body_memory_full_total Requests answered 503 because body memory stayed full until their body deadline.\n# TYPE subsettle_keeper_http_body_memory_full_total counter\nsubsettle_keeper_http_body_memory_full_total {}\n\
              # HELP subsettle_keeper_http_accept_errors_total Failed accepts of new connections (e.g. out of file descriptors).\n# TYPE subsettle_keeper_http_accept_errors_total counter\nsubsettle_keeper_http_accept_errors_total {}\n",
             self.open_connections(),
@@ -154,6 +158,7 @@ impl HttpGuard {
             counter(&self.header_timeouts),
             counter(&self.body_timeouts),
             counter(&self.request_timeouts),
+            counter(&self.send_timeouts),
             counter(&self.body_memory_full),
             counter(&self.accept_errors),
         ));

@@ -1,8 +1,9 @@
 //! The HTTP/1.1 server under the router, built on hyper's connection builder (axum's `serve` has no timeouts or
 //! connection limit): an accept loop that takes a connection only while fewer than `max_connections` are open,
 //! hyper's header-read timeout as the idle limit of a connection waiting for its next request, a watch that
-//! closes a connection whose request headers started but did not finish within `header_timeout`, and graceful
-//! shutdown (requests in flight are answered, idle connections closed).
+//! closes a connection whose request headers started but did not finish within `header_timeout` or whose client
+//! stopped reading an answer for `idle_timeout`, and graceful shutdown (requests in flight are answered, idle
+//! connections closed).
 
 use std::{
     io,
@@ -30,8 +31,9 @@ use tower::ServiceExt;
 use super::{Keeper, limits::HttpGuard, router_with};
 use crate::KeeperError;
 
-/// Largest request head (request line and headers) a connection buffers; a longer one is refused with 431.
-const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Largest request head (request line and headers) a connection buffers; a longer one is refused with 431. It
+/// is also the most a client that never sends a whole request can make the keeper hold per connection.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -118,9 +120,13 @@ async fn connection(stream: TcpStream, app: Router, http: http1::Builder, guard:
                 }
                 return;
             }
-            () = head.overdue(guard.limits.header_timeout) => {
-                guard.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("closing a connection whose request headers did not arrive in time");
+            late = head.overdue(guard.limits.header_timeout, guard.limits.idle_timeout) => {
+                let counter = match late {
+                    Late::Head => &guard.header_timeouts,
+                    Late::Send => &guard.send_timeouts,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?late, "closing a connection that is too slow");
                 return; // dropping the connection closes the socket
             }
             () = stopped(&mut shutdown), if !draining => {
@@ -136,27 +142,58 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// What a connection was too slow at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// Sending a request's headers.
+    Head,
+    /// Reading an answer (its writes stalled).
+    Send,
+}
+
 /// Where a connection is between requests: waiting (nothing of a request read yet), reading a request head
-/// (since when), or in a request (headers parsed, until its answer is handed to hyper).
+/// (since when), or in a request (headers parsed, until its answer is handed to hyper); and since when writes to
+/// the client have been stalled, if they are.
 #[derive(Debug)]
 struct HeadWatch {
     opened: Instant,
     /// Milliseconds after `opened` (plus one) at which the current request head started; 0: none is started.
     head_since: AtomicU64,
+    /// Milliseconds after `opened` (plus one) since which a write has found the socket full; 0: not stalled.
+    stalled_since: AtomicU64,
     busy: AtomicBool,
     changed: Notify,
 }
 
 impl HeadWatch {
     fn new() -> Self {
-        Self { opened: Instant::now(), head_since: AtomicU64::new(0), busy: AtomicBool::new(false), changed: Notify::new() }
+        Self {
+            opened: Instant::now(),
+            head_since: AtomicU64::new(0),
+            stalled_since: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn mark(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// A write found the socket full (`true`) or went through (`false`).
+    fn write_stalled(&self, stalled: bool) {
+        if !stalled {
+            self.stalled_since.store(0, Ordering::Release);
+        } else if self.stalled_since.load(Ordering::Acquire) == 0 {
+            self.stalled_since.store(self.mark(), Ordering::Release);
+            self.changed.notify_one();
+        }
     }
 
     /// Bytes arrived: outside a request they begin the next request's head.
     fn bytes_read(&self) {
         if !self.busy.load(Ordering::Acquire) && self.head_since.load(Ordering::Acquire) == 0 {
-            let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
-            self.head_since.store(since, Ordering::Release);
+            self.head_since.store(self.mark(), Ordering::Release);
             self.changed.notify_one();
         }
     }
@@ -169,23 +206,30 @@ impl HeadWatch {
         Busy(self.clone())
     }
 
-    /// Completes once a started request head is older than `limit`.
-    async fn overdue(&self, limit: Duration) {
+    /// Completes once a started request head is older than `head_limit`, or writes have been stalled for
+    /// `send_limit`.
+    async fn overdue(&self, head_limit: Duration, send_limit: Duration) -> Late {
         loop {
             let changed = self.changed.notified();
-            match self.head_since.load(Ordering::Acquire) {
-                0 => changed.await,
-                since => {
-                    let deadline = self.opened + Duration::from_millis(since - 1) + limit;
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {
-                            if self.head_since.load(Ordering::Acquire) == since {
-                                return;
-                            }
-                        }
-                        () = changed => {}
+            let watches = [(Late::Head, &self.head_since, head_limit), (Late::Send, &self.stalled_since, send_limit)];
+            let next = watches
+                .iter()
+                .filter_map(|(late, since, limit)| match since.load(Ordering::Acquire) {
+                    0 => None,
+                    mark => Some((self.opened + Duration::from_millis(mark - 1) + *limit, *late, *since, mark)),
+                })
+                .min_by_key(|(deadline, ..)| *deadline);
+            let Some((deadline, late, since, mark)) = next else {
+                changed.await;
+                continue;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if since.load(Ordering::Acquire) == mark {
+                        return late;
                     }
                 }
+                () = changed => {}
             }
         }
     }
@@ -219,7 +263,9 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.head.write_stalled(polled.is_pending());
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -231,7 +277,9 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.head.write_stalled(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
