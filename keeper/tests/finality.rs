@@ -167,7 +167,8 @@ async fn a_settlement_mined_then_dropped_by_a_reorg_is_sent_again_and_settled_ex
         assert!(escrow.settlementUsed(U256::from(1)).call().await.unwrap());
         let indexed: Vec<String> = sqlx::query_scalar("SELECT total::TEXT FROM chain.settlements").fetch_all(&market.pool).await.unwrap();
         assert_eq!(indexed, ["83000000"], "{reorg:?}: 79 USDC fee + 4 USDC overage, once");
-        let settles: Vec<String> = sqlx::query_scalar("SELECT action_key FROM keeper.outbox WHERE kind = 'settle'").fetch_all(&market.pool).await.unwrap();
+        let settles: Vec<String> =
+            sqlx::query_scalar("SELECT action_key FROM keeper.outbox WHERE kind = 'settle'").fetch_all(&market.pool).await.unwrap();
         assert_eq!(settles, ["settle:1"], "{reorg:?}: one action, one transaction");
     }
 }
@@ -189,7 +190,8 @@ async fn a_failed_settlement_is_retried_after_the_retry_interval_a_bounded_numbe
     confirm!(escrow.setKeeper(elsewhere));
     let step = engine.step(false).await.unwrap();
     assert_eq!((step.epoch, step.actions.clone(), step.outbox.failed), (Some(1), vec!["settle:1".to_owned()], 1), "{step:?}");
-    let failure: String = sqlx::query_scalar("SELECT failure FROM keeper.outbox WHERE action_key = 'settle:1'").fetch_one(&market.pool).await.unwrap();
+    let failure: String =
+        sqlx::query_scalar("SELECT failure FROM keeper.outbox WHERE action_key = 'settle:1'").fetch_one(&market.pool).await.unwrap();
     assert!(failure.contains("NotKeeper"), "{failure}");
     // Not again within the retry interval.
     market.advance(60).await;
@@ -211,7 +213,10 @@ async fn a_failed_settlement_is_retried_after_the_retry_interval_a_bounded_numbe
     assert!(engine.step(false).await.unwrap().actions.is_empty());
     let chain = market.deployment.chain_id;
     let reopened = retry_settlement(&market.pool, chain, 1).await.unwrap();
-    assert!(matches!(&reopened, SettlementRetry::Reopened { failed_attempts, last_failure: Some(f) } if *failed_attempts == SETTLE_ATTEMPTS && f.contains("NotKeeper")), "{reopened:?}");
+    assert!(
+        matches!(&reopened, SettlementRetry::Reopened { failed_attempts, last_failure: Some(f) } if *failed_attempts == SETTLE_ATTEMPTS && f.contains("NotKeeper")),
+        "{reopened:?}"
+    );
     assert!(matches!(retry_settlement(&market.pool, chain, 1).await.unwrap(), SettlementRetry::NothingFailed { .. }), "asking twice changes nothing");
     let step = engine.step(false).await.unwrap();
     let next = format!("settle:1:{}", SETTLE_ATTEMPTS + 1);
@@ -222,6 +227,9 @@ async fn a_failed_settlement_is_retried_after_the_retry_interval_a_bounded_numbe
     assert_eq!(settled_logs(&market, 1).await, 1, "settled once");
     assert_eq!(retry_settlement(&market.pool, chain, 1).await.unwrap(), SettlementRetry::Settled);
     let states: Vec<(String, String)> =
-        sqlx::query_as("SELECT action_key, state FROM keeper.outbox WHERE kind = 'settle' ORDER BY planned_at, action_key").fetch_all(&market.pool).await.unwrap();
+        sqlx::query_as("SELECT action_key, state FROM keeper.outbox WHERE kind = 'settle' ORDER BY planned_at, action_key")
+            .fetch_all(&market.pool)
+            .await
+            .unwrap();
     assert_eq!(states.iter().filter(|(_, s)| s == "superseded").count(), SETTLE_ATTEMPTS, "the failed attempts stay, set aside: {states:?}");
 }

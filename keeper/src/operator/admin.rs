@@ -272,7 +272,10 @@ impl AdminAction {
         let escrow = SplitEscrow::new(deployment.escrow, provider);
         let read = |action: &'static str| move |e: alloy::contract::Error| KeeperError::Chain { action, message: e.to_string() };
         let now = || async {
-            let block = provider.get_block_by_number(BlockNumberOrTag::Latest).await.map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?;
+            let block = provider
+                .get_block_by_number(BlockNumberOrTag::Latest)
+                .await
+                .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?;
             Ok::<U256, KeeperError>(U256::from(block.map_or(0, |b| b.header.timestamp)))
         };
         Ok(match self {
@@ -294,7 +297,8 @@ impl AdminAction {
             Self::Hold { recipient, until, .. } => {
                 let hold = escrow.holdOf(*recipient).call().await.map_err(read("holdOf"))?;
                 let now = now().await?;
-                (U256::from(hold.until) == U256::from(*until) && U256::from(*until) > now).then(|| format!("{recipient} is already held until {until}"))
+                let held = U256::from(hold.until) == U256::from(*until) && U256::from(*until) > now;
+                held.then(|| format!("{recipient} is already held until {until}"))
             }
             Self::Release { recipient } => {
                 let hold = escrow.holdOf(*recipient).call().await.map_err(read("holdOf"))?;
@@ -385,7 +389,8 @@ pub async fn decide(
     .fetch_all(pool)
     .await?;
     if let Some(key) = idempotency_key
-        && let Some((other, ..)) = rows.iter().find(|(_, _, target, calldata)| target.as_slice() != action.target.as_slice() || calldata.as_slice() != action.calldata.as_ref())
+        && let Some((other, ..)) =
+            rows.iter().find(|(_, _, target, calldata)| target.as_slice() != action.target.as_slice() || calldata.as_slice() != action.calldata.as_ref())
     {
         return Err(invalid("idempotency_key", format!("`{key}` was used for a different {name} ({other}); give another key")));
     }
@@ -509,8 +514,16 @@ pub async fn execute(
 }
 
 /// The outcome of the call under `key`, with the events of its mined transaction.
-async fn outcome(pool: &PgPool, sender: &Sender, key: Option<String>, note: Option<String>, sent_now: bool, unchanged: bool) -> Result<AdminOutcome, KeeperError> {
-    let mut outcome = AdminOutcome { action: key.clone(), state: "unchanged".into(), sent_now, note, tx_hash: None, block: None, failure: None, events: Vec::new() };
+async fn outcome(
+    pool: &PgPool,
+    sender: &Sender,
+    key: Option<String>,
+    note: Option<String>,
+    sent_now: bool,
+    unchanged: bool,
+) -> Result<AdminOutcome, KeeperError> {
+    let mut outcome =
+        AdminOutcome { action: key.clone(), state: "unchanged".into(), sent_now, note, tx_hash: None, block: None, failure: None, events: Vec::new() };
     let Some(key) = key else { return Ok(outcome) };
     let (state, hashes, failure, nonce): (String, Vec<Vec<u8>>, Option<String>, Option<i64>) =
         sqlx::query_as("SELECT state, tx_hashes, failure, nonce FROM keeper.outbox WHERE action_key = $1").bind(&key).fetch_one(pool).await?;

@@ -91,7 +91,9 @@ impl Finality {
                 Ok(_) => Ok(()),
                 Err(e) => Err(KeeperError::Invalid {
                     field: "confirmations".into(),
-                    reason: format!("the node does not answer for its `finalized` block ({e}); give --confirmations N to count confirmations instead"),
+                    reason: format!(
+                        "the node does not answer for its `finalized` block ({e}); give --confirmations N to count confirmations instead"
+                    ),
                 }),
             },
         }

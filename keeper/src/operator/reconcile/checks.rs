@@ -135,7 +135,13 @@ fn ledger_pairs(subscriptions: &BTreeMap<u64, ChainSubscription>) -> impl Iterat
 /// Why the contract will no longer charge `period` of a subscription at the reconciled block, if it will not
 /// (`Subscriptions._chargeablePeriod`): the period is neither the current nor the previous one, or the block is
 /// past the period's end plus `chargeWindow()` plus the time charging was paused since that end.
-fn window_closed(period: u64, close: &KeeperCharge, subscription: Option<&ChainSubscription>, clock: (u64, u64), paused: &BTreeMap<u64, u64>) -> Option<String> {
+fn window_closed(
+    period: u64,
+    close: &KeeperCharge,
+    subscription: Option<&ChainSubscription>,
+    clock: (u64, u64),
+    paused: &BTreeMap<u64, u64>,
+) -> Option<String> {
     let (block_time, window) = clock;
     if let Some(s) = subscription.filter(|s| s.period_index >= period + 2) {
         return Some(format!(
@@ -147,7 +153,10 @@ fn window_closed(period: u64, close: &KeeperCharge, subscription: Option<&ChainS
     let paused = paused.get(&end).copied().unwrap_or(0);
     let last = end.saturating_add(window).saturating_add(paused);
     (block_time > last).then(|| {
-        format!("its charge window closed after {last} (period end {end} + chargeWindow() {window} s + {paused} s paused since), before block time {block_time}")
+        format!(
+            "its charge window closed after {last} (period end {end} + chargeWindow() {window} s + {paused} s paused since), before block time \
+             {block_time}"
+        )
     })
 }
 
@@ -183,7 +192,8 @@ pub(super) async fn charged(
     let (clock, paused) = if short.is_empty() { ((0, 0), BTreeMap::new()) } else { (chain.charge_clock().await?, chain.paused_since(short).await?) };
     for pair in pairs {
         let ids = Ids { subscription_id: Some(pair.0), period: Some(pair.1), ..Ids::default() };
-        let closed = books.charges.get(&pair).filter(|close| close.period_end > 0 && close.charge.parse::<U256>().is_ok_and(|c| collected(indexed, &pair) < c));
+        let short_of = |close: &&KeeperCharge| close.period_end > 0 && close.charge.parse::<U256>().is_ok_and(|c| collected(indexed, &pair) < c);
+        let closed = books.charges.get(&pair).filter(short_of);
         let keeper = match books.charges.get(&pair) {
             None => Some("no close".to_owned()),
             Some(close) if let Some(why) = closed.and_then(|c| window_closed(pair.1, c, subscriptions.get(&pair.0), clock, &paused)) => {
@@ -197,7 +207,8 @@ pub(super) async fn charged(
                     None => detail.push_str("; the keeper never sent its charge (the window had closed when it could)"),
                 }
                 detail.push_str(&format!("; the period's plan fee {} was collected", close.fee));
-                tally.uncollectable.push(Uncollectable { ids: ids.clone(), charge: close.charge.clone(), collected: got.to_string(), detail, what_to_do: UNCOLLECTABLE_REMEDY });
+                let charge = close.charge.clone();
+                tally.uncollectable.push(Uncollectable { ids: ids.clone(), charge, collected: got.to_string(), detail, what_to_do: UNCOLLECTABLE_REMEDY });
                 None
             }
             Some(close) if close.confirmed || close.charge == "0" => Some(close.charge.clone()),
