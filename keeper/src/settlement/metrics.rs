@@ -120,6 +120,17 @@ impl EngineMetrics {
         for (flow, amount) in moved {
             out.push_str(&format!("subsettle_usdc_moved_base_units{{flow=\"{flow}\"}} {amount}\n"));
         }
+        let (awaiting, given_up): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM keeper.outbox WHERE state = 'sent' AND block_number IS NOT NULL),
+                    (SELECT COUNT(*) FROM (SELECT epoch_id FROM keeper.settle_attempts GROUP BY epoch_id
+                        HAVING COUNT(*) FILTER (WHERE state = 'failed') >= $1
+                           AND COUNT(*) FILTER (WHERE state IN ('planned', 'sent', 'confirmed')) = 0) g)",
+        )
+        .bind(crate::settlement::plan::SETTLE_ATTEMPTS as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        out.push_str(&format!("# HELP subsettle_keeper_actions_awaiting_finality Actions whose transaction is mined but not final yet.\n# TYPE subsettle_keeper_actions_awaiting_finality gauge\nsubsettle_keeper_actions_awaiting_finality {awaiting}\n"));
+        out.push_str(&format!("# HELP subsettle_keeper_settlements_waiting_for_operator Epochs whose settlement failed every attempt (admin retry-settlement).\n# TYPE subsettle_keeper_settlements_waiting_for_operator gauge\nsubsettle_keeper_settlements_waiting_for_operator {given_up}\n"));
         let failures: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state = 'failed'").fetch_one(&self.pool).await?;
         out.push_str(&format!("# HELP subsettle_keeper_failures_total Actions that failed (pre-check or revert).\n# TYPE subsettle_keeper_failures_total counter\nsubsettle_keeper_failures_total {failures}\n"));
         let unclosed: i64 = sqlx::query_scalar(

@@ -116,12 +116,29 @@ pub(crate) async fn run_status(overrides: Overrides) -> anyhow::Result<()> {
     .fetch_all(&pool)
     .await?;
     let unclosed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.usage_events WHERE close_id IS NULL").fetch_one(&pool).await?;
+    let awaiting_finality: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT action_key, block_number FROM keeper.outbox WHERE state = 'sent' AND block_number IS NOT NULL ORDER BY block_number LIMIT 20",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let waiting_for_operator: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT epoch_id, (ARRAY_AGG(failure ORDER BY planned_at DESC))[1] FROM keeper.settle_attempts GROUP BY epoch_id
+         HAVING COUNT(*) FILTER (WHERE state = 'failed') >= $1 AND COUNT(*) FILTER (WHERE state IN ('planned', 'sent', 'confirmed')) = 0
+         ORDER BY epoch_id",
+    )
+    .bind(subsettle_keeper::settlement::plan::SETTLE_ATTEMPTS as i64)
+    .fetch_all(&pool)
+    .await?;
     let status = serde_json::json!({
         "lease_holder": subsettle_keeper::settlement::engine::Lease::holder(&pool).await?,
         "outbox": outbox.iter().map(|(k, s, n)| serde_json::json!({"kind": k, "state": s, "count": n})).collect::<Vec<_>>(),
         "open_or_recently_failed": open_rows.iter().map(|(k, s, n, f)| serde_json::json!({"action": k, "state": s, "nonce": n, "failure": f})).collect::<Vec<_>>(),
         "last_epochs": epochs.iter().map(|(id, at, total, settled)| serde_json::json!({"epoch": id, "closed_at": at, "total": total, "settled_on_chain": settled})).collect::<Vec<_>>(),
         "usage_events_not_yet_closed": unclosed,
+        "mined_not_final": awaiting_finality.iter().map(|(k, b)| serde_json::json!({"action": k, "block": b})).collect::<Vec<_>>(),
+        "settlements_waiting_for_operator": waiting_for_operator.iter()
+            .map(|(e, f)| serde_json::json!({"epoch": e, "last_failure": f, "retry": format!("subsettle-keeper admin retry-settlement --epoch {e}")}))
+            .collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(())
