@@ -220,7 +220,7 @@ async fn a_failed_settlement_is_retried_after_the_retry_interval_a_bounded_numbe
     assert!(matches!(retry_settlement(&market.pool, chain, 1).await.unwrap(), SettlementRetry::NothingFailed { .. }), "asking twice changes nothing");
     let step = engine.step(false).await.unwrap();
     let next = format!("settle:1:{}", SETTLE_ATTEMPTS + 1);
-    assert_eq!(step.actions, [next.clone()], "{step:?}");
+    assert_eq!(step.actions, std::slice::from_ref(&next), "{step:?}");
     market.sync().await;
     engine.step(false).await.unwrap();
     assert_eq!(outbox(&market, &next).await.0, "confirmed");

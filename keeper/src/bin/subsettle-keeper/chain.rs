@@ -104,7 +104,7 @@ pub(crate) async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 fn humanize(secs: u64) -> String {
-    if secs % 60 == 0 && secs > 0 { format!("{} min", secs / 60) } else { format!("{secs} s") }
+    if secs.is_multiple_of(60) && secs > 0 { format!("{} min", secs / 60) } else { format!("{secs} s") }
 }
 
 /// `admin retry-settlement --epoch N`: sets a failed settlement's attempts aside so the engine tries it again.
