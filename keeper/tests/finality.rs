@@ -128,6 +128,9 @@ async fn a_settlement_mined_then_dropped_by_a_reorg_is_sent_again_and_settled_ex
         let first = engine.step(false).await.unwrap();
         assert_eq!(first.outbox.sent, 2, "{first:?}");
         market.sync().await;
+        // The charge is indexed but not final: the epoch waits for it (an epoch is never gathered again).
+        let waiting = engine.step(false).await.unwrap();
+        assert_eq!((waiting.epoch, waiting.outbox.awaiting_finality), (None, 2), "{reorg:?}: {waiting:?}");
         mine(&provider, 3).await;
         let snapshot: U256 = provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
 

@@ -109,7 +109,8 @@ pub enum EpochScope {
     AllClosed,
     /// Only closes whose revenue the chain has collected, as the indexer shows it (the settlement engine), so that
     /// a charge that fails (an empty wallet, a blacklisted subscriber) holds back its own close and not everyone
-    /// else's settlement. While a charge is still on its way the epoch waits; a close whose charge attempt ended
+    /// else's settlement. While a charge is still on its way (or collected but not final) the epoch waits; a
+    /// close whose charge attempt ended
     /// without collecting, or whose charge window has passed, is left out and joins a later epoch if the chain
     /// collects it after all.
     Collected {
@@ -159,7 +160,13 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
              GROUP BY o.close_id
          )
          SELECT o.close_id,
-                CASE WHEN o.charged >= o.overage_charge THEN 'collected'
+                CASE WHEN o.charged >= o.overage_charge AND NOT ($2 AND EXISTS (
+                              -- Indexed, but not final yet: a reorg could still drop it. An epoch is never gathered
+                              -- again, so it waits until the charges it counts on are final.
+                              SELECT 1 FROM keeper.charge_items i WHERE i.state = 'sent'
+                                AND i.subscription_id = o.subscription_id AND i.period_index = o.period_index))
+                          THEN 'collected'
+                     WHEN o.charged >= o.overage_charge THEN 'pending'
                      WHEN $2 AND o.period_end + $3 + chain.paused_seconds($1, o.period_end, $4) <= $4 THEN 'uncollected'
                      WHEN $2 AND t.in_flight IS NOT NULL AND NOT t.in_flight THEN 'uncollected'
                      WHEN $2 THEN 'pending'
