@@ -280,14 +280,16 @@ pub struct ChainArgs<S: clap::Args = crate::config::Overrides> {
     /// Settings.
     #[command(flatten)]
     pub settings: S,
-    /// JSON-RPC endpoint of the chain.
-    #[arg(long, env = "SUBSETTLE_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    pub rpc_url: String,
-    /// File holding the signing key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
+    /// JSON-RPC endpoint of the chain (else `rpc_url` in the config file; default http://127.0.0.1:8545).
+    #[arg(long, env = "SUBSETTLE_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// File holding the signing key (hex) (else `private_key_file` in the config file). Without either,
+    /// SUBSETTLE_PRIVATE_KEY is read.
     #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
     /// Count an action's transaction final once its block has this many confirmations (itself included) instead
-    /// of waiting for the node's `finalized` block: required for a node without that tag; 1 on a local chain.
+    /// of waiting for the node's `finalized` block: required for a node without that tag; 1 on a local chain
+    /// (else `confirmations` in the config file).
     #[arg(long, env = "SUBSETTLE_CONFIRMATIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub confirmations: Option<u64>,
 }
@@ -338,38 +340,7 @@ pub struct ServeArgs {
 pub struct RunArgs {
     /// Settings, the chain and the keeper's key.
     #[command(flatten)]
-    pub chain: ChainArgs<crate::config::CloseSettings>,
-    /// Time between steps.
-    #[arg(long, default_value = "30s", value_parser = parse_duration_secs)]
-    pub interval: u64,
-    /// Time between settlement epochs.
-    #[arg(long, default_value = "1d", value_parser = parse_duration_secs)]
-    pub epoch_interval: u64,
-    /// Time between two attempts at a past-due renewal, a failed charge or a payout.
-    #[arg(long, default_value = "6h", value_parser = parse_duration_secs)]
-    pub retry_interval: u64,
-    /// Items per renew, charge or claim transaction.
-    #[arg(long, default_value = "200")]
-    pub batch: usize,
-    /// Push payouts to recipients with at least this claimable balance (base units).
-    #[arg(long, default_value = "10000000")]
-    pub payout_threshold: u128,
-    /// Also charge mid-period, once per retry interval, when a subscription's overage has crossed a multiple of
-    /// this many base units (e.g. 10000000 for every 10 USDC); without it overage is charged at period close only.
-    #[arg(long)]
-    pub charge_threshold: Option<u128>,
-    /// Highest maxFeePerGas ever signed, in gwei.
-    #[arg(long, default_value = "200")]
-    pub max_fee_gwei: u64,
-    /// Priority fee, in gwei.
-    #[arg(long, default_value = "1")]
-    pub priority_fee_gwei: u64,
-    /// Replace a transaction not mined after this long with higher fees.
-    #[arg(long, default_value = "60s", value_parser = parse_duration_secs)]
-    pub bump_after: u64,
-    /// Address of `/metrics` and `/healthz`.
-    #[arg(long, env = "SUBSETTLE_KEEPER_METRICS", default_value = "127.0.0.1:9102")]
-    pub metrics_addr: std::net::SocketAddr,
+    pub chain: ChainArgs<crate::config::RunSettingsArgs>,
     /// Print what one step would send, and exit.
     #[arg(long)]
     pub dry_run: bool,

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, path::{Path, PathBuf}};
 
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use subsettle_abi::Deployment;
 
@@ -41,6 +42,38 @@ pub struct FileConfig {
     pub funds_interval: Option<String>,
     /// Time between two reloads of the open periods' usage from Postgres (`serve`; `0` turns them off).
     pub usage_reload_interval: Option<String>,
+    /// Confirmations that make an action final (`run`, `admin`); without it, the node's `finalized` block.
+    pub confirmations: Option<u64>,
+    /// File holding the signing key of `run` and `admin` (relative to the file).
+    pub private_key_file: Option<PathBuf>,
+    /// The settlement engine's settings (`run`).
+    pub run: Option<RunFile>,
+}
+
+/// The `[run]` table of the TOML file (every key optional; the flags of `run` win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Time between steps (`30s`).
+    pub interval: Option<String>,
+    /// Time between settlement epochs (`1d`).
+    pub epoch_interval: Option<String>,
+    /// Time between two attempts at a past-due renewal, a failed charge or a payout (`6h`).
+    pub retry_interval: Option<String>,
+    /// Items per renew, charge or claim transaction.
+    pub batch: Option<usize>,
+    /// Push payouts from this claimable balance, token units (`"10"` or `10.5`, written as a string).
+    pub payout_threshold: Option<String>,
+    /// Charge mid-period when overage crosses a multiple of this, token units (as a string).
+    pub charge_threshold: Option<String>,
+    /// Highest maxFeePerGas ever signed, gwei.
+    pub max_fee_gwei: Option<u64>,
+    /// Priority fee, gwei.
+    pub priority_fee_gwei: Option<u64>,
+    /// Replace a transaction not mined after this long (`60s`).
+    pub bump_after: Option<String>,
+    /// Address of `/metrics` and `/healthz`.
+    pub metrics_addr: Option<String>,
 }
 
 /// Resolved settings.
@@ -74,6 +107,38 @@ pub struct Settings {
     pub funds_interval: u64,
     /// Seconds between two reloads of the open periods' usage; 0: never.
     pub usage_reload_interval: u64,
+    /// Confirmations that make an action final, from the TOML file (`--confirmations` wins); `None`: the node's
+    /// `finalized` block.
+    pub confirmations: Option<u64>,
+    /// The signing key's file, from the TOML file (a command's flag or SUBSETTLE_PRIVATE_KEY_FILE wins).
+    pub private_key_file: Option<PathBuf>,
+    /// The engine's settings, for `run`.
+    pub run: Option<RunSettings>,
+}
+
+/// The settlement engine's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Seconds between steps.
+    pub interval: u64,
+    /// Seconds between settlement epochs.
+    pub epoch_interval: u64,
+    /// Seconds between two attempts at a past-due renewal, a failed charge or a payout.
+    pub retry_interval: u64,
+    /// Items per transaction.
+    pub batch: usize,
+    /// Payout threshold, base units.
+    pub payout_threshold: u128,
+    /// Mid-period charge threshold, base units; `None`: overage is charged at period close only.
+    pub charge_threshold: Option<u128>,
+    /// Highest maxFeePerGas, gwei.
+    pub max_fee_gwei: u64,
+    /// Priority fee, gwei.
+    pub priority_fee_gwei: u64,
+    /// Seconds before a transaction not mined is replaced with higher fees.
+    pub bump_after: u64,
+    /// Address of `/metrics` and `/healthz`.
+    pub metrics_addr: SocketAddr,
 }
 
 /// What a command's flags and environment say about the settings; `None` means "not given". Each command takes
@@ -89,6 +154,10 @@ pub trait SettingsFlags {
     }
     /// The `serve` group.
     fn serve(&self) -> Option<&ServeFlags> {
+        None
+    }
+    /// The engine's group, for `run`.
+    fn run(&self) -> Option<&RunFlags> {
         None
     }
     /// How far ahead of now an event may be stamped, when the command takes events.
@@ -235,6 +304,68 @@ impl SettingsFlags for ImportSettings {
     }
 }
 
+/// Flags of `run` that the TOML file's `[run]` table may also give (the flag wins; then the file; then the default).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunFlags {
+    /// Time between steps (default 30s).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Time between settlement epochs (default 1d).
+    #[arg(long)]
+    pub epoch_interval: Option<String>,
+    /// Time between two attempts at a past-due renewal, a failed charge or a payout (default 6h).
+    #[arg(long)]
+    pub retry_interval: Option<String>,
+    /// Items per renew, charge or claim transaction (default 200).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Push payouts to recipients with at least this claimable balance, in token units like --price (default 10).
+    #[arg(long)]
+    pub payout_threshold: Option<Decimal>,
+    /// Also charge mid-period, once per retry interval, when a subscription's overage has crossed a multiple of this
+    /// many token units (e.g. 10 for every 10 USDC); without it overage is charged at period close only.
+    #[arg(long)]
+    pub charge_threshold: Option<Decimal>,
+    /// Highest maxFeePerGas ever signed, in gwei (default 200).
+    #[arg(long)]
+    pub max_fee_gwei: Option<u64>,
+    /// Priority fee, in gwei (default 1).
+    #[arg(long)]
+    pub priority_fee_gwei: Option<u64>,
+    /// Replace a transaction not mined after this long with higher fees (default 60s).
+    #[arg(long)]
+    pub bump_after: Option<String>,
+    /// Address of `/metrics` and `/healthz` (default 127.0.0.1:9102).
+    #[arg(long, env = "SUBSETTLE_KEEPER_METRICS")]
+    pub metrics_addr: Option<String>,
+}
+
+/// `run`'s settings: the common, close and engine groups.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunSettingsArgs {
+    /// Common.
+    #[command(flatten)]
+    pub common: Overrides,
+    /// Period close.
+    #[command(flatten)]
+    pub close: CloseFlags,
+    /// The engine.
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+impl SettingsFlags for RunSettingsArgs {
+    fn common(&self) -> &Overrides {
+        &self.common
+    }
+    fn close(&self) -> Option<&CloseFlags> {
+        Some(&self.close)
+    }
+    fn run(&self) -> Option<&RunFlags> {
+        Some(&self.run)
+    }
+}
+
 fn bad(key: &str, value: impl std::fmt::Display, why: impl std::fmt::Display) -> KeeperError {
     KeeperError::Invalid { field: key.to_owned(), reason: format!("`{value}`: {why}") }
 }
@@ -292,6 +423,14 @@ impl Settings {
         }
         let reload_text = serve.usage_reload_interval.clone().or(file.usage_reload_interval).unwrap_or_else(|| "15s".into());
         let usage_reload_interval = u64::try_from(duration("usage_reload_interval", &reload_text)?).unwrap_or(0);
+        let confirmations = file.confirmations;
+        if confirmations == Some(0) {
+            return Err(bad("confirmations", 0, "at least 1"));
+        }
+        let run = match flags.run() {
+            Some(run) => Some(RunSettings::resolve(run, file.run.unwrap_or_default(), decimals)?),
+            None => None,
+        };
         Ok(Self {
             database_url,
             deployment,
@@ -307,6 +446,58 @@ impl Settings {
             rpc_url: file.rpc_url,
             funds_interval,
             usage_reload_interval,
+            confirmations,
+            private_key_file: file.private_key_file.map(|p| base.join(p)),
+            run,
+        })
+    }
+}
+
+impl RunSettings {
+    /// The engine's settings from its flags over the file's `[run]` table over the defaults.
+    fn resolve(flags: &RunFlags, file: RunFile, decimals: u32) -> Result<Self, KeeperError> {
+        let secs = |key: &str, flag: &Option<String>, file: Option<String>, default: &str, range: std::ops::RangeInclusive<u64>| {
+            let text = flag.clone().or(file).unwrap_or_else(|| default.to_owned());
+            let value = parse_duration_secs(&text).map_err(|e| bad(key, &text, e))?;
+            if !range.contains(&value) {
+                return Err(bad(key, &text, format!("between {}s and {}s", range.start(), range.end())));
+            }
+            Ok(value)
+        };
+        let tokens = |key: &str, flag: Option<Decimal>, file: Option<String>| -> Result<Option<u128>, KeeperError> {
+            let value = match (flag, file) {
+                (Some(value), _) => value,
+                (None, Some(text)) => text.trim().parse::<Decimal>().map_err(|_| bad(key, &text, "not a token amount like 10 or 0.5"))?,
+                (None, None) => return Ok(None),
+            };
+            if value.is_sign_negative() || value.normalize().scale() > decimals {
+                return Err(bad(key, value, format!("a token amount of at most {decimals} decimals, not negative")));
+            }
+            crate::money::to_base_units(value, decimals).map(Some).map_err(|e| bad(key, value, e))
+        };
+        let batch = flags.batch.or(file.batch).unwrap_or(200);
+        if !(1..=2_000).contains(&batch) {
+            return Err(bad("batch", batch, "between 1 and 2000"));
+        }
+        let metrics_text = flags.metrics_addr.clone().or(file.metrics_addr).unwrap_or_else(|| "127.0.0.1:9102".into());
+        let metrics_addr = metrics_text.parse().map_err(|_| bad("metrics_addr", &metrics_text, "not an address like 127.0.0.1:9102"))?;
+        let max_fee_gwei = flags.max_fee_gwei.or(file.max_fee_gwei).unwrap_or(200);
+        let priority_fee_gwei = flags.priority_fee_gwei.or(file.priority_fee_gwei).unwrap_or(1);
+        if priority_fee_gwei > max_fee_gwei || max_fee_gwei == 0 || max_fee_gwei > 1_000_000 {
+            return Err(bad("max_fee_gwei", max_fee_gwei, format!("between 1 and 1000000 and at least priority_fee_gwei ({priority_fee_gwei})")));
+        }
+        Ok(Self {
+            interval: secs("interval", &flags.interval, file.interval, "30s", 1..=86_400)?,
+            epoch_interval: secs("epoch_interval", &flags.epoch_interval, file.epoch_interval, "1d", 1..=366 * 86_400)?,
+            retry_interval: secs("retry_interval", &flags.retry_interval, file.retry_interval, "6h", 1..=30 * 86_400)?,
+            batch,
+            payout_threshold: tokens("payout_threshold", flags.payout_threshold, file.payout_threshold)?
+                .unwrap_or_else(|| 10 * 10u128.pow(decimals)),
+            charge_threshold: tokens("charge_threshold", flags.charge_threshold, file.charge_threshold)?.filter(|t| *t > 0),
+            max_fee_gwei,
+            priority_fee_gwei,
+            bump_after: secs("bump_after", &flags.bump_after, file.bump_after, "60s", 1..=86_400)?,
+            metrics_addr,
         })
     }
 }
@@ -349,7 +540,80 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_secs;
+    use super::{CloseSettings, KeeperError, Overrides, RunFlags, RunSettingsArgs, Settings, parse_duration_secs};
+
+    const DEPLOYMENT: &str = r#"{"chain_id":31337,"token":"0x0000000000000000000000000000000000000001",
+        "subscriptions":"0x0000000000000000000000000000000000000002","escrow":"0x0000000000000000000000000000000000000003",
+        "start_block":1}"#;
+
+    /// A config file with `toml` in a fresh directory beside a deployment descriptor.
+    fn config(toml: &str) -> (tempfile::TempDir, Overrides) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("deployment.json"), DEPLOYMENT).unwrap();
+        let text = format!("database_url = \"postgres://localhost/x\"\ndeployment = \"deployment.json\"\n{toml}");
+        std::fs::write(dir.path().join("keeper.toml"), text).unwrap();
+        let common = Overrides { config: Some(dir.path().join("keeper.toml")), ..Overrides::default() };
+        (dir, common)
+    }
+
+    fn run_settings(common: Overrides, run: RunFlags) -> Result<Settings, KeeperError> {
+        Settings::resolve(&RunSettingsArgs { common, close: Default::default(), run })
+    }
+
+    #[test]
+    fn the_file_configures_run() {
+        let (dir, common) = config(
+            "rpc_url = \"http://node:8545\"\nconfirmations = 3\nprivate_key_file = \"keeper.key\"\n\n[run]\ninterval = \"5s\"\n\
+             epoch_interval = \"12h\"\nretry_interval = \"1h\"\nbatch = 50\npayout_threshold = \"2.5\"\ncharge_threshold = \"10\"\n\
+             max_fee_gwei = 50\npriority_fee_gwei = 2\nbump_after = \"2m\"\nmetrics_addr = \"127.0.0.1:9200\"\n",
+        );
+        let settings = run_settings(common, RunFlags::default()).unwrap();
+        let run = settings.run.clone().unwrap();
+        assert_eq!((run.interval, run.epoch_interval, run.retry_interval, run.batch), (5, 43_200, 3_600, 50));
+        assert_eq!((run.payout_threshold, run.charge_threshold), (2_500_000, Some(10_000_000)));
+        assert_eq!((run.max_fee_gwei, run.priority_fee_gwei, run.bump_after), (50, 2, 120));
+        assert_eq!(run.metrics_addr.to_string(), "127.0.0.1:9200");
+        assert_eq!(settings.rpc_url.as_deref(), Some("http://node:8545"));
+        assert_eq!(settings.confirmations, Some(3));
+        assert_eq!(settings.private_key_file.as_deref(), Some(dir.path().join("keeper.key").as_path()));
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let (_dir, common) = config("[run]\ninterval = \"5s\"\npayout_threshold = \"2.5\"\n");
+        let flags = RunFlags { interval: Some("7s".into()), payout_threshold: Some("0.000001".parse().unwrap()), ..RunFlags::default() };
+        let run = run_settings(common.clone(), flags).unwrap().run.unwrap();
+        assert_eq!((run.interval, run.payout_threshold), (7, 1));
+        assert_eq!((run.epoch_interval, run.retry_interval, run.batch, run.charge_threshold), (86_400, 21_600, 200, None));
+        let (_dir, common) = config("");
+        let run = run_settings(common, RunFlags::default()).unwrap().run.unwrap();
+        assert_eq!((run.payout_threshold, run.max_fee_gwei, run.priority_fee_gwei, run.bump_after), (10_000_000, 200, 1, 60));
+        assert_eq!(run.metrics_addr.to_string(), "127.0.0.1:9102");
+    }
+
+    #[test]
+    fn bad_run_settings_are_refused_by_name() {
+        let refused = |toml: &str| {
+            let (_dir, common) = config(toml);
+            run_settings(common, RunFlags::default()).unwrap_err().to_string()
+        };
+        assert!(refused("[run]\npayout_threshold = \"0.0000001\"\n").starts_with("payout_threshold"));
+        assert!(refused("[run]\ncharge_threshold = \"-1\"\n").starts_with("charge_threshold"));
+        assert!(refused("[run]\ncharge_threshold = \"ten\"\n").starts_with("charge_threshold"));
+        assert!(refused("[run]\ninterval = \"0s\"\n").starts_with("interval"));
+        assert!(refused("[run]\nbatch = 0\n").starts_with("batch"));
+        assert!(refused("[run]\nmetrics_addr = \"localhost\"\n").starts_with("metrics_addr"));
+        assert!(refused("[run]\nmax_fee_gwei = 1\npriority_fee_gwei = 2\n").starts_with("max_fee_gwei"));
+        assert!(refused("confirmations = 0\n").starts_with("confirmations"));
+        assert!(refused("[run]\nintervall = \"5s\"\n").contains("intervall"), "an unknown key is named");
+    }
+
+    #[test]
+    fn only_run_resolves_the_engine_settings() {
+        let (_dir, common) = config("[run]\nbatch = 0\n");
+        let close = Settings::resolve(&CloseSettings { common, close: Default::default() }).unwrap();
+        assert!(close.run.is_none());
+    }
 
     #[test]
     fn parses_durations_with_units() {

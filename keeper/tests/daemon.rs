@@ -186,8 +186,21 @@ async fn run_once_sends_due_renewals_under_the_lease_and_status_shows_them() {
 
     // The next run confirms the renewal and sends nothing new once it is indexed.
     market.sync().await;
-    let again = run(&["--once"]);
-    assert!(again.status.success());
+    // ... and logs one JSON object per line when asked to (for a log collector).
+    let again = keeper(&market, &deployment)
+        .env("RUST_LOG", "info")
+        .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--once", "--log-format", "json"])
+        .arg("--private-key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let logs = String::from_utf8_lossy(&again.stderr);
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for line in logs.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(entry["level"].is_string() && entry["fields"]["message"].is_string(), "{line}");
+    }
     let status: Value = serde_json::from_slice(&keeper(&market, &deployment).arg("status").output().unwrap().stdout).unwrap();
     assert_eq!(status["outbox"][0]["state"], "confirmed", "{status}");
     assert_eq!(status["outbox"].as_array().unwrap().len(), 1);
@@ -215,7 +228,7 @@ async fn kill_9_at_random_moments_ends_in_the_same_chain_state() {
     let mut kills = 0;
     for round in 0..60 {
         let mut child = Daemon::spawn(keeper(&market, &deployment)
-            .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s", "--payout-threshold", "1000000"])
+            .args(["run", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--interval", "1s", "--payout-threshold", "1"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--private-key-file")
             .arg(&key)
@@ -229,7 +242,7 @@ async fn kill_9_at_random_moments_ends_in_the_same_chain_state() {
         if settled().await {
             // One more uninterrupted step to confirm what is left, then stop.
             let last = keeper(&market, &deployment)
-                .args(["run", "--once", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--payout-threshold", "1000000"])
+                .args(["run", "--once", "--rpc-url", &market.chain.endpoint(), "--default-split", &split, "--payout-threshold", "1"])
                 .arg("--private-key-file")
                 .arg(&key)
                 .output()

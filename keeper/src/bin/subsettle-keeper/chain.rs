@@ -19,6 +19,9 @@ pub(crate) async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `run` and `admin` find the node when neither a flag nor the config file says.
+const DEFAULT_RPC_URL: &str = "http://127.0.0.1:8545";
+
 /// The signer on the deployment's chain, refusing a node of another chain.
 pub(crate) async fn connect_sender(
     settings: &Settings,
@@ -26,8 +29,8 @@ pub(crate) async fn connect_sender(
     fees: subsettle_keeper::settlement::outbox::FeePolicy,
 ) -> anyhow::Result<subsettle_keeper::settlement::outbox::Sender> {
     use alloy::providers::{Provider, ProviderBuilder};
-    let key = OperatorKey::load(chain.private_key_file.as_deref())?;
-    let rpc_url = chain.rpc_url.as_str();
+    let key = OperatorKey::load(chain.private_key_file.as_deref().or(settings.private_key_file.as_deref()))?;
+    let rpc_url = chain.rpc_url.as_deref().or(settings.rpc_url.as_deref()).unwrap_or(DEFAULT_RPC_URL);
     let url = rpc_url.parse().map_err(|_| anyhow::anyhow!("rpc_url: `{rpc_url}` is not a URL"))?;
     let provider = ProviderBuilder::new().connect_http(url).erased();
     let chain_id = provider.get_chain_id().await.context("eth_chainId")?;
@@ -37,7 +40,7 @@ pub(crate) async fn connect_sender(
         settings.deployment.chain_id
     );
     use subsettle_keeper::settlement::outbox::Finality;
-    let finality = chain.confirmations.map_or(Finality::Finalized, Finality::Confirmations);
+    let finality = chain.confirmations.or(settings.confirmations).map_or(Finality::Finalized, Finality::Confirmations);
     finality.check(&provider).await?;
     Ok(subsettle_keeper::settlement::outbox::Sender { provider, key, chain_id, fees, finality })
 }

@@ -12,11 +12,12 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
     };
     let (settings, pool) = open(&args.chain.settings).await?;
     require_default_split(&settings)?;
+    let run = settings.run.clone().context("run settings")?;
     let gwei = 1_000_000_000u128;
     let fees = FeePolicy {
-        max_fee_cap: u128::from(args.max_fee_gwei) * gwei,
-        priority_fee: u128::from(args.priority_fee_gwei) * gwei,
-        bump_after: Duration::from_secs(args.bump_after),
+        max_fee_cap: u128::from(run.max_fee_gwei) * gwei,
+        priority_fee: u128::from(run.priority_fee_gwei) * gwei,
+        bump_after: Duration::from_secs(run.bump_after),
         bump_percent: 20,
     };
     let sender = connect_sender(&settings, &args.chain, fees).await?;
@@ -26,21 +27,21 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         .call()
         .await
         .context("reading chargeWindow()")?;
-    let retry = i64::try_from(args.retry_interval).unwrap_or(i64::MAX);
+    let retry = i64::try_from(run.retry_interval).unwrap_or(i64::MAX);
     let engine = Engine {
         pool: pool.clone(),
         sender,
         deployment: settings.deployment.clone(),
         close: close_options(&settings),
-        renewals: RenewalPolicy { batch: args.batch, retry_interval: retry },
+        renewals: RenewalPolicy { batch: run.batch, retry_interval: retry },
         settlement: SettlementPolicy {
-            batch: args.batch,
+            batch: run.batch,
             retry_interval: retry,
             charge_window: i64::try_from(charge_window.to::<u64>()).unwrap_or(i64::MAX),
-            payout_threshold: args.payout_threshold,
-            charge_threshold: args.charge_threshold.filter(|t| *t > 0),
+            payout_threshold: run.payout_threshold,
+            charge_threshold: run.charge_threshold,
         },
-        epoch_interval: i64::try_from(args.epoch_interval).unwrap_or(i64::MAX),
+        epoch_interval: i64::try_from(run.epoch_interval).unwrap_or(i64::MAX),
     };
     if args.dry_run {
         let report = engine.step(true).await?;
@@ -61,12 +62,12 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!("holding the sender lease");
-    let stale_after = i64::try_from(args.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX);
+    let stale_after = i64::try_from(run.interval.saturating_mul(3).max(60)).unwrap_or(i64::MAX);
     let metrics = Arc::new(subsettle_keeper::settlement::metrics::EngineMetrics::new(pool.clone(), chain_id, stale_after));
-    let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::settlement::metrics::serve(metrics.clone(), args.metrics_addr)));
+    let server = (!args.once).then(|| tokio::spawn(subsettle_keeper::settlement::metrics::serve(metrics.clone(), run.metrics_addr)));
     loop {
         // A step runs to its end before a shutdown is honoured: whatever it signed is persisted first.
-        let mut pause = args.interval;
+        let mut pause = run.interval;
         let started = std::time::Instant::now();
         match engine.step(false).await {
             Ok(report) => {
@@ -74,7 +75,7 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
                 tracing::info!(?report, "step");
                 // Wake early when a renewal or a period close falls due before the next interval.
                 match engine.next_due().await {
-                    Ok(next) => pause = subsettle_keeper::settlement::engine::pause_until(report.now, next, args.interval),
+                    Ok(next) => pause = subsettle_keeper::settlement::engine::pause_until(report.now, next, run.interval),
                     Err(error) => tracing::warn!(%error, "could not read when work falls due; waiting the full interval"),
                 }
             }
