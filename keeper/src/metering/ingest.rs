@@ -218,11 +218,15 @@ fn read_properties(value: Option<&Value>, id: Option<&str>) -> Result<Option<Val
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(object @ Value::Object(_)) => {
-            let size = serde_json::to_vec(object).map_or(usize::MAX, |v| v.len());
-            if size > MAX_PROPERTIES_BYTES {
+            let text = serde_json::to_vec(object).unwrap_or_default();
+            if text.len() > MAX_PROPERTIES_BYTES {
+                let size = text.len();
                 return Err(Outcome::rejected(id, "properties", format!("{size} bytes, above the limit of {MAX_PROPERTIES_BYTES}")));
             }
-            if let Some((field, reason)) = unstorable(object, "properties") {
+            // U+0000 is written `\u0000` in JSON: only then is the object walked to name the place.
+            if text.windows(6).any(|w| w == b"\\u0000")
+                && let Some((field, reason)) = unstorable(object, "properties")
+            {
                 return Err(Outcome::rejected(id, &field, reason));
             }
             Ok(Some(object.clone()))
@@ -446,6 +450,10 @@ mod tests {
         assert_eq!(unstorable(&value, "properties").unwrap().0, r#"properties["we ird\u0000"]"#);
         let value: Value = serde_json::from_str(r#"{"a": ["\u0001", "\ud83d\ude00", 1e308, -5, null]}"#).unwrap();
         assert_eq!(unstorable(&value, "properties"), None);
+        let rejected = read_properties(Some(&serde_json::json!({ "ok": "\\u0000 written out", "foo": "a\u{0}b" })), Some("e-1"));
+        assert!(matches!(rejected, Err(Outcome::Rejected { field, .. }) if field == "properties.foo"));
+        let kept = serde_json::json!({ "path": "C:\\u0000dir" });
+        assert_eq!(read_properties(Some(&kept), None), Ok(Some(kept.clone())));
     }
 
     #[test]

@@ -369,10 +369,11 @@ impl From<KeeperError> for ApiError {
                 tracing::warn!("no database connection within the acquire timeout; answering 503");
                 Self::unavailable(DbFailure::AcquireTimeout)
             }
-            // A value Postgres refuses (data exception, class 22) or a constraint it violates (class 23) is refused
-            // again on every retry: the request is at fault, not the keeper. Validation should have caught it.
+            // A value Postgres refuses (a data exception, class 22) or a check, not-null or foreign-key constraint it
+            // violates is refused again on every retry: the request is at fault, not the keeper (validation should
+            // have caught it). A unique violation may be a race that a retry resolves: 503 like any other failure.
             KeeperError::Database(sqlx::Error::Database(db))
-                if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
+                if db.code().is_some_and(|code| code.starts_with("22") || ["23502", "23503", "23514"].contains(&code.as_ref())) =>
             {
                 tracing::warn!(error = %db, "the database refused a value that passed validation");
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("the database refused a value: {}", db.message()))
