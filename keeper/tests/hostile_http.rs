@@ -225,7 +225,8 @@ async fn values_postgres_refuses_bad_times_and_quantities_and_wrong_media_types_
     assert_eq!(status, 422, "{body}");
     assert!(body["message"].as_str().unwrap().starts_with("units[\"images\\u0000\"]: the key contains"), "{body}");
     let (status, body) = serve.post("/v1/models/image%00gen/meters", "application/json", &json!({ "meter": "calls" }).to_string()).await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    assert_eq!((status, body["code"].as_str()), (422, Some("invalid")), "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("model_id: unknown model"), "{body}");
     let (status, body) = serve.get("/v1/models/image%00gen/splits").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
 

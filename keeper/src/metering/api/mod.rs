@@ -387,9 +387,18 @@ impl From<KeeperError> for ApiError {
 }
 
 /// A model id from a path: of the catalog's form, so that it can be looked up (a NUL or other text Postgres
-/// refuses never reaches it).
-fn path_model_id(model_id: &str) -> Result<(), ApiError> {
-    catalog::check_model_id(model_id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown model {:?}", model_id)))
+/// refuses never reaches it). One that is not is an unknown model: 404 for a read, 422 `model_id` for a write
+/// (as a well-formed unknown id is).
+fn path_model_id(model_id: &str, write: bool) -> Result<(), ApiError> {
+    if catalog::check_model_id(model_id).is_ok() {
+        return Ok(());
+    }
+    let message = format!("unknown model {model_id:?}");
+    Err(if write {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("model_id: {message}"))
+    } else {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    })
 }
 
 async fn post_usage(_: Operator, State(keeper): State<Arc<Keeper>>, body: Payload) -> Result<Response, ApiError> {
@@ -452,7 +461,7 @@ struct SplitChange {
 }
 
 async fn set_split(_: Operator, State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, body: Payload) -> Result<Response, ApiError> {
-    path_model_id(&model_id)?;
+    path_model_id(&model_id, true)?;
     let change: SplitChange = body.json()?;
     let notice = keeper.split_notice_now()?;
     catalog::set_model_split(&keeper.pool, keeper.settings.chain_id, &model_id, change.split_id, change.effective_at, notice).await?;
@@ -463,7 +472,7 @@ async fn set_split(_: Operator, State(keeper): State<Arc<Keeper>>, Path(model_id
 /// A model's split mapping history, public like the model list: creators can see which split a model earns for
 /// and from when, and that every change gave the escrow's notice.
 async fn get_splits(State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>) -> Result<Response, ApiError> {
-    path_model_id(&model_id)?;
+    path_model_id(&model_id, false)?;
     let Some(history) = catalog::split_history(&keeper.pool, &model_id).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown model `{model_id}`")));
     };
@@ -495,7 +504,7 @@ async fn get_metrics(State(keeper): State<Arc<Keeper>>, Extension(guard): Extens
 }
 
 async fn add_meter(_: Operator, State(keeper): State<Arc<Keeper>>, Path(model_id): Path<String>, body: Payload) -> Result<Response, ApiError> {
-    path_model_id(&model_id)?;
+    path_model_id(&model_id, true)?;
     let meter: catalog::NewMeter = body.json()?;
     catalog::add_meter(&keeper.pool, &model_id, &meter).await?;
     keeper.refresh().await?;
