@@ -436,6 +436,7 @@ async fn with_postgres_gone_ingest_answers_503_within_two_seconds_and_readyz_say
         let started = Instant::now();
         let (status, body) = serve.post("/v1/usage", "application/json", &event("d-2")).await;
         let took = started.elapsed();
+        eprintln!("{outage:?}: ingest answered {status} after {took:?}");
         assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{outage:?}: {body}");
         assert!(took < Duration::from_millis(2_500), "{outage:?}: 503 after {took:?}");
         let started = Instant::now();

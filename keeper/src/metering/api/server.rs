@@ -301,3 +301,21 @@ pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
     setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: current.maximum }).map_err(io::Error::from)?;
     Ok((before, hard))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit};
+        let (before, after) = raise_open_files_limit().expect("raising the soft limit to the hard one is always allowed");
+        assert!(after >= before);
+        let now = getrlimit(Resource::Nofile);
+        match now.maximum {
+            Some(hard) => assert_eq!(now.current, Some(hard), "{now:?}"),
+            None => assert!(now.current.is_none_or(|soft| soft >= 1 << 20), "{now:?}"),
+        }
+        assert_eq!(raise_open_files_limit().unwrap().0, after, "a second call finds it raised");
+    }
+}
