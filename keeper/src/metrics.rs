@@ -1,6 +1,6 @@
 //! Pieces of the Prometheus text exposition shared by the keeper's daemons: a histogram kept in memory with
 //! atomics, and label escaping. Each daemon renders its own metrics with them (`serve`:
-//! [`crate::metering::api`]).
+//! [`crate::metering::api`]; `run`: [`crate::settlement::metrics`]).
 
 use std::{
     fmt::Write,

@@ -12,7 +12,7 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use sqlx::PgPool;
 
-use crate::KeeperError;
+use crate::{KeeperError, metrics::Histogram};
 
 /// What the scrape needs.
 #[derive(Debug, Clone)]
@@ -32,44 +32,14 @@ pub struct EngineMetrics {
 }
 
 /// Upper bounds (seconds) of the step-duration buckets.
-const STEP_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
+const STEP_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
 /// Upper bounds (seconds) of the time from planning an action to its confirmation.
 const CONFIRM_BUCKETS: [i64; 7] = [1, 5, 15, 60, 300, 900, 3600];
-
-/// A Prometheus histogram kept in memory: cumulative bucket counts, a sum and a count.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [std::sync::atomic::AtomicU64; STEP_BUCKETS.len()],
-    count: std::sync::atomic::AtomicU64,
-    sum_micros: std::sync::atomic::AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, seconds: f64) {
-        for (bucket, bound) in self.buckets.iter().zip(STEP_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, out: &mut String) {
-        for (bucket, bound) in self.buckets.iter().zip(STEP_BUCKETS) {
-            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {}\n", bucket.load(Ordering::Relaxed)));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!("{name}_sum {}\n{name}_count {count}\n", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6));
-    }
-}
 
 impl EngineMetrics {
     /// Metrics of an engine on `chain_id` whose health goes stale after `stale_after_secs` without a step.
     pub fn new(pool: PgPool, chain_id: u64, stale_after_secs: i64) -> Self {
-        Self { pool, chain_id, last_step: Arc::default(), stale_after_secs, chain_now: Arc::default(), step_seconds: Arc::default() }
+        Self { pool, chain_id, last_step: Arc::default(), stale_after_secs, chain_now: Arc::default(), step_seconds: Arc::new(Histogram::new(STEP_BUCKETS)) }
     }
 
     /// Records a successful step now, which took `took` and ran at chain time `chain_now`.
@@ -106,7 +76,7 @@ impl EngineMetrics {
         self.render_confirm_times(&mut out).await?;
         self.render_lags(&mut out).await?;
         out.push_str("# HELP subsettle_keeper_step_seconds Duration of the engine's steps in this process.\n# TYPE subsettle_keeper_step_seconds histogram\n");
-        self.step_seconds.render("subsettle_keeper_step_seconds", &mut out);
+        self.step_seconds.render("subsettle_keeper_step_seconds", "", &mut out);
         let moved: Vec<(String, String)> = sqlx::query_as(
             "SELECT 'renewals', COALESCE(SUM(amount), 0)::TEXT FROM chain.renewals WHERE chain_id = $1
              UNION ALL SELECT 'usage_charges', COALESCE(SUM(amount), 0)::TEXT FROM chain.usage_charges WHERE chain_id = $1
@@ -233,23 +203,4 @@ pub async fn serve(metrics_state: Arc<EngineMetrics>, addr: SocketAddr) -> Resul
         .map_err(|e| KeeperError::Invalid { field: "metrics_addr".into(), reason: format!("{addr}: {e}") })?;
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(metrics_state);
     axum::serve(listener, app).await.map_err(|e| KeeperError::Invalid { field: "metrics".into(), reason: e.to_string() })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_step_histogram_counts_cumulatively() {
-        let histogram = Histogram::default();
-        for seconds in [0.01, 0.3, 0.3, 20.0] {
-            histogram.observe(seconds);
-        }
-        let mut text = String::new();
-        histogram.render("h", &mut text);
-        assert!(text.contains("h_bucket{le=\"0.05\"} 1\n"), "{text}");
-        assert!(text.contains("h_bucket{le=\"0.5\"} 3\n"), "{text}");
-        assert!(text.contains("h_bucket{le=\"15\"} 3\n"), "{text}");
-        assert!(text.contains("h_bucket{le=\"+Inf\"} 4\nh_sum 20.61\nh_count 4\n"), "{text}");
-    }
 }
