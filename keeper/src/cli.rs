@@ -309,30 +309,6 @@ pub struct ServeArgs {
     /// allowance and credit that billable usage is judged against, and the escrow's split-change delay.
     #[arg(long, env = "SUBSETTLE_RPC_URL")]
     pub rpc_url: Option<String>,
-    /// A request's headers must arrive within this after its first byte, else the connection is closed.
-    #[arg(long, env = "SUBSETTLE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration_secs)]
-    pub header_timeout: u64,
-    /// A request's body must arrive within this after its headers, else 408.
-    #[arg(long, env = "SUBSETTLE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration_secs)]
-    pub body_timeout: u64,
-    /// A connection waiting for its next request is closed after this long (keep it above a load balancer's idle
-    /// timeout, so that the balancer closes first).
-    #[arg(long, env = "SUBSETTLE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_secs)]
-    pub idle_timeout: u64,
-    /// A request is answered within this, body included, else 503; must be longer than --body-timeout.
-    #[arg(long, env = "SUBSETTLE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration_secs)]
-    pub request_timeout: u64,
-    /// Connections served at once; more wait in the kernel's accept queue until one closes.
-    #[arg(long, env = "SUBSETTLE_MAX_CONNECTIONS", default_value = "4096")]
-    pub max_connections: usize,
-    /// Request-body bytes held in memory at once over all requests; a body waits (up to --body-timeout, then
-    /// 503) until its size fits.
-    #[arg(long, env = "SUBSETTLE_MAX_BODY_MEMORY", default_value = "268435456")]
-    pub max_body_memory: usize,
-    /// How long a request waits for a Postgres connection before it is answered 503 (and `/readyz` reports
-    /// the database down).
-    #[arg(long, env = "SUBSETTLE_DB_TIMEOUT", default_value = "2s", value_parser = parse_duration_secs)]
-    pub db_timeout: u64,
 }
 
 /// `subsettle-keeper run`

@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub private_key_file: Option<PathBuf>,
     /// The settlement engine's settings (`run`).
     pub run: Option<RunFile>,
+    /// `serve`'s limits on clients.
+    pub server: Option<ServerFile>,
 }
 
 /// The `[run]` table of the TOML file (every key optional; the flags of `run` win).
@@ -114,6 +116,8 @@ pub struct Settings {
     pub private_key_file: Option<PathBuf>,
     /// The engine's settings, for `run`.
     pub run: Option<RunSettings>,
+    /// `serve`'s limits on clients, for `serve`.
+    pub server: Option<ServerSettings>,
 }
 
 /// The settlement engine's resolved settings.
@@ -154,6 +158,10 @@ pub trait SettingsFlags {
     }
     /// The `serve` group.
     fn serve(&self) -> Option<&ServeFlags> {
+        None
+    }
+    /// `serve`'s limits on clients.
+    fn server(&self) -> Option<&ServerFlags> {
         None
     }
     /// The engine's group, for `run`.
@@ -224,6 +232,101 @@ pub struct ServeFlags {
     pub usage_reload_interval: Option<String>,
 }
 
+/// `serve`'s limits on clients, which the TOML file's `[server]` table may also give.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServerFlags {
+    /// A request's headers must arrive within this after its first byte, else the connection is closed (default 10s).
+    #[arg(long, env = "SUBSETTLE_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// A request's body must arrive within this after its headers, else 408 (default 30s).
+    #[arg(long, env = "SUBSETTLE_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// A connection waiting for its next request is closed after this long (default 60s; keep it above a load
+    /// balancer's idle timeout, so that the balancer closes first).
+    #[arg(long, env = "SUBSETTLE_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// A request is answered within this, body included, else 503; must be longer than --body-timeout (default 60s).
+    #[arg(long, env = "SUBSETTLE_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// Connections served at once; more wait in the kernel's accept queue until one closes (default 4096).
+    #[arg(long, env = "SUBSETTLE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Request-body bytes held in memory at once over all requests; a body waits (up to --body-timeout, then
+    /// 503) until its size fits (default 268435456).
+    #[arg(long, env = "SUBSETTLE_MAX_BODY_MEMORY")]
+    pub max_body_memory: Option<usize>,
+    /// How long a request waits for a Postgres connection before it is answered 503 (and `/readyz` reports the
+    /// database down) (default 2s).
+    #[arg(long, env = "SUBSETTLE_DB_TIMEOUT")]
+    pub db_timeout: Option<String>,
+}
+
+/// The `[server]` table of the TOML file: `serve`'s limits on clients (its flags win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// `--header-timeout`.
+    pub header_timeout: Option<String>,
+    /// `--body-timeout`.
+    pub body_timeout: Option<String>,
+    /// `--idle-timeout`.
+    pub idle_timeout: Option<String>,
+    /// `--request-timeout`.
+    pub request_timeout: Option<String>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--max-body-memory`.
+    pub max_body_memory: Option<usize>,
+    /// `--db-timeout`.
+    pub db_timeout: Option<String>,
+}
+
+/// `serve`'s resolved limits on clients (seconds and counts; the server checks them against each other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Header read timeout, seconds.
+    pub header_timeout: u64,
+    /// Body read timeout, seconds.
+    pub body_timeout: u64,
+    /// Idle keep-alive timeout, seconds.
+    pub idle_timeout: u64,
+    /// Whole-request timeout, seconds.
+    pub request_timeout: u64,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Body bytes in memory at once.
+    pub max_body_memory: usize,
+    /// Postgres acquire timeout, seconds.
+    pub db_timeout: u64,
+}
+
+impl ServerSettings {
+    fn resolve(flags: &ServerFlags, file: ServerFile) -> Result<Self, KeeperError> {
+        let secs = |key: &str, flag: &Option<String>, file: Option<String>, default: &str| {
+            let text = flag.clone().or(file).unwrap_or_else(|| default.to_owned());
+            let value = parse_duration_secs(&text).map_err(|e| bad(key, &text, e))?;
+            if !(1..=3_600).contains(&value) {
+                return Err(bad(key, &text, "between 1s and 1h"));
+            }
+            Ok(value)
+        };
+        let max_connections = flags.max_connections.or(file.max_connections).unwrap_or(4096);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(bad("max_connections", max_connections, "between 1 and 1000000"));
+        }
+        let max_body_memory = flags.max_body_memory.or(file.max_body_memory).unwrap_or(256 << 20);
+        Ok(Self {
+            header_timeout: secs("header_timeout", &flags.header_timeout, file.header_timeout, "10s")?,
+            body_timeout: secs("body_timeout", &flags.body_timeout, file.body_timeout, "30s")?,
+            idle_timeout: secs("idle_timeout", &flags.idle_timeout, file.idle_timeout, "60s")?,
+            request_timeout: secs("request_timeout", &flags.request_timeout, file.request_timeout, "60s")?,
+            max_connections,
+            max_body_memory,
+            db_timeout: secs("db_timeout", &flags.db_timeout, file.db_timeout, "2s")?,
+        })
+    }
+}
+
 /// The one `serve` flag `usage import` also takes.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct SkewFlag {
@@ -250,6 +353,9 @@ pub struct ServeSettings {
     /// The API.
     #[command(flatten)]
     pub serve: ServeFlags,
+    /// Limits on clients.
+    #[command(flatten)]
+    pub server: ServerFlags,
 }
 
 impl SettingsFlags for ServeSettings {
@@ -261,6 +367,9 @@ impl SettingsFlags for ServeSettings {
     }
     fn serve(&self) -> Option<&ServeFlags> {
         Some(&self.serve)
+    }
+    fn server(&self) -> Option<&ServerFlags> {
+        Some(&self.server)
     }
 }
 
@@ -431,6 +540,10 @@ impl Settings {
             Some(run) => Some(RunSettings::resolve(run, file.run.unwrap_or_default(), decimals)?),
             None => None,
         };
+        let server = match flags.server() {
+            Some(server) => Some(ServerSettings::resolve(server, file.server.unwrap_or_default())?),
+            None => None,
+        };
         Ok(Self {
             database_url,
             deployment,
@@ -449,6 +562,7 @@ impl Settings {
             confirmations,
             private_key_file: file.private_key_file.map(|p| base.join(p)),
             run,
+            server,
         })
     }
 }
@@ -540,7 +654,7 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{CloseSettings, KeeperError, Overrides, RunFlags, RunSettingsArgs, Settings, parse_duration_secs};
+    use super::{CloseSettings, KeeperError, Overrides, RunFlags, RunSettingsArgs, ServeSettings, ServerFlags, Settings, parse_duration_secs};
 
     const DEPLOYMENT: &str = r#"{"chain_id":31337,"token":"0x0000000000000000000000000000000000000001",
         "subscriptions":"0x0000000000000000000000000000000000000002","escrow":"0x0000000000000000000000000000000000000003",
@@ -606,6 +720,24 @@ mod tests {
         assert!(refused("[run]\nmax_fee_gwei = 1\npriority_fee_gwei = 2\n").starts_with("max_fee_gwei"));
         assert!(refused("confirmations = 0\n").starts_with("confirmations"));
         assert!(refused("[run]\nintervall = \"5s\"\n").contains("intervall"), "an unknown key is named");
+    }
+
+    #[test]
+    fn the_file_configures_the_servers_limits() {
+        let (_dir, common) = config("[server]\nheader_timeout = \"5s\"\nmax_connections = 100\ndb_timeout = \"3s\"\n");
+        let flags = ServeSettings {
+            common,
+            server: ServerFlags { max_connections: Some(50), ..ServerFlags::default() },
+            ..ServeSettings::default()
+        };
+        let server = Settings::resolve(&flags).unwrap().server.unwrap();
+        assert_eq!((server.header_timeout, server.body_timeout, server.idle_timeout, server.request_timeout), (5, 30, 60, 60));
+        assert_eq!((server.max_connections, server.max_body_memory, server.db_timeout), (50, 256 << 20, 3));
+        for (toml, key) in [("[server]\ndb_timeout = \"0s\"\n", "db_timeout"), ("[server]\nmax_connections = 0\n", "max_connections"), ("[server]\nbody_timout = \"1s\"\n", "body_timout")] {
+            let (_dir, common) = config(toml);
+            let refused = Settings::resolve(&ServeSettings { common, ..ServeSettings::default() }).unwrap_err().to_string();
+            assert!(refused.contains(key), "{refused}");
+        }
     }
 
     #[test]

@@ -35,14 +35,15 @@ pub(crate) async fn read_split_notice(provider: &DynProvider, deployment: &subse
 }
 
 /// The server's limits from the flags, checked against each other and the largest body.
-fn http_limits(args: &ServeArgs, settings: &Settings) -> anyhow::Result<HttpLimits> {
+fn http_limits(settings: &Settings) -> anyhow::Result<HttpLimits> {
+    let server = settings.server.as_ref().context("server settings")?;
     let limits = HttpLimits {
-        header_timeout: Duration::from_secs(args.header_timeout),
-        body_timeout: Duration::from_secs(args.body_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        request_timeout: Duration::from_secs(args.request_timeout),
-        max_connections: args.max_connections,
-        max_body_memory: args.max_body_memory,
+        header_timeout: Duration::from_secs(server.header_timeout),
+        body_timeout: Duration::from_secs(server.body_timeout),
+        idle_timeout: Duration::from_secs(server.idle_timeout),
+        request_timeout: Duration::from_secs(server.request_timeout),
+        max_connections: server.max_connections,
+        max_body_memory: server.max_body_memory,
     };
     limits.check(settings.max_body_bytes)?;
     Ok(limits)
@@ -69,7 +70,7 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if settings.api_token.is_none() {
         anyhow::bail!("api_token: set SUBSETTLE_API_TOKEN or --api-token-file; the API takes no writes without it");
     }
-    let limits = http_limits(&args, &settings)?;
+    let limits = http_limits(&settings)?;
     let open_files = match api::raise_open_files_limit() {
         Ok((before, after)) => {
             if after > before {
@@ -90,7 +91,7 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "--max-connections is close to the open files limit: accepts may fail once it is reached; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower --max-connections"
         );
     }
-    let pool = serve_pool(&settings, args.db_timeout).await?;
+    let pool = serve_pool(&settings, settings.server.as_ref().map_or(2, |s| s.db_timeout)).await?;
     let provider = connect_chain(&settings, args.rpc_url.as_deref(), "serve").await?;
     let split_notice = read_split_notice(&provider, &settings.deployment).await?;
     let chain_clock = match &args.chain_clock {
