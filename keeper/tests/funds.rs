@@ -9,87 +9,20 @@
 mod common;
 #[path = "common/market.rs"]
 mod market;
+#[path = "common/serve.rs"]
+mod serve;
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use alloy::primitives::{Address, B256, U256};
-use common::{Daemon, GRACE, PERIOD, USDC, u};
+use common::{GRACE, PERIOD, USDC, u};
 use market::{Market, TOKEN};
 use serde_json::{Value, json};
+use serve::{Serve, keeper_command};
 use subsettle_abi::{Subscriptions, TestUSDC};
-
-/// A `serve` process under test and a client of its API.
-struct Serve {
-    _child: Daemon,
-    url: String,
-    http: reqwest::Client,
-}
-
-fn keeper_command(market: &Market, deployment: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"));
-    command.env("DATABASE_URL", market.db.url()).env("SUBSETTLE_DEPLOYMENT", deployment).env("RUST_LOG", "warn").env_remove("SUBSETTLE_RPC_URL");
-    command
-}
-
-impl Serve {
-    /// Starts `serve` reading funds through `rpc` every second (subscriptions every 100 ms), following the chain's
-    /// clock, and waits for its API.
-    async fn start(market: &Market, rpc: &str, dir: &Path) -> Self {
-        let deployment = common::save_deployment(&market.deployment, dir);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let split = market.splits[0].to_string();
-        let endpoint = market.chain.endpoint();
-        let child = Daemon::spawn(
-            keeper_command(market, &deployment)
-                .args(["serve", "--http-addr", &addr, "--default-split", &split, "--rpc-url", rpc, "--chain-clock", &endpoint])
-                .args(["--funds-interval", "1s", "--refresh-interval-ms", "100"])
-                .env("SUBSETTLE_API_TOKEN", TOKEN)
-                .stdout(Stdio::null()),
-        );
-        let serve = Self { _child: child, url: format!("http://{addr}"), http: reqwest::Client::new() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while serve.http.get(format!("{}/healthz", serve.url)).send().await.is_err() {
-            assert!(Instant::now() < deadline, "the API did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        serve
-    }
-
-    async fn usage(&self, events: &Value) -> (u16, Value) {
-        let response = self.http.post(format!("{}/v1/usage", self.url)).bearer_auth(TOKEN).json(events).send().await.unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn entitlement(&self, who: Address) -> Value {
-        self.http.get(format!("{}/v1/entitlement/{who}", self.url)).send().await.unwrap().json().await.unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
-    }
-
-    /// Polls the entitlement answer of `who` until `ready` holds (the next funds reading), up to 20 s.
-    async fn wait_for(&self, who: Address, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let answer = self.entitlement(who).await;
-            if ready(&answer) {
-                return answer;
-            }
-            assert!(Instant::now() < deadline, "waited 20 s for {what}: {answer}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 /// The funds figure `key` of an entitlement answer.
 fn funds<'a>(answer: &'a Value, key: &str) -> &'a str {
@@ -141,7 +74,7 @@ async fn mint(market: &Market, wallet: Address, amount: u64) {
 async fn a_pay_as_you_go_wallet_is_served_only_what_it_can_pay() {
     let market = Market::start(1, 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&market, &market.chain.endpoint(), dir.path()).await;
+    let serve = Serve::start(&market, &market.chain.endpoint(), dir.path(), &[]).await;
     // Subscribed after serve started: its funds are read at the next refresh interval, not the next funds interval.
     let (payg, id) = pay_as_you_go(&market, 2, 100 * USDC).await;
     let now = market.now();
@@ -156,7 +89,10 @@ async fn a_pay_as_you_go_wallet_is_served_only_what_it_can_pay() {
     let (state, reason) = outcome(&report, 0);
     assert_eq!(state, "payment_required");
     assert!(reason.starts_with(&format!("subscription {id}: the wallet cannot pay")), "{reason}");
-    assert!(reason.contains("balance and allowance are short") && reason.contains("0 base units of overage not charged yet + 40000 for this usage against 0"), "{reason}");
+    assert!(
+        reason.contains("balance and allowance are short") && reason.contains("0 base units of overage not charged yet + 40000 for this usage against 0"),
+        "{reason}"
+    );
 
     // Funded with 5 USDC and 3 approved: a charge can collect 3 USDC. 4 USDC of images is refused, 2 then 1 served.
     mint(&market, payg, 5 * USDC).await;
@@ -195,7 +131,10 @@ async fn a_pay_as_you_go_wallet_is_served_only_what_it_can_pay() {
     assert_eq!(status, 402, "{report}");
     assert_eq!((outcome(&report, 0).0, outcome(&report, 1).0, outcome(&report, 2).0), ("accepted", "payment_required", "accepted"), "{report}");
     let reason = outcome(&report, 1).1;
-    assert!(reason.contains("balance is short") && reason.contains("4000000 base units of overage not charged yet + 2000000 for this usage against 5000000"), "{reason}");
+    assert!(
+        reason.contains("balance is short") && reason.contains("4000000 base units of overage not charged yet + 2000000 for this usage against 5000000"),
+        "{reason}"
+    );
 
     // Topped up to balance 13: 10 can be collected, 5 owed. Then the allowance is revoked: after the next reading only
     // the credit (2) can be collected, and billable usage is refused naming the allowance.
@@ -211,8 +150,11 @@ async fn a_pay_as_you_go_wallet_is_served_only_what_it_can_pay() {
     assert!(outcome(&report, 0).1.contains("allowance is short"), "{report}");
 
     // Only what was served is stored; the refusals are counted by reason.
-    let stored: (i64, String) =
-        sqlx::query_as("SELECT COUNT(*), SUM(quantity)::TEXT FROM keeper.usage_events WHERE subscription_id = $1").bind(id as i64).fetch_one(&market.pool).await.unwrap();
+    let stored: (i64, String) = sqlx::query_as("SELECT COUNT(*), SUM(quantity)::TEXT FROM keeper.usage_events WHERE subscription_id = $1")
+        .bind(id as i64)
+        .fetch_one(&market.pool)
+        .await
+        .unwrap();
     assert_eq!(stored, (5, "150".to_owned()));
     let metrics = serve.metrics().await;
     // Balance short: p-0 (both zero) and p-7; allowance short: p-1, p-3, p-5 and p-10.
@@ -271,7 +213,7 @@ async fn included_usage_is_never_refused_for_funds_and_unreadable_funds_refuse_o
     let (wallet, id) = market.subscribers[0];
     let node = Switch::start(market.chain.endpoint()).await;
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&market, &node.url, dir.path()).await;
+    let serve = Serve::start(&market, &node.url, dir.path(), &[]).await;
     let now = market.now();
 
     // The allowance revoked: the included usage is served all the same, overage is refused.
@@ -281,7 +223,10 @@ async fn included_usage_is_never_refused_for_funds_and_unreadable_funds_refuse_o
     assert_eq!((status, outcome(&report, 0).0), (200, "accepted"), "20 USDC of images is exactly the included value: {report}");
     let (status, report) = serve.usage(&json!([market.event("i-2", 0, "image-gen", "images", "1", now)])).await;
     assert_eq!(status, 402, "{report}");
-    assert!(outcome(&report, 0).1.contains(&format!("subscription {id}: the wallet cannot pay")) && outcome(&report, 0).1.contains("allowance is short"), "{report}");
+    assert!(
+        outcome(&report, 0).1.contains(&format!("subscription {id}: the wallet cannot pay")) && outcome(&report, 0).1.contains("allowance is short"),
+        "{report}"
+    );
     let (status, _) = serve.usage(&json!([market.event("i-3", 0, "llm-large", "input_tokens", "1000", now)])).await;
     assert_eq!(status, 200, "input tokens are still included by units");
     let answer = serve.entitlement(wallet).await;
@@ -296,7 +241,12 @@ async fn included_usage_is_never_refused_for_funds_and_unreadable_funds_refuse_o
     let answer = serve.entitlement(wallet).await;
     assert_eq!((funds(&answer, "owed"), funds(&answer, "headroom")), ("1000000", "9000000"), "{answer}");
     let operator = market.operator();
-    let charge = subsettle_abi::ISubscriptions::Charge { subscriptionId: U256::from(id), periodIndex: U256::ZERO, cumulativeOverage: u(USDC), usageRoot: B256::repeat_byte(1) };
+    let charge = subsettle_abi::ISubscriptions::Charge {
+        subscriptionId: U256::from(id),
+        periodIndex: U256::ZERO,
+        cumulativeOverage: u(USDC),
+        usageRoot: B256::repeat_byte(1),
+    };
     confirm!(Subscriptions::new(market.deployment.subscriptions, &operator).chargeUsage(vec![charge]));
     market.sync().await;
     let answer = serve.wait_for(wallet, "the charge", |a| funds(a, "allowance") == "9000000" && funds(a, "owed") == "0").await;
@@ -369,11 +319,12 @@ async fn serve_needs_the_deployments_chain_and_a_split_mapping_change_gives_the_
         .output()
         .unwrap();
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
-    let history: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT model_id, effective_at, notice_secs FROM keeper.model_splits WHERE model_id IN ('image-gen', 'tts-1') ORDER BY model_id, effective_at")
-            .fetch_all(&market.pool)
-            .await
-            .unwrap();
+    let history: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT model_id, effective_at, notice_secs FROM keeper.model_splits WHERE model_id IN ('image-gen', 'tts-1') ORDER BY model_id, effective_at",
+    )
+    .fetch_all(&market.pool)
+    .await
+    .unwrap();
     assert_eq!(history, [("image-gen".to_owned(), 0, 0), ("image-gen".to_owned(), earliest + 60, 604_800), ("tts-1".to_owned(), 0, 0)]);
 }
 
@@ -389,7 +340,8 @@ async fn two_replicas_judge_a_wallet_by_the_same_usage_and_funds() {
     approve(&market, 2, 2 * USDC).await;
     let now = market.now();
     // Replica A is the market's keeper, B a second one on the same database; both read funds from the node.
-    let settings = ApiSettings { chain_id: market.deployment.chain_id, api_token: Some(TOKEN.into()), decimals: 6, max_body_bytes: 1 << 20, max_future_ms: 300_000 };
+    let settings =
+        ApiSettings { chain_id: market.deployment.chain_id, api_token: Some(TOKEN.into()), decimals: 6, max_body_bytes: 1 << 20, max_future_ms: 300_000 };
     let b = Keeper::load(market.pool.clone(), settings, market.clock.clone()).await.unwrap();
     let a = market.keeper.clone();
     let reader = FundsReader::new(market.operator(), &market.deployment);
@@ -398,7 +350,8 @@ async fn two_replicas_judge_a_wallet_by_the_same_usage_and_funds() {
         assert_eq!(replica.refresh_funds(&reader, false).await.unwrap(), 2, "the wallets with a live subscription");
     }
     let images = |id: &str, n: &str| vec![Ok(event(id, payg, "image-gen", "images", n, now))];
-    let status = |report: &subsettle_keeper::metering::event::BatchReport| serde_json::to_value(&report.results[0]).unwrap()["status"].as_str().unwrap().to_owned();
+    let status =
+        |report: &subsettle_keeper::metering::event::BatchReport| serde_json::to_value(&report.results[0]).unwrap()["status"].as_str().unwrap().to_owned();
 
     // 1 of the 2 USDC the wallet can pay is used through A; B, once it reloads the open usage, counts it: 2 more is
     // refused, 1 served.

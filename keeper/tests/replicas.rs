@@ -45,11 +45,8 @@ struct Subscriber {
 
 /// Three paid subscribers with a 1 USDC cap and a pay-as-you-go wallet that can pay 2 USDC (cap 100 USDC).
 async fn subscribers(market: &Market) -> Vec<Subscriber> {
-    let mut all: Vec<Subscriber> = market
-        .subscribers
-        .iter()
-        .map(|(wallet, id)| Subscriber { wallet: *wallet, id: *id, plan: market.plan, bound: CAP.into(), funds: false })
-        .collect();
+    let mut all: Vec<Subscriber> =
+        market.subscribers.iter().map(|(wallet, id)| Subscriber { wallet: *wallet, id: *id, plan: market.plan, bound: CAP.into(), funds: false }).collect();
     let operator = market.operator();
     let receipt = confirm!(Subscriptions::new(market.deployment.subscriptions, &operator).createPlan(u(0), u(PERIOD), u(GRACE)));
     let plan = receipt.decoded_log::<Subscriptions::PlanCreated>().expect("PlanCreated").planId;

@@ -52,9 +52,8 @@ impl Terms {
 
     /// The cap refusal once the estimate is `estimate`, if any.
     pub fn cap_refusal(&self, estimate: u128) -> Option<(RefusalKind, String)> {
-        (estimate > 0 && estimate >= self.overage_cap).then(|| {
-            (RefusalKind::OverageCap, format!("subscription {} used its overage cap of {} base units for this period", self.id, self.overage_cap))
-        })
+        (estimate > 0 && estimate >= self.overage_cap)
+            .then(|| (RefusalKind::OverageCap, format!("subscription {} used its overage cap of {} base units for this period", self.id, self.overage_cap)))
     }
 }
 
@@ -78,7 +77,9 @@ impl Funds {
             Self::Unknown(when) => {
                 return Some((
                     RefusalKind::FundsUnknown,
-                    format!("subscription {id}: funds unknown: the wallet's balance, allowance and credit are {when}; billable usage waits until they are read again"),
+                    format!(
+                        "subscription {id}: funds unknown: the wallet's balance, allowance and credit are {when}; billable usage waits until they are read again"
+                    ),
                 ));
             }
             Self::Known(funds) => funds,
@@ -132,6 +133,8 @@ pub struct Judged {
     pub refusals: Vec<Option<(RefusalKind, String)>>,
     /// Per subscription whose open period admitted usage: its usage and estimated overage after the batch.
     pub usage: HashMap<u64, (Aggregates, u128)>,
+    /// Per subscription of the context: its estimated overage after the batch.
+    pub estimates: HashMap<u64, u128>,
 }
 
 /// The open usage of the subscriptions as a decision goes on.
@@ -183,7 +186,7 @@ pub fn judge(context: &Context, base: HashMap<u64, Aggregates>, events: &[&Usage
         let estimate = work.estimate_with(id, &[]);
         work.estimates.insert(id, estimate);
     }
-    let mut judged = Judged { refusals: vec![None; events.len()], usage: HashMap::new() };
+    let mut judged = Judged { refusals: vec![None; events.len()], usage: HashMap::new(), estimates: HashMap::new() };
     // The events that count against an open period, per wallet in order of first appearance.
     let mut wallets: Vec<(Address, Vec<usize>)> = Vec::new();
     for (index, event) in events.iter().enumerate() {
@@ -209,6 +212,7 @@ pub fn judge(context: &Context, base: HashMap<u64, Aggregates>, events: &[&Usage
         let usage = work.usage.remove(&id).unwrap_or_default();
         judged.usage.insert(id, (usage, work.estimates[&id]));
     }
+    judged.estimates = work.estimates;
     judged
 }
 
@@ -320,10 +324,8 @@ mod tests {
 
     /// Subscriptions `ids` of one wallet on `plan` (period from 1,000 s) with `cap` each, and its funds.
     fn context(ids: &[u64], plan: u64, cap: u128, funds: Funds) -> Context {
-        let subscriptions = ids
-            .iter()
-            .map(|id| (*id, Terms { id: *id, wallet: WALLET, plan_id: plan, period_start: 1_000, overage_cap: cap, charged: 0 }))
-            .collect();
+        let subscriptions =
+            ids.iter().map(|id| (*id, Terms { id: *id, wallet: WALLET, plan_id: plan, period_start: 1_000, overage_cap: cap, charged: 0 })).collect();
         Context { subscriptions, wallets: [(WALLET, Wallet { funds, live: ids.to_vec() })].into() }
     }
 

@@ -151,13 +151,21 @@ pub async fn store(pool: &PgPool, admission: &Admission<'_>, events: &[&UsageEve
     if events.is_empty() {
         return Ok(Stored::default());
     }
-    let context = admission.view.read().expect("entitlement lock").context(events, admission.now, wall_ms());
-    let mut keys: Vec<(u64, i64)> = context.subscriptions.values().map(|t| (t.id, t.period_start)).collect();
-    keys.sort_unstable();
-    // A period row can only vanish when another replica, a period ahead of this one's view, has cleared the rows of
-    // periods before the previous one: the next attempt makes it again.
+    let (context, unknown) = {
+        let view = admission.view.read().expect("entitlement lock");
+        let context = view.context(events, admission.now, wall_ms());
+        let mut keys: Vec<(u64, i64)> = context.subscriptions.values().map(|t| (t.id, t.period_start)).collect();
+        keys.sort_unstable();
+        let unknown: Vec<(u64, i64)> = keys.iter().filter(|(id, start)| !view.held_from_ledger(*id, *start)).copied().collect();
+        (context, (unknown, keys))
+    };
+    // The rows of periods the view has from the ledger exist, unless another replica, a period ahead of this one's
+    // view, has cleared the rows of periods before the previous one meanwhile: the next attempt makes them all.
     for attempt in 1..=3 {
-        create_periods(pool, &keys).await?;
+        let create = if attempt == 1 { &unknown.0 } else { &unknown.1 };
+        if !create.is_empty() {
+            create_periods(pool, create).await?;
+        }
         if let Some((stored, periods)) = decide(pool, admission, &context, events).await? {
             admission.view.write().expect("entitlement lock").apply_ledger(periods, admission.catalog, admission.decimals);
             return Ok(stored);
@@ -244,12 +252,18 @@ async fn decide(
     if !refused.is_empty() {
         sqlx::query("DELETE FROM keeper.usage_events WHERE event_id = ANY($1)").bind(&refused).execute(&mut *tx).await?;
     }
-    let versions = write_usage(&mut tx, &keys, &judged.usage).await?;
+    // Periods summed from their events just now are written too, with their estimate.
+    let mut written = judged.usage;
+    for (id, _) in &unready {
+        if !written.contains_key(id) {
+            written.insert(*id, (base.get(id).cloned().unwrap_or_default(), judged.estimates.get(id).copied().unwrap_or(0)));
+        }
+    }
+    let versions = write_usage(&mut tx, &keys, &written).await?;
     tx.commit().await?;
     stored.inserted = inserted;
 
     let mut base = base;
-    let mut judged_usage = judged.usage;
     let periods = keys
         .iter()
         .zip(&locked)
@@ -257,7 +271,7 @@ async fn decide(
             subscription_id: *id,
             period_start: *start,
             version: versions.get(id).copied().unwrap_or(*version),
-            usage: judged_usage.remove(id).map(|(usage, _)| usage).or_else(|| base.remove(id)).unwrap_or_default(),
+            usage: written.remove(id).map(|(usage, _)| usage).or_else(|| base.remove(id)).unwrap_or_default(),
         })
         .collect();
     Ok(Some((stored, periods)))
@@ -382,7 +396,11 @@ async fn read_usage(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)]) 
 
 /// Writes the usage of the periods that admitted some, with their estimated overage, and moves their versions on;
 /// returns the new version per subscription.
-async fn write_usage(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)], usage: &HashMap<u64, (Aggregates, u128)>) -> Result<HashMap<u64, i64>, KeeperError> {
+async fn write_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    periods: &[(u64, i64)],
+    usage: &HashMap<u64, (Aggregates, u128)>,
+) -> Result<HashMap<u64, i64>, KeeperError> {
     if usage.is_empty() {
         return Ok(HashMap::new());
     }

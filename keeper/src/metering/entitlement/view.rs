@@ -105,7 +105,8 @@ impl Entitlements {
             ledger: ledger.into_iter().filter(|p| current.contains(&(p.subscription_id, p.period_start))).collect(),
             summed: summed.into_iter().filter(|row| current.iter().any(|(id, _)| *id == row.0 as u64)).collect(),
         };
-        let summed_periods: Vec<(u64, i64)> = current.iter().copied().filter(|(id, start)| !usage.ledger.iter().any(|p| p.subscription_id == *id && p.period_start == *start)).collect();
+        let summed_periods: Vec<(u64, i64)> =
+            current.iter().copied().filter(|(id, start)| !usage.ledger.iter().any(|p| p.subscription_id == *id && p.period_start == *start)).collect();
         for (id, start) in summed_periods {
             // Summed figures replace summed ones only: a period the ledger holds is newer than any sum.
             if self.open.get(&id).is_none_or(|o| o.version.is_none()) {
@@ -157,6 +158,12 @@ impl Entitlements {
         }
     }
 
+    /// Whether the open usage held for subscription `id` is the ledger's figures of the period starting at `start`
+    /// (its row exists).
+    pub fn held_from_ledger(&self, id: u64, start: i64) -> bool {
+        self.open.get(&id).is_some_and(|o| o.period_start == start && o.version.is_some())
+    }
+
     fn estimate(&mut self, id: u64, catalog: &Snapshot, decimals: u32) {
         let (Some(sub), Some(open)) = (self.by_id.get(&id), self.open.get_mut(&id)) else { return };
         let allowance = catalog.allowance(sub.plan_id, open.period_start);
@@ -172,10 +179,7 @@ impl Entitlements {
     pub fn resolve(&self, subscriber: Option<Address>, subscription_id: Option<u64>, now: i64) -> Result<(&Subscription, Option<String>), Refusal> {
         let sub = match (subscriber, subscription_id) {
             (_, Some(id)) => {
-                let sub = self.by_id.get(&id).ok_or_else(|| Refusal::Invalid {
-                    field: "subscription_id",
-                    reason: format!("unknown subscription {id}"),
-                })?;
+                let sub = self.by_id.get(&id).ok_or_else(|| Refusal::Invalid { field: "subscription_id", reason: format!("unknown subscription {id}") })?;
                 if subscriber.is_some_and(|s| s != sub.subscriber) {
                     return Err(Refusal::Invalid { field: "subscriber", reason: format!("does not own subscription {id}") });
                 }
@@ -560,13 +564,7 @@ mod funds_tests {
         };
         e.apply(vec![sub], &[(1, 1_000)], OpenUsageRead::default(), &catalog(), 6);
         e.enable_funds(FundsPolicy { interval_ms: 15_000 });
-        let reading = WalletFunds {
-            balance: U256::from(balance),
-            allowance: U256::from(allowance),
-            credit: U256::from(credit),
-            block: 7,
-            read_at_ms,
-        };
+        let reading = WalletFunds { balance: U256::from(balance), allowance: U256::from(allowance), credit: U256::from(credit), block: 7, read_at_ms };
         e.set_funds([(WALLET, reading)].into(), &[(1, 0)], &HashMap::new());
         e
     }
@@ -636,7 +634,13 @@ mod funds_tests {
         let mut more = events(&[("u", 1)]);
         assert_eq!(admit(&e, &mut more), [Some(RefusalKind::FundsAllowance)], "allowance 2 is the limit");
         // The chain charged 2 USDC of this period (the next reading shows the allowance used up and re-approved).
-        let reading = WalletFunds { balance: U256::from(8 * USDC), allowance: U256::from(3 * USDC), credit: U256::ZERO, block: 8, read_at_ms: crate::metering::funds::wall_ms() };
+        let reading = WalletFunds {
+            balance: U256::from(8 * USDC),
+            allowance: U256::from(3 * USDC),
+            credit: U256::ZERO,
+            block: 8,
+            read_at_ms: crate::metering::funds::wall_ms(),
+        };
         e.set_funds([(WALLET, reading)].into(), &[(1, 0)], &[((1, 0), 2 * USDC)].into());
         let funds = e.check(WALLET, 1_500).funds.unwrap();
         assert_eq!((funds.owed.as_str(), funds.headroom.as_deref()), ("0", Some("3000000")));
