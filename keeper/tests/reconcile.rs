@@ -12,7 +12,13 @@ use alloy::primitives::{Address, U256};
 use market::{CUTOFF, Market};
 use serde_json::{Value, json};
 use subsettle_abi::Subscriptions;
-use subsettle_keeper::operator::reconcile::{Check, Difference, Report, reconcile, to_table};
+use subsettle_keeper::{
+    metering::statement::{
+        ChargeClock, Scope, Statement, StatementLine, creator_statement, subscriber_statement_at, to_csv, verify, verify_at,
+    },
+    operator::reconcile::{Check, Difference, Report, reconcile, to_table},
+    settlement::epoch::{EpochScope, SettleRoom, close_epoch},
+};
 
 /// A month for two subscribers: subscriber 0 uses 600 images (4 USDC over the allowance), subscriber 1 prepays
 /// 100 USDC of credit that pays its renewal. The engine closes, renews, charges, settles and pays out until it
@@ -240,12 +246,37 @@ async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_re
     market.advance(30 * 86_400 + CUTOFF as u64).await;
     let snapshot = catalog::load(&market.pool).await.unwrap();
     close_due_periods(&market.pool, &snapshot, &market.close_options(), market.now()).await.unwrap();
+    let ((w0, s0), (w1, s1)) = (market.subscribers[0], market.subscribers[1]);
+
+    // Period 1's window is still open: the chain has collected none of its charge and still may. The statement says
+    // so (paid is the fee alone), which is pending, not uncollectable and not a difference.
+    let report = reconciled(&market).await;
+    let table = to_table(&report);
+    assert!(report.uncollectable.iter().any(|u| u.ids.subscription_id == Some(s1) && u.ids.period == Some(0)), "{table}");
+    assert!(!report.uncollectable.iter().any(|u| u.ids.subscription_id == Some(s0)), "{table}");
+    let open = |p: &&subsettle_keeper::operator::reconcile::Pending| p.check == Check::Statement && p.ids.subscriber == Some(w0);
+    assert!(report.pending.iter().find(open).is_some_and(|p| p.detail.contains("period 1") && p.detail.contains("open until")), "{table}");
+    assert!(!report.differences.iter().any(|d| d.check == Check::Statement), "{table}");
+    let statement = drawn(&market, w0).await;
+    let period = |statement: &Statement, id: u64, index: u64| {
+        statement.periods.iter().find(|p| p.subscription_id == id && p.period_index == index).cloned().expect("the period is in the statement")
+    };
+    let open = period(&statement, s0, 1);
+    assert_eq!((open.paid.as_str(), open.uncollected.as_deref(), open.uncollectable), ("79000000", Some("4000000"), false));
+    assert!(open.uncollected_reason.as_deref().is_some_and(|r| r.starts_with("not collected yet: its charge window is open until ")), "{open:?}");
+    let check = verify_at(&market.pool, &statement, Some(&clock(&market).await)).await.unwrap();
+    assert!(check.problems.is_empty() && check.open_charges.len() == 1, "{check:?}");
+    // A statement that calls it uncollectable while the contract may still collect it does not verify.
+    let mut early = statement.clone();
+    early.periods.iter_mut().filter(|p| p.subscription_id == s0 && p.period_index == 1).for_each(|p| p.uncollectable = true);
+    let check = verify_at(&market.pool, &early, Some(&clock(&market).await)).await.unwrap();
+    assert!(check.problems.iter().any(|p| p.contains("is uncollectable, but the period's charge window is open until")), "{check:?}");
+
     // Both charge windows (2 days after each period's end) pass.
     market.advance(2 * 86_400).await;
 
     let report = reconciled(&market).await;
     let table = to_table(&report);
-    let (s0, s1) = (market.subscribers[0].1, market.subscribers[1].1);
     let item = |id: u64, period: u64| {
         report.uncollectable.iter().find(|u| u.ids.subscription_id == Some(id) && u.ids.period == Some(period)).unwrap_or_else(|| panic!("{table}"))
     };
@@ -261,4 +292,65 @@ async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_re
     assert!(!report.differences.iter().any(|d| d.check == Check::Charged), "{table}");
     assert!(table.contains("uncollectable (the charge window has closed; not differences)") && table.contains("what to do:"), "{table}");
     assert!(!table.contains("not planned yet"), "{table}");
+    // The subscribers' statements say what the chain collected and what it never will, so they verify: no
+    // statement difference, nothing pending.
+    assert!(!report.differences.iter().any(|d| d.check == Check::Statement), "{table}");
+    assert!(!report.pending.iter().any(|p| p.check == Check::Statement), "{table}");
+    assert_clean(&report);
+
+    // The statements' JSON: paid is the fee the chain collected, uncollected the whole overage charge, for good.
+    let clock = clock(&market).await;
+    for (wallet, id, index, failure) in [(w0, s0, 1, None), (w1, s1, 0, Some("insufficient_balance"))] {
+        let statement = drawn(&market, wallet).await;
+        let json = serde_json::to_value(&statement).unwrap();
+        let period = json["periods"].as_array().unwrap().iter().find(|p| p["subscription_id"] == id && p["period_index"] == index).unwrap();
+        assert_eq!(
+            (&period["fee"], &period["overage_charge"], &period["paid"], &period["uncollected"], &period["uncollectable"]),
+            (&json!("79000000"), &json!("4000000"), &json!("79000000"), &json!("4000000"), &json!(true)),
+            "{period}"
+        );
+        let reason = period["uncollected_reason"].as_str().unwrap();
+        assert!(reason.starts_with("charge window closed 20") && reason.contains("chargeWindow() 172800 s"), "{reason}");
+        assert_eq!(failure.is_some_and(|f| reason.contains(f)), failure.is_some(), "{reason}");
+        // Its lines are the usage as priced: fee plus overage charge, that is paid plus uncollected.
+        let lines: u128 = statement.lines.iter().filter(|l| (l.subscription_id, l.period_index) == (id, index)).map(|l| l.amount.parse::<u128>().unwrap()).sum();
+        assert_eq!(lines, 83_000_000);
+        let check = verify_at(&market.pool, &statement, Some(&clock)).await.unwrap();
+        assert!(check.ok() && check.open_charges.is_empty(), "{check:?}");
+        // Without the chain's clock the window cannot be checked (the subscription has not moved two periods on):
+        // the claim is not taken on trust.
+        let unchecked = verify(&market.pool, &statement).await.unwrap();
+        assert!(unchecked.problems.iter().any(|p| p.contains("needs the chain's clock")), "{unchecked:?}");
+        // One unit off what the chain did not collect is caught.
+        let mut off = statement.clone();
+        off.periods.iter_mut().filter(|p| (p.subscription_id, p.period_index) == (id, index)).for_each(|p| p.uncollected = Some("3999999".into()));
+        let check = verify_at(&market.pool, &off, Some(&clock)).await.unwrap();
+        assert!(check.problems.iter().any(|p| p.contains("not 4000000")), "{check:?}");
+    }
+
+    // Creators: the engine gathers only closes the chain collected in full, so no epoch takes an uncollectable
+    // close now either, and no creator statement has a line of one (their fees stay in unallocated()).
+    let scope = EpochScope::Collected { charge_window: 2 * 86_400 };
+    let epoch = close_epoch(&market.pool, market.deployment.chain_id, market.now(), scope, SettleRoom::UNLIMITED).await.unwrap();
+    assert_eq!(epoch, None);
+    let recipients: Vec<Vec<u8>> = sqlx::query_scalar("SELECT DISTINCT recipient FROM chain.credits").fetch_all(&market.pool).await.unwrap();
+    assert!(!recipients.is_empty());
+    for recipient in recipients {
+        let statement = creator_statement(&market.pool, market.deployment.chain_id, 6, Address::from_slice(&recipient), Scope::default()).await.unwrap();
+        assert!(!statement.lines.is_empty());
+        let uncollectable = |l: &&StatementLine| [(s0, 1), (s1, 0)].contains(&(l.subscription_id, l.period_index));
+        assert!(!statement.lines.iter().any(|l| uncollectable(&l)), "{}", to_csv(&statement));
+        assert!(verify_at(&market.pool, &statement, Some(&clock)).await.unwrap().ok());
+    }
+}
+
+/// The chain's clock at the indexer's cursor, as reconcile reads it.
+async fn clock(market: &Market) -> ChargeClock {
+    ChargeClock::at_cursor(&market.pool, &market.operator(), &market.deployment).await.unwrap()
+}
+
+/// A subscriber's statement judged at that clock.
+async fn drawn(market: &Market, wallet: Address) -> Statement {
+    let clock = clock(market).await;
+    subscriber_statement_at(&market.pool, market.deployment.chain_id, 6, wallet, Scope::default(), Some(&clock)).await.unwrap()
 }

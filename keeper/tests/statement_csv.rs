@@ -1,6 +1,7 @@
 //! CSV statements carry what the JSON has for checking a line (issue #16 item 15): each row's `proof` (the hashes
 //! joined by `;`) proves the leaf rebuilt from the row's own columns against its `root`, and each row names the
-//! settlement transaction of its epoch and the usage charge transaction of its period, once indexed.
+//! settlement transaction of its epoch and the usage charge transaction of its period, once indexed. The table
+//! says per period what was paid and what the chain did not collect.
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use subsettle_keeper::{
     metering::{
         close::line_leaf,
         pricing::{Line, LineKey},
-        statement::{EpochRef, Party, PeriodRef, Scope, Statement, StatementLine, to_csv},
+        statement::{EpochRef, Party, PeriodRef, Scope, Statement, StatementLine, to_csv, to_table},
     },
 };
 
@@ -74,6 +75,9 @@ fn period(period_index: u64, usage_root: B256, charge_tx: Option<B256>) -> Perio
         fee: "79000000".into(),
         overage_charge: "0".into(),
         paid: "79000000".into(),
+        uncollected: None,
+        uncollected_reason: None,
+        uncollectable: false,
         usage_root,
         charge_tx,
         charged_on_chain: None,
@@ -214,4 +218,19 @@ fn a_creator_statement_names_the_settlement_and_no_charge() {
     let after = rows(&to_csv(&statement));
     assert!(after[..2].iter().all(|r| r["settlement_tx"] == settlement_tx.to_string()));
     assert_eq!(after[2]["settlement_tx"], "", "a line not gathered into an epoch has no settlement");
+}
+
+#[test]
+fn the_table_says_what_was_paid_and_what_was_never_collected() {
+    let (mut statement, _, _) = statement();
+    let reason = "charge window closed 2026-09-20T00:00:01Z (period end 2026-09-18T00:00:00Z + chargeWindow() 172800 s + 0 s paused since)";
+    let period = &mut statement.periods[1];
+    (period.overage_charge, period.uncollected, period.uncollected_reason, period.uncollectable) =
+        ("4000000".into(), Some("4000000".into()), Some(reason.into()), true);
+    let table = to_table(&statement);
+    assert!(table.contains("subscription 7 period 1: fee 79.000000 + overage 4.000000, paid 79.000000 (charged on chain: nothing, tx -)"), "{table}");
+    assert!(table.contains(&format!("  uncollectable: 4.000000 of the overage ({reason})")), "{table}");
+    // A shortfall the contract may still collect is not called uncollectable.
+    statement.periods[1].uncollectable = false;
+    assert!(to_table(&statement).contains("  not collected: 4.000000 of the overage"), "{table}");
 }

@@ -3,10 +3,11 @@
 //! against its committed root. [`verify`] recomputes each leaf from the line's own fields, checks its proof and
 //! the totals, and compares the roots and credits with what the chain recorded (as indexed).
 //!
-//! A subscriber's amount per line is the line's share of what they paid (plan fee plus capped overage); a
-//! creator's amount per line is their part of the split's on-chain credit, divided over the split's lines in the
-//! epoch by the lines' amounts with the largest-remainder rule of [`crate::money`], so that it adds up to the
-//! credit exactly.
+//! A subscriber's amount per line is the line's share of the period as priced (plan fee plus capped overage); each
+//! period says what the chain collected (`paid`) and what it did not (`uncollected`, with why, and whether the
+//! contract's charge window has closed on it: [`window`]). A creator's amount per line is their part of the split's
+//! on-chain credit, divided over the split's lines in the epoch by the lines' amounts with the largest-remainder
+//! rule of [`crate::money`], so that it adds up to the credit exactly.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 mod verify;
+pub mod window;
 
-pub use verify::{Verification, verify};
+pub use verify::{Verification, verify, verify_at};
+pub use window::{ChargeClock, ChargePeriod, Chargeable, chargeable};
 
 use crate::{
     KeeperError,
@@ -118,12 +121,25 @@ pub struct PeriodRef {
     pub start: i64,
     /// End.
     pub end: i64,
-    /// Plan fee paid.
+    /// The plan fee collected on chain for the period.
     pub fee: String,
-    /// Overage charge (capped).
+    /// The keeper's overage charge: the period's usage priced over the allowance, capped (what its close asks the
+    /// chain to collect, cumulatively). The period's lines add up to `fee + overage_charge`.
     pub overage_charge: String,
-    /// Fee plus overage charge.
+    /// What the chain collected for the period: `fee` plus the overage charged on chain (`charged_on_chain`).
     pub paid: String,
+    /// The part of `overage_charge` the chain has not collected (`overage_charge` minus `charged_on_chain`), base
+    /// units; `None` when it collected all of it. `paid + uncollected = fee + overage_charge`.
+    #[serde(default)]
+    pub uncollected: Option<String>,
+    /// Why `uncollected` was not collected, in words: `charge window closed <RFC 3339> (...)` once the contract
+    /// refuses any charge of the period, else that it may still be collected (and until when).
+    #[serde(default)]
+    pub uncollected_reason: Option<String>,
+    /// Whether `uncollected` can never be collected: the period's charge window had closed by the statement's
+    /// clock ([`window`]). False while it still may be, and when it could not be judged.
+    #[serde(default)]
+    pub uncollectable: bool,
     /// The period's usage root.
     pub usage_root: B256,
     /// The usage charge transaction, once indexed.
@@ -357,17 +373,36 @@ async fn chain_charges(pool: &PgPool, chain_id: u64, subscription_id: u64, perio
         .collect())
 }
 
-/// A subscriber's statement.
+/// A subscriber's statement drawn without the chain's clock: a period the chain collected less of than its
+/// overage charge is said to be uncollectable only where the index alone shows it (the subscription has moved two
+/// periods on). See [`subscriber_statement_at`].
 pub async fn subscriber_statement(pool: &PgPool, chain_id: u64, decimals: u32, subscriber: Address, scope: Scope) -> Result<Statement, KeeperError> {
-    type PeriodRow = (i64, i64, i64, i64, String, String, String, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<String>);
+    subscriber_statement_at(pool, chain_id, decimals, subscriber, scope, None).await
+}
+
+/// A subscriber's statement. Each period's `paid` is what the chain collected (as indexed); a period the chain
+/// collected less of than its overage charge has the difference in `uncollected`, judged with the contract's rule
+/// ([`window`]) at `clock` (read it at the indexer's cursor: [`ChargeClock::at_cursor`]).
+pub async fn subscriber_statement_at(
+    pool: &PgPool,
+    chain_id: u64,
+    decimals: u32,
+    subscriber: Address,
+    scope: Scope,
+    clock: Option<&ChargeClock>,
+) -> Result<Statement, KeeperError> {
+    type PeriodRow = (i64, i64, i64, i64, String, String, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<String>, Option<String>);
     let periods: Vec<PeriodRow> = sqlx::query_as(
         "SELECT c.subscription_id, c.period_index, c.period_start, c.period_end, c.fee::TEXT, c.overage_charge::TEXT,
-                c.collected::TEXT, c.usage_root, e.epoch_id,
+                c.usage_root, e.epoch_id,
                 (SELECT u.tx_hash FROM chain.usage_charges u WHERE u.chain_id = c.chain_id
                    AND u.subscription_id = c.subscription_id AND u.period_index = c.period_index
                  ORDER BY u.block_number DESC, u.log_index DESC LIMIT 1),
                 (SELECT MAX(u.charged_in_period)::TEXT FROM chain.usage_charges u WHERE u.chain_id = c.chain_id
-                   AND u.subscription_id = c.subscription_id AND u.period_index = c.period_index)
+                   AND u.subscription_id = c.subscription_id AND u.period_index = c.period_index),
+                (SELECT f.reason FROM chain.usage_charge_failures f WHERE f.chain_id = c.chain_id
+                   AND f.subscription_id = c.subscription_id AND f.period_index = c.period_index
+                 ORDER BY f.block_number DESC, f.log_index DESC LIMIT 1)
          FROM keeper.period_closes c LEFT JOIN keeper.epoch_closes e USING (close_id)
          WHERE c.chain_id = $1 AND c.subscriber = $2
          ORDER BY c.subscription_id, c.period_index",
@@ -378,19 +413,45 @@ pub async fn subscriber_statement(pool: &PgPool, chain_id: u64, decimals: u32, s
     .await?;
     let mut kept: Vec<(u64, u64)> = Vec::new();
     let mut period_refs = Vec::new();
-    for (sub, index, start, end, fee, charge, paid, root, epoch, tx, charged) in periods {
+    for (sub, index, start, end, fee, charge, root, epoch, tx, charged, failure) in periods {
         if !in_scope(&scope, epoch.map(|e| e as u64), end) {
             continue;
         }
-        kept.push((sub as u64, index as u64));
+        let (sub, index) = (sub as u64, index as u64);
+        kept.push((sub, index));
+        let fee_amount = numeric_u128(&fee, "fee")?;
+        let charge_amount = numeric_u128(&charge, "overage_charge")?;
+        let collected = charged.as_deref().map(|c| numeric_u128(c, "charged_in_period")).transpose()?.unwrap_or(0);
+        let (mut uncollected, mut uncollected_reason, mut uncollectable) = (None, None, false);
+        if collected < charge_amount {
+            let period = window::indexed_period(pool, chain_id, sub, index, u64::try_from(end).unwrap_or(0), clock).await?;
+            let mut why = match chargeable(&period, clock) {
+                Chargeable::Closed { reason, .. } => {
+                    uncollectable = true;
+                    reason
+                }
+                Chargeable::Open { until } => format!("not collected yet: its charge window is open until {}", window::show_secs(until)),
+                Chargeable::Unjudged => "not collected by the indexed chain; whether its charge window has closed was not judged (the statement was \
+                                         drawn without the chain's clock)"
+                    .to_owned(),
+            };
+            if let Some(failure) = failure {
+                why.push_str(&format!("; the last charge failed on chain: {failure}"));
+            }
+            uncollected = Some((charge_amount - collected).to_string());
+            uncollected_reason = Some(why);
+        }
         period_refs.push(PeriodRef {
-            subscription_id: sub as u64,
-            period_index: index as u64,
+            subscription_id: sub,
+            period_index: index,
             start,
             end,
             fee,
             overage_charge: charge,
-            paid,
+            paid: (fee_amount + collected).to_string(),
+            uncollected,
+            uncollected_reason,
+            uncollectable,
             usage_root: B256::from_slice(&root),
             charge_tx: tx.map(|t| B256::from_slice(&t)),
             charged_on_chain: charged,
@@ -617,7 +678,8 @@ pub fn to_csv(statement: &Statement) -> String {
     out
 }
 
-/// The statement as a table for a terminal, amounts in token units.
+/// The statement as a table for a terminal, amounts in token units. The lines (and `total`) are the usage as
+/// priced; each period says what was paid, and what was not collected under it.
 pub fn to_table(statement: &Statement) -> String {
     let units = |text: &str| {
         text.parse::<u128>().ok().and_then(|a| money::from_base_units(a, statement.decimals).ok()).map_or_else(|| text.to_owned(), |d| d.to_string())
@@ -654,7 +716,7 @@ pub fn to_table(statement: &Statement) -> String {
     out.push_str(&format!("\ntotal {}\n", units(&statement.total)));
     for p in &statement.periods {
         out.push_str(&format!(
-            "subscription {} period {}: fee {} + overage {} = {} (charged on chain: {}, tx {})\n",
+            "subscription {} period {}: fee {} + overage {}, paid {} (charged on chain: {}, tx {})\n",
             p.subscription_id,
             p.period_index,
             units(&p.fee),
@@ -663,6 +725,11 @@ pub fn to_table(statement: &Statement) -> String {
             p.charged_on_chain.as_deref().map_or_else(|| "nothing".into(), units),
             p.charge_tx.map_or_else(|| "-".into(), |t| t.to_string())
         ));
+        if let Some(uncollected) = &p.uncollected {
+            let what = if p.uncollectable { "uncollectable" } else { "not collected" };
+            let why = p.uncollected_reason.as_deref().unwrap_or("no reason given");
+            out.push_str(&format!("  {what}: {} of the overage ({why})\n", units(uncollected)));
+        }
     }
     for c in &statement.credits {
         out.push_str(&format!(

@@ -5,7 +5,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{CreditRef, Party, PeriodRef, Statement, StatementLine, chain_charges};
+use super::{
+    CreditRef, Party, PeriodRef, Statement, StatementLine, chain_charges,
+    window::{self, ChargeClock, Chargeable, chargeable},
+};
 use crate::{
     KeeperError,
     metering::close::line_leaf,
@@ -22,6 +25,10 @@ pub struct Verification {
     pub problems: Vec<String>,
     /// Epochs not (yet) settled on chain: their lines were checked against the keeper's root only.
     pub unsettled_epochs: Vec<u64>,
+    /// Periods whose overage charge the chain has collected only part of while the contract may still collect the
+    /// rest (its charge window is open), or where that could not be judged (no clock): what the statement says of
+    /// them is true so far but not final. Not a problem.
+    pub open_charges: Vec<String>,
 }
 
 impl Verification {
@@ -54,10 +61,17 @@ fn leaf_of(statement: &Statement, line: &StatementLine) -> Result<B256, String> 
     Ok(line_leaf(statement.chain_id, line.subscription_id, line.period_index, line.line_no, &priced))
 }
 
+/// [`verify_at`] without the chain's clock: a period said to be uncollectable is accepted only where the index
+/// alone shows its charge window closed (the subscription has moved two periods on).
+pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification, KeeperError> {
+    verify_at(pool, statement, None).await
+}
+
 /// Checks a statement: every line's leaf (recomputed from its fields) proves against its root, the totals add
 /// up, every epoch root equals the root of the settlement on chain, and (creators) every credit equals what the
-/// chain credited; (subscribers) every period's overage charge equals what the chain charged.
-pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification, KeeperError> {
+/// chain credited; (subscribers) every period's `paid` is what the chain collected, and what it did not collect
+/// is `uncollected`, said to be uncollectable exactly when the contract's rule ([`window`]) at `clock` says so.
+pub async fn verify_at(pool: &PgPool, statement: &Statement, clock: Option<&ChargeClock>) -> Result<Verification, KeeperError> {
     let mut report = Verification::default();
     let mut total = 0u128;
     for line in &statement.lines {
@@ -110,7 +124,7 @@ pub async fn verify(pool: &PgPool, statement: &Statement) -> Result<Verification
         }
     }
     verify_credits(pool, statement, &mut report).await?;
-    verify_periods(pool, statement, &mut report).await?;
+    verify_periods(pool, statement, clock, &mut report).await?;
     Ok(report)
 }
 
@@ -177,9 +191,11 @@ fn check_division(statement: &Statement, credit: &CreditRef, report: &mut Verifi
     }
 }
 
-/// Each period: its lines add up to what was paid, paid is fee plus overage charge, and the chain charged that
-/// overage with the period's usage root (read from the indexed chain, not from the statement).
-async fn verify_periods(pool: &PgPool, statement: &Statement, report: &mut Verification) -> Result<(), KeeperError> {
+/// Each period: its lines add up to the fee plus the overage charge as priced; `paid` is the fee plus what the
+/// chain charged (read from the indexed chain, not from the statement), with the period's usage root once the
+/// whole charge is collected; and what the chain did not collect is `uncollected`, to the unit, said to be
+/// uncollectable exactly when the period's charge window has closed by the contract's rule at `clock`.
+async fn verify_periods(pool: &PgPool, statement: &Statement, clock: Option<&ChargeClock>, report: &mut Verification) -> Result<(), KeeperError> {
     for period in &statement.periods {
         let at = format!("subscription {} period {}", period.subscription_id, period.period_index);
         let lines: u128 = statement
@@ -188,12 +204,12 @@ async fn verify_periods(pool: &PgPool, statement: &Statement, report: &mut Verif
             .filter(|l| l.subscription_id == period.subscription_id && l.period_index == period.period_index)
             .filter_map(|l| l.amount.parse::<u128>().ok())
             .sum();
-        if lines.to_string() != period.paid {
-            report.problems.push(format!("{at}: lines add up to {lines}, paid says {}", period.paid));
-        }
-        let sum = period.fee.parse::<u128>().ok().zip(period.overage_charge.parse::<u128>().ok()).map(|(f, o)| f + o);
-        if sum.map(|s| s.to_string()) != Some(period.paid.clone()) {
-            report.problems.push(format!("{at}: paid {} is not fee {} plus overage {}", period.paid, period.fee, period.overage_charge));
+        let (Ok(fee), Ok(charge)) = (period.fee.parse::<u128>(), period.overage_charge.parse::<u128>()) else {
+            report.problems.push(format!("{at}: fee `{}` or overage charge `{}` is not an amount", period.fee, period.overage_charge));
+            continue;
+        };
+        if lines != fee + charge {
+            report.problems.push(format!("{at}: lines add up to {lines}, fee {fee} plus overage charge {charge} is {}", fee + charge));
         }
         let charged: Option<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT charged_in_period::TEXT, usage_root FROM chain.usage_charges
@@ -205,18 +221,81 @@ async fn verify_periods(pool: &PgPool, statement: &Statement, report: &mut Verif
         .bind(period.period_index.to_string())
         .fetch_optional(pool)
         .await?;
-        match charged {
-            None if period.overage_charge == "0" => {}
-            None => report.problems.push(format!("{at}: the chain has no overage charge; the statement says {}", period.overage_charge)),
-            Some((amount, _)) if amount != period.overage_charge => {
-                report.problems.push(format!("{at}: the chain charged {amount} of overage, the statement says {}", period.overage_charge));
-            }
-            Some((_, root)) if root != period.usage_root.as_slice() => {
+        let (collected, root) = match &charged {
+            None => (0, None),
+            Some((amount, root)) => (crate::store::numeric_u128(amount, "charged_in_period")?, Some(root)),
+        };
+        if period.paid != (fee + collected).to_string() {
+            report.problems.push(format!("{at}: paid {} is not fee {fee} plus the {collected} of overage the chain collected", period.paid));
+        }
+        if collected > charge {
+            report.problems.push(format!("{at}: the chain charged {collected} of overage, more than the statement's overage charge {charge}"));
+        } else if collected == charge {
+            if root.is_some_and(|root| root != period.usage_root.as_slice()) {
                 report.problems.push(format!("{at}: the chain's usage root differs from the statement's {}", period.usage_root));
             }
-            Some(_) => {}
+            if period.uncollected.is_some() || period.uncollectable {
+                report.problems.push(format!(
+                    "{at}: the chain collected the whole overage charge {charge}, the statement says {} was not collected",
+                    period.uncollected.as_deref().unwrap_or("some")
+                ));
+            }
+        } else {
+            verify_uncollected(pool, statement.chain_id, period, (collected, charge), clock, &at, report).await?;
         }
         verify_charges(pool, statement.chain_id, period, &at, report).await?;
+    }
+    Ok(())
+}
+
+/// A period the chain collected less of than its overage charge: the statement must say exactly how much was not
+/// collected, and call it uncollectable exactly when the period's charge window has closed (its end read from the
+/// index, its current period and pauses too, the clock given).
+async fn verify_uncollected(
+    pool: &PgPool,
+    chain_id: u64,
+    period: &PeriodRef,
+    (collected, charge): (u128, u128),
+    clock: Option<&ChargeClock>,
+    at: &str,
+    report: &mut Verification,
+) -> Result<(), KeeperError> {
+    let short = charge - collected;
+    if period.uncollected.as_deref() != Some(short.to_string().as_str()) {
+        report.problems.push(format!(
+            "{at}: the chain collected {collected} of the overage charge {charge}; the statement says {} was not collected, not {short}",
+            period.uncollected.as_deref().unwrap_or("nothing")
+        ));
+        return Ok(());
+    }
+    let Some(end) = window::indexed_period_end(pool, chain_id, period.subscription_id, period.period_index).await? else {
+        report.problems.push(format!("{at}: the index has no Subscribed or Renewed event for the period, so its charge window cannot be checked"));
+        return Ok(());
+    };
+    if u64::try_from(period.end).ok() != Some(end) {
+        report.problems.push(format!("{at}: the statement says the period ended at {}, the chain at {end}", period.end));
+        return Ok(());
+    }
+    let rule = window::indexed_period(pool, chain_id, period.subscription_id, period.period_index, end, clock).await?;
+    match (chargeable(&rule, clock), period.uncollectable) {
+        (Chargeable::Closed { .. }, true) => {}
+        (Chargeable::Closed { reason, .. }, false) => {
+            report.problems.push(format!("{at}: {short} was not collected and never will be ({reason}); the statement does not say it is uncollectable"))
+        }
+        (Chargeable::Open { until }, true) => report.problems.push(format!(
+            "{at}: the statement says {short} is uncollectable, but the period's charge window is open until {}",
+            window::show_secs(until)
+        )),
+        (Chargeable::Open { until }, false) => report.open_charges.push(format!(
+            "{at}: the chain has collected {collected} of the overage charge {charge}; its charge window is open until {}",
+            window::show_secs(until)
+        )),
+        (Chargeable::Unjudged, true) => report.problems.push(format!(
+            "{at}: the statement says {short} is uncollectable; checking that its charge window has closed needs the chain's clock (an RPC endpoint)"
+        )),
+        (Chargeable::Unjudged, false) => report.open_charges.push(format!(
+            "{at}: the chain has collected {collected} of the overage charge {charge}; whether its charge window has closed was not judged (no chain clock)"
+        )),
     }
     Ok(())
 }

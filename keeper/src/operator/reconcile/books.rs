@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::{
     KeeperError,
-    metering::statement::{self, Party, Scope, Statement, Verification},
+    metering::statement::{self, ChargeClock, Party, Scope, Statement, Verification},
 };
 
 /// A period close's overage charge.
@@ -128,7 +128,8 @@ pub(super) struct PartyStatement {
     pub(super) outcome: Result<(Statement, Verification), String>,
 }
 
-/// Builds and verifies the statement of every subscriber and every recipient (all of time). A statement that
+/// Builds and verifies the statement of every subscriber and every recipient (all of time), judging charge windows
+/// at `clock` (the reconciled block's) as the charged check does. A statement that
 /// cannot be built is an outcome to report; only a failing database stops the run.
 pub(super) async fn statements(
     pool: &PgPool,
@@ -136,16 +137,17 @@ pub(super) async fn statements(
     decimals: u32,
     subscribers: &[Address],
     recipients: &[Address],
+    clock: &ChargeClock,
 ) -> Result<Vec<PartyStatement>, KeeperError> {
     let parties = subscribers.iter().map(|a| (Party::Subscriber, *a)).chain(recipients.iter().map(|a| (Party::Creator, *a)));
     let mut out = Vec::new();
     for (party, address) in parties {
         let built = match party {
-            Party::Subscriber => statement::subscriber_statement(pool, chain_id, decimals, address, Scope::default()).await,
+            Party::Subscriber => statement::subscriber_statement_at(pool, chain_id, decimals, address, Scope::default(), Some(clock)).await,
             Party::Creator => statement::creator_statement(pool, chain_id, decimals, address, Scope::default()).await,
         };
         let outcome = match built {
-            Ok(statement) => match statement::verify(pool, &statement).await {
+            Ok(statement) => match statement::verify_at(pool, &statement, Some(clock)).await {
                 Ok(check) => Ok((statement, check)),
                 Err(e @ KeeperError::Database(_)) => return Err(e),
                 Err(e) => Err(format!("could not be verified: {e}")),

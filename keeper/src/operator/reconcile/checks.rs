@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     KeeperError,
-    metering::statement::{Party, Statement},
+    metering::statement::{ChargeClock, ChargePeriod, Chargeable, Party, Statement, chargeable},
 };
 
 fn figure(name: &'static str) -> Ids {
@@ -132,32 +132,22 @@ fn ledger_pairs(subscriptions: &BTreeMap<u64, ChainSubscription>) -> impl Iterat
     })
 }
 
-/// Why the contract will no longer charge `period` of a subscription at the reconciled block, if it will not
-/// (`Subscriptions._chargeablePeriod`): the period is neither the current nor the previous one, or the block is
-/// past the period's end plus `chargeWindow()` plus the time charging was paused since that end.
+/// Why the contract will no longer charge `period` of a subscription at the reconciled block, if it will not: the
+/// statements' rule ([`chargeable`]) on the contracts' own figures (`subscription(id).periodIndex`, the close's
+/// period end, `pausedSince(end)` and the block's clock).
 fn window_closed(
     period: u64,
     close: &KeeperCharge,
     subscription: Option<&ChainSubscription>,
-    clock: (u64, u64),
+    clock: &ChargeClock,
     paused: &BTreeMap<u64, u64>,
 ) -> Option<String> {
-    let (block_time, window) = clock;
-    if let Some(s) = subscription.filter(|s| s.period_index >= period + 2) {
-        return Some(format!(
-            "the subscription is in period {} now, and Subscriptions charges only the current period and the one before",
-            s.period_index
-        ));
-    }
     let end = u64::try_from(close.period_end).ok()?;
-    let paused = paused.get(&end).copied().unwrap_or(0);
-    let last = end.saturating_add(window).saturating_add(paused);
-    (block_time > last).then(|| {
-        format!(
-            "its charge window closed after {last} (period end {end} + chargeWindow() {window} s + {paused} s paused since), before block time \
-             {block_time}"
-        )
-    })
+    let rule = ChargePeriod { period, end, current: subscription.map(|s| s.period_index), paused: paused.get(&end).copied().unwrap_or(0) };
+    match chargeable(&rule, Some(clock)) {
+        Chargeable::Closed { reason, .. } => Some(format!("{reason}; block {} is at {}", clock.block, clock.time)),
+        Chargeable::Open { .. } | Chargeable::Unjudged => None,
+    }
 }
 
 /// The overage the index says the chain collected for `pair`.
@@ -175,6 +165,7 @@ pub(super) async fn charged(
     subscriptions: &BTreeMap<u64, ChainSubscription>,
     indexed: &Indexed,
     books: &Books,
+    clock: &ChargeClock,
 ) -> Result<(), KeeperError> {
     let mut pairs: BTreeSet<(u64, u64)> = indexed.charged.keys().chain(books.charges.keys()).copied().collect();
     pairs.extend(ledger_pairs(subscriptions));
@@ -189,7 +180,7 @@ pub(super) async fn charged(
         .collect::<BTreeSet<u64>>()
         .into_iter()
         .collect();
-    let (clock, paused) = if short.is_empty() { ((0, 0), BTreeMap::new()) } else { (chain.charge_clock().await?, chain.paused_since(short).await?) };
+    let paused = if short.is_empty() { BTreeMap::new() } else { chain.paused_since(short).await? };
     for pair in pairs {
         let ids = Ids { subscription_id: Some(pair.0), period: Some(pair.1), ..Ids::default() };
         let short_of = |close: &&KeeperCharge| close.period_end > 0 && close.charge.parse::<U256>().is_ok_and(|c| collected(indexed, &pair) < c);
@@ -292,6 +283,9 @@ pub(super) fn statements(tally: &mut Tally, statements: &[PartyStatement]) {
             Ok((_, check)) => {
                 for epoch in &check.unsettled_epochs {
                     tally.pending(Check::Statement, ids.clone(), format!("epoch {epoch} is not settled on chain yet"));
+                }
+                for open in &check.open_charges {
+                    tally.pending(Check::Statement, ids.clone(), open.clone());
                 }
                 check.problems.clone()
             }

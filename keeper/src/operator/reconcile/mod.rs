@@ -346,7 +346,9 @@ async fn reconcile_at(pool: &PgPool, provider: &DynProvider, deployment: &Deploy
     let books = books::Books::load(pool, chain_id, block).await?;
     let subscribers: Vec<Address> = index.subscribers.union(&books.subscribers).copied().collect();
     let recipients: Vec<Address> = index.recipients.iter().copied().collect();
-    let statements = books::statements(pool, chain_id, decimals, &subscribers, &recipients).await?;
+    // One clock for the charge rule: the charged check and the subscribers' statements judge with it alike.
+    let clock = chain.charge_clock().await?;
+    let statements = books::statements(pool, chain_id, decimals, &subscribers, &recipients, &clock).await?;
     let escrow = chain.escrow().await?;
     let subscriptions = chain.subscriptions().await?;
 
@@ -354,7 +356,7 @@ async fn reconcile_at(pool: &PgPool, provider: &DynProvider, deployment: &Deploy
     checks::solvency(&mut tally, &escrow);
     checks::unallocated(&mut tally, &escrow, &index.escrow);
     checks::claimable(&mut tally, &chain, &escrow, &index, &books, &statements).await?;
-    checks::charged(&mut tally, &chain, &subscriptions, &index, &books).await?;
+    checks::charged(&mut tally, &chain, &subscriptions, &index, &books, &clock).await?;
     checks::credit(&mut tally, &chain, &index).await?;
     checks::subscriptions(&mut tally, &subscriptions, &index);
     checks::settlements(&mut tally, &chain, &index, &books).await?;

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, TestUSDC};
 
 use super::EscrowFigures;
-use crate::KeeperError;
+use crate::{KeeperError, metering::statement::ChargeClock};
 
 /// Calls in flight at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -82,6 +82,8 @@ pub(super) struct OnChain {
     escrow: SplitEscrow::SplitEscrowInstance<DynProvider>,
     token: TestUSDC::TestUSDCInstance<DynProvider>,
     block: BlockId,
+    /// The same block's number.
+    number: u64,
 }
 
 impl OnChain {
@@ -91,6 +93,7 @@ impl OnChain {
             escrow: SplitEscrow::new(deployment.escrow, provider.clone()),
             token: TestUSDC::new(deployment.token, provider),
             block: BlockId::number(block),
+            number: block,
         }
     }
 
@@ -134,18 +137,9 @@ impl OnChain {
         each(ids, move |id| async move { escrow.settlementUsed(U256::from(id)).block(block).call().await.map_err(failed("settlementUsed")) }).await
     }
 
-    /// The block's timestamp and `chargeWindow()`.
-    pub(super) async fn charge_clock(&self) -> Result<(u64, u64), KeeperError> {
-        use alloy::providers::Provider;
-        let block = self
-            .subscriptions
-            .provider()
-            .get_block(self.block)
-            .await
-            .map_err(|e| KeeperError::Chain { action: "eth_getBlockByNumber", message: e.to_string() })?
-            .ok_or_else(|| KeeperError::ChainData(format!("the node has no block {:?}", self.block)))?;
-        let window = self.subscriptions.chargeWindow().block(self.block).call().await.map_err(failed("chargeWindow"))?;
-        Ok((block.header.timestamp, u64::try_from(window).unwrap_or(u64::MAX)))
+    /// The block's timestamp and `chargeWindow()`: the clock of the contract's charge rule.
+    pub(super) async fn charge_clock(&self) -> Result<ChargeClock, KeeperError> {
+        ChargeClock::read(self.subscriptions.provider(), *self.subscriptions.address(), self.number).await
     }
 
     /// `pausedSince(from)` for each time: seconds charging was paused between it and the block.
