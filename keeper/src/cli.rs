@@ -65,6 +65,10 @@ pub enum Command {
         settings: crate::config::Overrides,
         /// The statement (JSON, as `statement --format json` writes it).
         file: PathBuf,
+        /// JSON-RPC endpoint of the chain (else `rpc_url` in the config): a period said to be uncollectable is
+        /// checked against the contract's charge window at the block the indexer has reached.
+        #[arg(long, env = "SUBSETTLE_RPC_URL")]
+        rpc_url: Option<String>,
     },
     /// Compare the chain's views, the indexer's tables and the keeper's books; list every difference with its ids.
     /// Read-only, no key needed. Exit code 0 when all agree, 1 on any difference, 2 when it could not run.
@@ -95,6 +99,11 @@ pub struct StatementArgs {
     /// Output format.
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
     pub format: String,
+    /// JSON-RPC endpoint of the chain (else `rpc_url` in the config): a subscriber's period the chain collected less
+    /// of is judged with the contract's charge window at the block the indexer has reached (without one, it is
+    /// called uncollectable only where the index alone shows it).
+    #[arg(long, env = "SUBSETTLE_RPC_URL")]
+    pub rpc_url: Option<String>,
 }
 
 /// `subsettle-keeper reconcile`

@@ -328,6 +328,33 @@ async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_re
         assert!(check.problems.iter().any(|p| p.contains("not 4000000")), "{check:?}");
     }
 
+    // The binary draws the statement with the chain's clock when given an RPC endpoint, and checks the window with
+    // it; without one it does not take "uncollectable" on trust.
+    let deployment = common::save_deployment(&market.deployment, dir.path());
+    let cli = |args: &[&str], rpc: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"));
+        command.args(args).env("DATABASE_URL", market.db.url()).env("SUBSETTLE_DEPLOYMENT", &deployment).env("RUST_LOG", "warn");
+        command.env_remove("SUBSETTLE_RPC_URL");
+        if rpc {
+            command.args(["--rpc-url", &market.chain.endpoint()]);
+        }
+        command.output().unwrap()
+    };
+    let drawn_by_cli = cli(&["statement", "--subscriber", &w0.to_string(), "--format", "json"], true);
+    assert!(drawn_by_cli.status.success(), "{}", String::from_utf8_lossy(&drawn_by_cli.stderr));
+    let json: Value = serde_json::from_slice(&drawn_by_cli.stdout).unwrap();
+    let period = json["periods"].as_array().unwrap().iter().find(|p| p["subscription_id"] == s0 && p["period_index"] == 1).unwrap();
+    assert_eq!((&period["paid"], &period["uncollected"], &period["uncollectable"]), (&json!("79000000"), &json!("4000000"), &json!(true)));
+    let file = dir.path().join("subscriber-0.json");
+    std::fs::write(&file, &drawn_by_cli.stdout).unwrap();
+    let checked = cli(&["verify-statement", file.to_str().unwrap()], true);
+    assert!(checked.status.success(), "{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    let unchecked = cli(&["verify-statement", file.to_str().unwrap()], false);
+    assert!(!unchecked.status.success() && String::from_utf8_lossy(&unchecked.stdout).contains("needs the chain's clock"));
+    let table = cli(&["statement", "--subscriber", &w0.to_string()], true);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("period 1: fee 79.000000 + overage 4.000000, paid 79.000000") && table.contains("uncollectable: 4.000000 of the overage (charge window closed"), "{table}");
+
     // Creators: the engine gathers only closes the chain collected in full, so no epoch takes an uncollectable
     // close now either, and no creator statement has a line of one (their fees stay in unallocated()).
     let scope = EpochScope::Collected { charge_window: 2 * 86_400 };

@@ -42,7 +42,10 @@ pub(crate) async fn run_statement(args: StatementArgs) -> anyhow::Result<()> {
     let chain_id = settings.deployment.chain_id;
     let statement = match (args.creator, args.subscriber) {
         (Some(creator), _) => statement::creator_statement(&pool, chain_id, settings.decimals, creator, scope).await?,
-        (None, Some(subscriber)) => statement::subscriber_statement(&pool, chain_id, settings.decimals, subscriber, scope).await?,
+        (None, Some(subscriber)) => {
+            let clock = charge_clock(&settings, &pool, args.rpc_url.as_deref(), "statement").await?;
+            statement::subscriber_statement_at(&pool, chain_id, settings.decimals, subscriber, scope, clock.as_ref()).await?
+        }
         (None, None) => anyhow::bail!("give --creator or --subscriber"),
     };
     match args.format.as_str() {
@@ -53,11 +56,22 @@ pub(crate) async fn run_statement(args: StatementArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run_verify(overrides: Overrides, file: std::path::PathBuf) -> anyhow::Result<()> {
-    let (_, pool) = open(&overrides).await?;
+/// The chain's clock for the charge window rule, at the block the indexer has reached, when an RPC endpoint is
+/// given (`--rpc-url`, SUBSETTLE_RPC_URL or `rpc_url` in the config); `None` without one.
+async fn charge_clock(settings: &Settings, pool: &sqlx::PgPool, flag: Option<&str>, command: &str) -> anyhow::Result<Option<statement::ChargeClock>> {
+    if flag.is_none() && settings.rpc_url.is_none() {
+        return Ok(None);
+    }
+    let provider = crate::serve::connect_chain(settings, flag, command).await?;
+    Ok(Some(statement::ChargeClock::at_cursor(pool, &provider, &settings.deployment).await?))
+}
+
+pub(crate) async fn run_verify(overrides: Overrides, file: std::path::PathBuf, rpc_url: Option<String>) -> anyhow::Result<()> {
+    let (settings, pool) = open(&overrides).await?;
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let statement: Statement = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON statement", file.display()))?;
-    let report = statement::verify(&pool, &statement).await?;
+    let clock = charge_clock(&settings, &pool, rpc_url.as_deref(), "verify-statement").await?;
+    let report = statement::verify_at(&pool, &statement, clock.as_ref()).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if !report.ok() {
         anyhow::bail!("{} problem(s) in {}", report.problems.len(), file.display());

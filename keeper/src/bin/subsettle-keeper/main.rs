@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => engine::run_engine(args).await,
         Command::Admin(args) => chain::run_admin(args).await,
         Command::Status { settings } => engine::run_status(settings).await,
-        Command::VerifyStatement { settings, file } => books::run_verify(settings, file).await,
+        Command::VerifyStatement { settings, file, rpc_url } => books::run_verify(settings, file, rpc_url).await,
         Command::Reconcile(args) => books::run_reconcile(args).await,
     }
 }
