@@ -1,7 +1,9 @@
-//! The keeper's metering benchmark (`cargo bench -p subsettle-keeper --bench ingest`):
+//! The keeper's metering benchmark in one process (`cargo bench -p subsettle-keeper --bench ingest`); the figures a
+//! gateway sees, through real `serve` processes, are `--bench http`'s:
 //!
-//! 1. sustained ingest over HTTP: concurrent clients post batches of 1,000 events (deduplication on) until
-//!    1,000,000 events are stored; events/s and the per-batch latency distribution;
+//! 1. sustained ingest through the API's router served from this process: concurrent clients post batches of 1,000
+//!    events (deduplication and the admission ledger on) until 1,000,000 events are stored; events/s and the
+//!    per-batch latency distribution;
 //! 2. a resend of batches already stored (all duplicates);
 //! 3. the entitlement check at the server (the in-memory answer the handler returns), p50/p99 over 200,000 calls;
 //! 4. period close of 10,000 subscriptions holding those 1,000,000 events.
@@ -71,7 +73,7 @@ async fn seed_chain(pool: &PgPool) -> Result<()> {
     let wallets: Vec<Vec<u8>> = (0..SUBSCRIPTIONS).map(|i| subscriber(i).to_vec()).collect();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO chain.subscribed ({META}, subscription_id, subscriber, plan_id, overage_cap, paid_through, amount, from_credit)
-         SELECT $1, 3 + id, 0, '\\x00', $2, id, wallet, 1, 500000000, $3, 79000000, 0
+         SELECT $1, 3 + id, 0, '\\x00', $2, id, wallet, 1, 10000000000, $3, 79000000, 0
          FROM UNNEST($4::BIGINT[], $5::BYTEA[]) AS t(id, wallet)"
     )))
     .bind(CHAIN_ID)

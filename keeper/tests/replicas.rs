@@ -3,7 +3,8 @@
 //! subscribers with small overage caps and a pay-as-you-go wallet that can pay little. Afterwards, priced with the
 //! keeper's own pricing, no subscriber has usage admitted beyond its cap by more than one event's price, and the
 //! wallet none beyond what it can pay; every refusal is a 402 naming why, never an error. The same under
-//! concurrent batches on one `serve`.
+//! concurrent batches on one `serve`. And in one process: a second keeper judges on what the first admitted
+//! without reloading, and usage stored before the admission ledger existed counts against the cap.
 
 #[path = "../../indexer/tests/common/mod.rs"]
 mod common;
@@ -206,4 +207,59 @@ async fn concurrent_batches_on_one_serve_admit_at_most_one_events_price_beyond_a
     // 8 clients x 8 batches x 30 events on one serve.
     let sent = load(&[serve], &subscribers, 8, 8, 30, market.now()).await;
     check_bounds(&market, &subscribers, &sent).await;
+}
+
+/// One image event of `market`'s subscriber 0 (0.04 USDC each once the plan's 20 USDC of value is used).
+fn images(market: &Market, id: &str, quantity: &str) -> Value {
+    market.event(id, 0, "image-gen", "images", quantity, market.now())
+}
+
+fn statuses(report: &Value) -> Vec<&str> {
+    report["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_keeper_judges_on_what_the_first_admitted_and_usage_stored_before_the_ledger_counts() {
+    use subsettle_keeper::metering::api::{ApiSettings, Keeper};
+    let market = Market::start(1, CAP).await;
+    let settings = ApiSettings { chain_id: market.deployment.chain_id, api_token: None, decimals: 6, max_body_bytes: 1 << 20, max_future_ms: 300_000 };
+    let b = Keeper::load(market.pool.clone(), settings, market.clock.clone()).await.unwrap();
+    let (wallet, id) = market.subscribers[0];
+
+    // The plan's 20 USDC of value used through the market's keeper (A); B, which has not reloaded, admits 25 of 30
+    // images in one batch: the 25th reaches the 1 USDC cap, the rest are refused.
+    let (status, report) = market.usage(&json!([images(&market, "k-0", "500")])).await;
+    assert_eq!((status, statuses(&report)), (200, vec!["accepted"]), "{report}");
+    let batch: Vec<Result<Value, subsettle_keeper::metering::event::Outcome>> = (1..=30).map(|n| Ok(images(&market, &format!("k-{n}"), "1"))).collect();
+    let report = serde_json::to_value(b.ingest(batch).await.unwrap()).unwrap();
+    assert_eq!((report["accepted"].as_u64(), report["payment_required"].as_u64()), (Some(25), Some(5)), "{report}");
+    assert!(report["results"][25]["reason"].as_str().unwrap().contains(&format!("subscription {id} used its overage cap of 1000000")), "{report}");
+    // B's answer counts A's usage without a reload: the decision brought its view up to date.
+    let answer = b.entitlements.read().unwrap().check(wallet, market.now());
+    assert_eq!((answer.entitled, answer.overage_used.as_deref()), (false, Some("1000000")), "{answer:?}");
+    // A, which has not seen B's usage either, refuses the next event for the cap.
+    let (status, report) = market.usage(&json!([images(&market, "k-31", "1")])).await;
+    assert_eq!((status, statuses(&report)), (402, vec!["payment_required"]), "{report}");
+
+    // A new period's usage stored by a keeper before the ledger (straight into usage_events) is summed into the
+    // period's row when its first batch arrives, and counts against the cap.
+    let other = Market::start(1, CAP).await;
+    let stored = |event_id: &str, quantity: i64| {
+        sqlx::query(
+            "INSERT INTO keeper.usage_events (event_id, payload_hash, subscription_id, model_id, meter, quantity, occurred_at_ms)
+             VALUES ($1, '\\x0000000000000000000000000000000000000000000000000000000000000000', $2, 'image-gen', 'images', $3, $4)",
+        )
+        .bind(event_id.to_owned())
+        .bind(other.subscribers[0].1 as i64)
+        .bind(Decimal::from(quantity))
+        .bind(other.now() * 1000)
+        .execute(&other.pool)
+    };
+    stored("old-1", 500).await.unwrap();
+    stored("old-2", 25).await.unwrap();
+    assert_eq!(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM keeper.admission_periods").fetch_one(&other.pool).await.unwrap(), 0);
+    let (status, report) = other.usage(&json!([images(&other, "n-1", "1")])).await;
+    assert_eq!((status, statuses(&report)), (402, vec!["payment_required"]), "20 + 1 USDC stored before: the cap is used: {report}");
+    let (version, overage): (i64, String) = sqlx::query_as("SELECT version, overage::TEXT FROM keeper.admission_periods").fetch_one(&other.pool).await.unwrap();
+    assert_eq!((version, overage.as_str()), (1, "1000000"), "the period's row, made with the stored usage and its estimate");
 }

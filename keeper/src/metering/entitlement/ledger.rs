@@ -1,18 +1,18 @@
 //! The admission ledger: usage that adds overage is admitted for good in Postgres, in the transaction that stores
 //! it, so that concurrent batches and `serve` replicas sharing one database judge on the same figures.
 //!
-//! Each open period that has admitted usage has a row in `keeper.admission_periods` and its usage so far per model
-//! and meter in `keeper.admission_usage`. A batch's transaction
+//! Each open period that has admitted usage has a row in `keeper.admission_periods` holding its usage so far per
+//! model and meter. The row is made (committed at once, with the usage of any events stored for the period before
+//! it existed) when the period's first batch arrives. A batch's transaction then
 //!
 //! 1. inserts its new events (`ON CONFLICT DO NOTHING`, in `event_id` order, so that two batches holding the same
 //!    new ids never wait on each other crosswise);
-//! 2. locks the period rows of the subscriptions those events count against and, when funds are judged, of every
-//!    live subscription of their wallets (whose periods owe against the same funds), `FOR UPDATE` in
-//!    `(subscription_id, period_start)` order, so that deadlocks cannot form; a period met for the first time is
-//!    summed from the stored events;
-//! 3. reads their usage (a statement after the locks, so it sees what the batch it waited for committed), judges the
-//!    new events with [`super::admission::judge`], deletes the refused ones, writes the usage back and moves each
-//!    period's version on; then commits.
+//! 2. locks the rows of the periods those events count against and, when funds are judged, of every live
+//!    subscription of their wallets (whose periods owe against the same funds), `FOR UPDATE` in
+//!    `(subscription_id, period_start)` order, so that deadlocks cannot form. The usage is read by that same
+//!    statement: a row locked after a wait is read again as the transaction waited for committed it;
+//! 3. judges the new events with [`super::admission::judge`] on that usage, deletes the refused ones, writes the
+//!    usage back and moves each period's version on; then commits.
 //!
 //! Two batches of one period therefore take turns, each judged on everything the other admitted, and the overage
 //! admitted beyond a cap is at most the one event that crossed it, whatever the number of batches or replicas. The
@@ -25,7 +25,7 @@ use std::{
 
 use alloy::primitives::Address;
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{
@@ -88,6 +88,26 @@ fn columns(periods: &[(u64, i64)]) -> (Vec<i64>, Vec<i64>) {
     periods.iter().map(|(id, start)| (*id as i64, *start)).unzip()
 }
 
+/// A period's usage as the ledger stores it: `[[model, meter, "quantity", latest_ms], ...]`, in key order.
+fn usage_json(usage: &Aggregates) -> Value {
+    let mut entries: Vec<(&(String, String), &(Decimal, i64))> = usage.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    Value::Array(entries.into_iter().map(|((model, meter), (quantity, latest))| json!([model, meter, quantity.to_string(), latest])).collect())
+}
+
+/// A period's usage read back from the ledger.
+fn usage_from_json(id: i64, value: Value) -> Result<Aggregates, KeeperError> {
+    let bad = |why: String| KeeperError::Database(sqlx::Error::Decode(format!("keeper.admission_periods.usage of subscription {id}: {why}").into()));
+    let entries: Vec<(String, String, String, i64)> = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    entries
+        .into_iter()
+        .map(|(model, meter, quantity, latest)| {
+            let quantity = Decimal::from_str_exact(&quantity).map_err(|e| bad(format!("quantity `{quantity}`: {e}")))?;
+            Ok(((model, meter), (quantity, latest)))
+        })
+        .collect()
+}
+
 /// Reads the open usage of `targets` (subscription, period start): the ledger's figures where it holds the period,
 /// else the sums of the period's stored events.
 pub async fn load_open_usage(pool: &PgPool, targets: &[(u64, i64)]) -> Result<OpenUsageRead, KeeperError> {
@@ -95,32 +115,23 @@ pub async fn load_open_usage(pool: &PgPool, targets: &[(u64, i64)]) -> Result<Op
         return Ok(OpenUsageRead::default());
     }
     let (ids, starts) = columns(targets);
-    type Row = (i64, i64, i64, Option<String>, Option<String>, Option<Decimal>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT p.subscription_id, p.period_start, p.version, u.model_id, u.meter, u.quantity, u.latest_ms
+    let rows: Vec<(i64, i64, i64, Value)> = sqlx::query_as(
+        "SELECT p.subscription_id, p.period_start, p.version, p.usage
          FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start)
-         JOIN keeper.admission_periods p ON p.subscription_id = k.id AND p.period_start = k.start AND p.ready
-         LEFT JOIN keeper.admission_usage u ON u.subscription_id = p.subscription_id AND u.period_start = p.period_start",
+         JOIN keeper.admission_periods p ON p.subscription_id = k.id AND p.period_start = k.start",
     )
     .bind(&ids)
     .bind(&starts)
     .fetch_all(pool)
     .await?;
-    let mut held: HashMap<(u64, i64), LedgerPeriod> = HashMap::new();
-    for (id, start, version, model, meter, quantity, latest) in rows {
-        let period = held.entry((id as u64, start)).or_insert_with(|| LedgerPeriod {
-            subscription_id: id as u64,
-            period_start: start,
-            version,
-            usage: Aggregates::new(),
-        });
-        if let (Some(model), Some(meter), Some(quantity), Some(latest)) = (model, meter, quantity, latest) {
-            period.usage.insert((model, meter), (quantity, latest));
-        }
+    let mut ledger = Vec::with_capacity(rows.len());
+    for (id, start, version, usage) in rows {
+        ledger.push(LedgerPeriod { subscription_id: id as u64, period_start: start, version, usage: usage_from_json(id, usage)? });
     }
-    let others: Vec<(u64, i64)> = targets.iter().filter(|key| !held.contains_key(key)).copied().collect();
+    let held: HashSet<(u64, i64)> = ledger.iter().map(|p| (p.subscription_id, p.period_start)).collect();
+    let others: Vec<(u64, i64)> = targets.iter().filter(|key| !held.contains(key)).copied().collect();
     let summed = sum_events(pool, &others).await?;
-    Ok(OpenUsageRead { ledger: held.into_values().collect(), summed })
+    Ok(OpenUsageRead { ledger, summed })
 }
 
 /// The usage of the `periods` summed from their stored events.
@@ -130,13 +141,17 @@ async fn sum_events(pool: &PgPool, periods: &[(u64, i64)]) -> Result<Vec<OpenUsa
     }
     let (ids, starts) = columns(periods);
     let starts_ms: Vec<i64> = starts.iter().map(|s| s.saturating_mul(1000)).collect();
+    // One index lookup per period (most have no events at all): a join would read every open event instead.
     Ok(sqlx::query_as(
-        "SELECT e.subscription_id, e.model_id, e.meter, SUM(e.quantity), MAX(e.occurred_at_ms)
-         FROM keeper.usage_events e
-         JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS p(id, start_ms) ON e.subscription_id = p.id AND e.occurred_at_ms >= p.start_ms
-         -- An open period's events are never closed yet; saying so lets the partial index skip closed history.
-         WHERE e.close_id IS NULL
-         GROUP BY 1, 2, 3",
+        "SELECT p.id, s.model_id, s.meter, s.quantity, s.latest
+         FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS p(id, start_ms)
+         CROSS JOIN LATERAL (
+             SELECT e.model_id, e.meter, SUM(e.quantity) AS quantity, MAX(e.occurred_at_ms) AS latest
+             FROM keeper.usage_events e
+             -- An open period's events are never closed yet; saying so lets the partial index skip closed history.
+             WHERE e.subscription_id = p.id AND e.occurred_at_ms >= p.start_ms AND e.close_id IS NULL
+             GROUP BY 1, 2
+         ) s",
     )
     .bind(&ids)
     .bind(&starts_ms)
@@ -175,13 +190,34 @@ pub async fn store(pool: &PgPool, admission: &Admission<'_>, events: &[&UsageEve
     Err(KeeperError::Database(sqlx::Error::RowNotFound))
 }
 
-/// Makes the rows of `periods` that do not exist yet (committed at once, so that no lock is held meanwhile).
+/// Makes the rows of `periods` that do not exist yet, each with the usage of the events already stored for its
+/// period (there are none unless a keeper before the ledger stored them: every later insert of the period's events
+/// waits for its row), committed at once so that no lock is held meanwhile; clears the rows of those
+/// subscriptions' periods before the previous one, skipping any a transaction holds.
 async fn create_periods(pool: &PgPool, periods: &[(u64, i64)]) -> Result<(), KeeperError> {
     let (ids, starts) = columns(periods);
     sqlx::query(
-        "INSERT INTO keeper.admission_periods (subscription_id, period_start)
-         SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[]) ORDER BY 1, 2
-         ON CONFLICT DO NOTHING",
+        "WITH made AS (
+             INSERT INTO keeper.admission_periods (subscription_id, period_start, usage)
+             SELECT k.id, k.start, COALESCE(
+                 (SELECT jsonb_agg(jsonb_build_array(s.model_id, s.meter, s.quantity::TEXT, s.latest) ORDER BY s.model_id, s.meter)
+                  FROM (SELECT e.model_id, e.meter, SUM(e.quantity) AS quantity, MAX(e.occurred_at_ms) AS latest
+                        FROM keeper.usage_events e
+                        WHERE e.subscription_id = k.id AND e.occurred_at_ms >= k.start * 1000 AND e.close_id IS NULL
+                        GROUP BY 1, 2) s),
+                 '[]'::JSONB)
+             FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start)
+             ORDER BY 1, 2
+             ON CONFLICT DO NOTHING
+             RETURNING subscription_id, period_start
+         )
+         DELETE FROM keeper.admission_periods WHERE (subscription_id, period_start) IN (
+             SELECT o.subscription_id, o.period_start
+             FROM keeper.admission_periods o JOIN made m ON o.subscription_id = m.subscription_id
+             WHERE o.period_start < (SELECT MAX(q.period_start) FROM keeper.admission_periods q
+                                     WHERE q.subscription_id = m.subscription_id AND q.period_start < m.period_start)
+             FOR UPDATE OF o SKIP LOCKED
+         )",
     )
     .bind(&ids)
     .bind(&starts)
@@ -190,7 +226,7 @@ async fn create_periods(pool: &PgPool, periods: &[(u64, i64)]) -> Result<(), Kee
     Ok(())
 }
 
-/// The transaction: insert, lock, judge, write. `None` when a period row was missing (nothing is stored).
+/// The transaction: insert, lock and read, judge, write. `None` when a period row was missing (nothing is stored).
 async fn decide(
     pool: &PgPool,
     admission: &Admission<'_>,
@@ -229,11 +265,12 @@ async fn decide(
         tx.rollback().await?;
         return Ok(None);
     }
-    let unready: Vec<(u64, i64)> = locked.iter().filter(|(_, _, ready, _)| !ready).map(|(id, start, _, _)| (*id, *start)).collect();
-    if !unready.is_empty() {
-        sum_into_ledger(&mut tx, &unready, &inserted).await?;
+    let mut base: HashMap<u64, Aggregates> = HashMap::with_capacity(locked.len());
+    let mut versions: HashMap<u64, i64> = HashMap::with_capacity(locked.len());
+    for (id, _, version, usage) in locked {
+        versions.insert(id, version);
+        base.insert(id, usage);
     }
-    let base = read_usage(&mut tx, &keys).await?;
 
     let judged_context = Context {
         subscriptions: keys.iter().map(|(id, _)| (*id, context.subscriptions[id].clone())).collect(),
@@ -252,25 +289,23 @@ async fn decide(
     if !refused.is_empty() {
         sqlx::query("DELETE FROM keeper.usage_events WHERE event_id = ANY($1)").bind(&refused).execute(&mut *tx).await?;
     }
-    // Periods summed from their events just now are written too, with their estimate.
+    // The periods that admitted usage, and those never written since they were made (their estimate is recorded).
     let mut written = judged.usage;
-    for (id, _) in &unready {
-        if !written.contains_key(id) {
+    for (id, version) in &versions {
+        if *version == 0 && !written.contains_key(id) {
             written.insert(*id, (base.get(id).cloned().unwrap_or_default(), judged.estimates.get(id).copied().unwrap_or(0)));
         }
     }
-    let versions = write_usage(&mut tx, &keys, &written).await?;
+    versions.extend(write_usage(&mut tx, &keys, &written).await?);
     tx.commit().await?;
     stored.inserted = inserted;
 
-    let mut base = base;
     let periods = keys
         .iter()
-        .zip(&locked)
-        .map(|((id, start), (_, _, _, version))| LedgerPeriod {
+        .map(|(id, start)| LedgerPeriod {
             subscription_id: *id,
             period_start: *start,
-            version: versions.get(id).copied().unwrap_or(*version),
+            version: versions[id],
             usage: written.remove(id).map(|(usage, _)| usage).or_else(|| base.remove(id)).unwrap_or_default(),
         })
         .collect();
@@ -317,11 +352,12 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[&UsageEvent
     Ok(inserted.into_iter().collect())
 }
 
-/// Locks the rows of `periods` (sorted) in that order; returns (id, start, ready, version) of those found.
-async fn lock_periods(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)]) -> Result<Vec<(u64, i64, bool, i64)>, KeeperError> {
+/// Locks the rows of `periods` (sorted) in that order and reads them; returns (id, start, version, usage) of those
+/// found.
+async fn lock_periods(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)]) -> Result<Vec<(u64, i64, i64, Aggregates)>, KeeperError> {
     let (ids, starts) = columns(periods);
-    let rows: Vec<(i64, i64, bool, i64)> = sqlx::query_as(
-        "SELECT p.subscription_id, p.period_start, p.ready, p.version
+    let rows: Vec<(i64, i64, i64, Value)> = sqlx::query_as(
+        "SELECT p.subscription_id, p.period_start, p.version, p.usage
          FROM keeper.admission_periods p
          JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start) ON p.subscription_id = k.id AND p.period_start = k.start
          ORDER BY p.subscription_id, p.period_start
@@ -331,71 +367,11 @@ async fn lock_periods(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)]
     .bind(&starts)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(id, start, ready, version)| (id as u64, start, ready, version)).collect())
+    rows.into_iter().map(|(id, start, version, usage)| Ok((id as u64, start, version, usage_from_json(id, usage)?))).collect()
 }
 
-/// Sums the stored events of `periods` (locked, met for the first time) into the ledger, leaving out the events
-/// this transaction inserted (they are judged, not summed); clears the rows of the subscriptions' periods before the
-/// previous one, skipping any another transaction holds.
-async fn sum_into_ledger(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)], inserted: &HashSet<String>) -> Result<(), KeeperError> {
-    let (ids, starts) = columns(periods);
-    let own: Vec<&str> = inserted.iter().map(String::as_str).collect();
-    sqlx::query(
-        "WITH summed AS (
-             INSERT INTO keeper.admission_usage (subscription_id, period_start, model_id, meter, quantity, latest_ms)
-             SELECT e.subscription_id, k.start, e.model_id, e.meter, SUM(e.quantity), MAX(e.occurred_at_ms)
-             FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start)
-             JOIN keeper.usage_events e ON e.subscription_id = k.id AND e.occurred_at_ms >= k.start * 1000
-             WHERE e.close_id IS NULL AND e.event_id NOT IN (SELECT UNNEST($3::TEXT[]))
-             GROUP BY 1, 2, 3, 4
-         )
-         UPDATE keeper.admission_periods p SET ready = TRUE
-         FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start)
-         WHERE p.subscription_id = k.id AND p.period_start = k.start",
-    )
-    .bind(&ids)
-    .bind(&starts)
-    .bind(&own)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM keeper.admission_periods WHERE (subscription_id, period_start) IN (
-             SELECT o.subscription_id, o.period_start
-             FROM keeper.admission_periods o
-             JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start) ON o.subscription_id = k.id
-             WHERE o.period_start < (SELECT MAX(q.period_start) FROM keeper.admission_periods q
-                                     WHERE q.subscription_id = k.id AND q.period_start < k.start)
-             FOR UPDATE OF o SKIP LOCKED
-         )",
-    )
-    .bind(&ids)
-    .bind(&starts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// The usage held for `periods`, per subscription.
-async fn read_usage(tx: &mut Transaction<'_, Postgres>, periods: &[(u64, i64)]) -> Result<HashMap<u64, Aggregates>, KeeperError> {
-    let (ids, starts) = columns(periods);
-    let rows: Vec<(i64, String, String, Decimal, i64)> = sqlx::query_as(
-        "SELECT u.subscription_id, u.model_id, u.meter, u.quantity, u.latest_ms
-         FROM keeper.admission_usage u
-         JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS k(id, start) ON u.subscription_id = k.id AND u.period_start = k.start",
-    )
-    .bind(&ids)
-    .bind(&starts)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut usage: HashMap<u64, Aggregates> = HashMap::new();
-    for (id, model, meter, quantity, latest) in rows {
-        usage.entry(id as u64).or_default().insert((model, meter), (quantity, latest));
-    }
-    Ok(usage)
-}
-
-/// Writes the usage of the periods that admitted some, with their estimated overage, and moves their versions on;
-/// returns the new version per subscription.
+/// Writes the usage of `usage`'s periods with their estimated overage, and moves their versions on; returns the
+/// new version per subscription.
 async fn write_usage(
     tx: &mut Transaction<'_, Postgres>,
     periods: &[(u64, i64)],
@@ -405,42 +381,22 @@ async fn write_usage(
         return Ok(HashMap::new());
     }
     let start_of: HashMap<u64, i64> = periods.iter().copied().collect();
-    let (mut ids, mut starts, mut models, mut meters, mut quantities, mut latest) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut period_ids, mut period_starts, mut overages) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut starts, mut usages, mut overages) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, (aggregates, overage)) in usage {
-        let start = start_of[id];
-        for ((model, meter), (quantity, at)) in aggregates {
-            ids.push(*id as i64);
-            starts.push(start);
-            models.push(model.as_str());
-            meters.push(meter.as_str());
-            quantities.push(*quantity);
-            latest.push(*at);
-        }
-        period_ids.push(*id as i64);
-        period_starts.push(start);
+        ids.push(*id as i64);
+        starts.push(start_of[id]);
+        usages.push(usage_json(aggregates));
         overages.push(overage.to_string());
     }
     let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "WITH put AS (
-             INSERT INTO keeper.admission_usage (subscription_id, period_start, model_id, meter, quantity, latest_ms)
-             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::NUMERIC[], $6::BIGINT[])
-             ON CONFLICT (subscription_id, period_start, model_id, meter)
-             DO UPDATE SET quantity = EXCLUDED.quantity, latest_ms = EXCLUDED.latest_ms
-         )
-         UPDATE keeper.admission_periods p SET version = p.version + 1, overage = k.overage::NUMERIC
-         FROM UNNEST($7::BIGINT[], $8::BIGINT[], $9::TEXT[]) AS k(id, start, overage)
+        "UPDATE keeper.admission_periods p SET version = p.version + 1, usage = k.usage, overage = k.overage::NUMERIC
+         FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::JSONB[], $4::TEXT[]) AS k(id, start, usage, overage)
          WHERE p.subscription_id = k.id AND p.period_start = k.start
          RETURNING p.subscription_id, p.version",
     )
     .bind(&ids)
     .bind(&starts)
-    .bind(&models)
-    .bind(&meters)
-    .bind(&quantities)
-    .bind(&latest)
-    .bind(&period_ids)
-    .bind(&period_starts)
+    .bind(&usages)
     .bind(&overages)
     .fetch_all(&mut **tx)
     .await?;
