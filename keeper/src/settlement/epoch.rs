@@ -167,7 +167,9 @@ async fn gatherable_closes(tx: &mut sqlx::PgConnection, chain_id: u64, now: i64,
                                 AND i.subscription_id = o.subscription_id AND i.period_index = o.period_index))
                           THEN 'collected'
                      WHEN o.charged >= o.overage_charge THEN 'pending'
-                     WHEN $2 AND o.period_end + $3 + chain.paused_seconds($1, o.period_end, $4) <= $4 THEN 'uncollected'
+                     -- The contract still charges at end + window + paused (`_windowOver(end, window + 1)`), and a
+                     -- later block may carry the same second: only a second past that is the window over.
+                     WHEN $2 AND o.period_end + $3 + chain.paused_seconds($1, o.period_end, $4) < $4 THEN 'uncollected'
                      WHEN $2 AND t.in_flight IS NOT NULL AND NOT t.in_flight THEN 'uncollected'
                      WHEN $2 THEN 'pending'
                      ELSE 'collected' END
