@@ -355,6 +355,23 @@ async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_re
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("period 1: fee 79.000000 + overage 4.000000, paid 79.000000") && table.contains("uncollectable: 4.000000 of the overage (charge window closed"), "{table}");
 
+    // `serve` draws it over HTTP with the chain's clock read at the indexer's cursor, as the binary does.
+    let over_http = |json: &Value| {
+        let period = json["periods"].as_array().unwrap().iter().find(|p| p["subscription_id"] == s0 && p["period_index"] == 1).unwrap().clone();
+        (period["paid"].clone(), period["uncollected"].clone(), period["uncollectable"].clone())
+    };
+    let statement_over_http = || async {
+        let response = market.http.get(format!("{}/v1/statements/subscriber/{w0}", market.url)).bearer_auth(market::TOKEN).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let (status, without_chain) = statement_over_http().await;
+    assert_eq!(status, 200, "{without_chain}");
+    assert_eq!(over_http(&without_chain), (json!("79000000"), json!("4000000"), json!(false)), "not judged without the chain's clock");
+    let _ = market.keeper.chain.set((market.chain.provider(0), market.deployment.clone()));
+    let (status, with_chain) = statement_over_http().await;
+    assert_eq!(status, 200, "{with_chain}");
+    assert_eq!(over_http(&with_chain), (json!("79000000"), json!("4000000"), json!(true)), "{with_chain}");
+
     // Creators: the engine gathers only closes the chain collected in full, so no epoch takes an uncollectable
     // close now either, and no creator statement has a line of one (their fees stay in unallocated()).
     let scope = EpochScope::Collected { charge_window: 2 * 86_400 };

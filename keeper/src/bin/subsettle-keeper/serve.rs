@@ -105,6 +105,7 @@ pub(crate) async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let clock = if chain_clock.is_some() { Clock::chain() } else { Clock::System };
     let keeper = Keeper::load(pool, api_settings(&settings), clock).await?;
     let _ = keeper.split_notice.set(split_notice);
+    let _ = keeper.chain.set((provider.clone(), settings.deployment.clone()));
     keeper.enable_funds(FundsPolicy { interval_ms: i64::try_from(settings.funds_interval).unwrap_or(600).saturating_mul(1000) });
     if let Some(provider) = &chain_clock {
         follow_chain_clock(&keeper.clock, provider).await.context("--chain-clock: reading the latest block")?;

@@ -86,6 +86,10 @@ pub struct Keeper {
     /// The escrow's split-change delay (seconds), read from the chain by `serve`: the notice a change of a model's
     /// split mapping must give. Unset: such changes are refused.
     pub split_notice: OnceLock<u64>,
+    /// The deployment's chain, set by `serve`: a subscriber statement reads the chain's clock at the indexer's cursor
+    /// from it, to say whether a charge the chain collected less of is still collectable. Unset: such a shortfall is
+    /// judged only once the subscription is two periods on.
+    pub chain: OnceLock<(alloy::providers::DynProvider, subsettle_abi::Deployment)>,
     /// Counters for `/metrics`.
     pub metrics: ServeMetrics,
 }
@@ -141,6 +145,7 @@ impl Keeper {
             entitlements: RwLock::new(Entitlements::default()),
             clock,
             split_notice: OnceLock::new(),
+            chain: OnceLock::new(),
             metrics: ServeMetrics::default(),
         });
         keeper.refresh().await?;
@@ -551,7 +556,20 @@ async fn get_statement(
     let (pool, chain_id, decimals) = (&keeper.pool, keeper.settings.chain_id, keeper.settings.decimals);
     let statement = match party.as_str() {
         "creator" => statement::creator_statement(pool, chain_id, decimals, address, scope).await?,
-        "subscriber" => statement::subscriber_statement(pool, chain_id, decimals, address, scope).await?,
+        "subscriber" => {
+            let clock = match keeper.chain.get() {
+                Some((provider, deployment)) => match statement::ChargeClock::at_cursor(pool, provider, deployment).await {
+                    Ok(clock) => Some(clock),
+                    Err(error) => {
+                        // Still a true statement without the clock: a shortfall is then "not judged yet".
+                        tracing::warn!(%error, "reading the chain's clock for a statement; drawing it without");
+                        None
+                    }
+                },
+                None => None,
+            };
+            statement::subscriber_statement_at(pool, chain_id, decimals, address, scope, clock.as_ref()).await?
+        }
         other => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("`{other}`: use creator or subscriber"))),
     };
     Ok(Json(statement).into_response())
