@@ -1,6 +1,6 @@
 //! Subscriptions and their periods as the indexer recorded them in schema `chain` (read-only).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use alloy::primitives::Address;
 use sqlx::PgPool;
@@ -107,10 +107,47 @@ fn parse_status(text: &str) -> Result<Status, KeeperError> {
     })
 }
 
+/// Subscriptions indexed by id and by wallet (each wallet's ids in order). Built where they are read, so that the
+/// entitlement view only swaps the index in under its lock.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    /// By subscription id.
+    pub by_id: HashMap<u64, Subscription>,
+    /// Each wallet's subscription ids, lowest first.
+    pub by_subscriber: HashMap<Address, Vec<u64>>,
+}
+
+impl Index {
+    /// Every subscription, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Subscription> {
+        self.by_id.values()
+    }
+}
+
+impl FromIterator<Subscription> for Index {
+    fn from_iter<I: IntoIterator<Item = Subscription>>(subscriptions: I) -> Self {
+        let mut index = Self::default();
+        for sub in subscriptions {
+            index.by_subscriber.entry(sub.subscriber).or_default().push(sub.id);
+            index.by_id.insert(sub.id, sub);
+        }
+        for ids in index.by_subscriber.values_mut() {
+            ids.sort_unstable();
+        }
+        index
+    }
+}
+
+impl From<Vec<Subscription>> for Index {
+    fn from(subscriptions: Vec<Subscription>) -> Self {
+        subscriptions.into_iter().collect()
+    }
+}
+
 type Row = (String, Vec<u8>, String, String, String, String, String, String, String, i64);
 
-/// Every subscription of the deployment on `chain_id`.
-pub async fn load_all(pool: &PgPool, chain_id: u64) -> Result<Vec<Subscription>, KeeperError> {
+/// Every subscription of the deployment on `chain_id`, indexed.
+pub async fn load_all(pool: &PgPool, chain_id: u64) -> Result<Index, KeeperError> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT s.subscription_id::TEXT, s.subscriber, s.plan_id::TEXT, s.status, s.period_index::TEXT,
                 s.paid_through::TEXT, p.period::TEXT, p.grace_period::TEXT, s.overage_cap::TEXT, s.subscribed_at
@@ -121,7 +158,7 @@ pub async fn load_all(pool: &PgPool, chain_id: u64) -> Result<Vec<Subscription>,
     .fetch_all(pool)
     .await?;
     let pauses = Pauses::load(pool, chain_id).await?;
-    rows.into_iter().map(|row| from_row(row, &pauses)).collect()
+    rows.into_iter().map(|row| from_row(row, &pauses)).collect::<Result<Vec<_>, _>>().map(Index::from)
 }
 
 fn from_row(row: Row, pauses: &Pauses) -> Result<Subscription, KeeperError> {

@@ -21,7 +21,7 @@ use crate::metering::{
     catalog::Snapshot,
     event::{Outcome, UsageEvent},
     funds::{FundsAnswer, FundsPolicy, WalletFunds},
-    subscriptions::{Status, Subscription},
+    subscriptions::{Index, Status, Subscription},
 };
 
 #[derive(Debug, Clone, Default)]
@@ -52,7 +52,7 @@ pub struct Entitlements {
 
 impl Entitlements {
     /// Subscriptions whose open period at `now` is not the one whose usage is held: (id, period start).
-    pub fn stale(&self, subscriptions: &[Subscription], now: i64) -> Vec<(u64, i64)> {
+    pub fn stale(&self, subscriptions: &Index, now: i64) -> Vec<(u64, i64)> {
         subscriptions
             .iter()
             .map(|sub| (sub.id, sub.open_period_start(now)))
@@ -62,16 +62,11 @@ impl Entitlements {
 
     /// Replaces the subscriptions, and the open usage of the `stale` ones with `usage` (read with
     /// [`super::load_open_usage`]).
-    pub fn apply(&mut self, subscriptions: Vec<Subscription>, stale: &[(u64, i64)], usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) {
-        self.by_id.clear();
-        self.by_subscriber.clear();
-        for sub in subscriptions {
-            self.by_subscriber.entry(sub.subscriber).or_default().push(sub.id);
-            self.by_id.insert(sub.id, sub);
-        }
-        for ids in self.by_subscriber.values_mut() {
-            ids.sort_unstable();
-        }
+    pub fn apply(&mut self, subscriptions: impl Into<Index>, stale: &[(u64, i64)], usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) {
+        // Swapped in whole: readers wait for no more than that.
+        let Index { by_id, by_subscriber } = subscriptions.into();
+        self.by_id = by_id;
+        self.by_subscriber = by_subscriber;
         for (id, start) in stale {
             // A period the ledger already brought here is newer than `stale` says; keep it.
             if self.open.get(id).is_none_or(|o| o.period_start < *start) {
