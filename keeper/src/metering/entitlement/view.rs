@@ -93,23 +93,26 @@ impl Entitlements {
     /// Takes the open usage of `targets` read again (with [`super::load_open_usage`]), for the periods still open
     /// here.
     pub fn apply_reload(&mut self, targets: &[(u64, i64)], usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) {
-        let current: std::collections::HashSet<(u64, i64)> =
-            targets.iter().filter(|(id, start)| self.open.get(id).is_none_or(|o| o.period_start == *start)).copied().collect();
+        let current: HashMap<u64, i64> = targets.iter().filter(|(id, start)| self.open.get(id).is_none_or(|o| o.period_start == *start)).copied().collect();
         let OpenUsageRead { ledger, summed } = usage;
-        let usage = OpenUsageRead {
-            ledger: ledger.into_iter().filter(|p| current.contains(&(p.subscription_id, p.period_start))).collect(),
-            summed: summed.into_iter().filter(|row| current.iter().any(|(id, _)| *id == row.0 as u64)).collect(),
-        };
-        let summed_periods: Vec<(u64, i64)> =
-            current.iter().copied().filter(|(id, start)| !usage.ledger.iter().any(|p| p.subscription_id == *id && p.period_start == *start)).collect();
-        for (id, start) in summed_periods {
-            // Summed figures replace summed ones only: a period the ledger holds is newer than any sum.
-            if self.open.get(&id).is_none_or(|o| o.version.is_none()) {
-                self.open.insert(id, OpenUsage { period_start: start, ..OpenUsage::default() });
+        let ledger: Vec<LedgerPeriod> = ledger.into_iter().filter(|p| current.get(&p.subscription_id) == Some(&p.period_start)).collect();
+        let in_ledger: std::collections::HashSet<u64> = ledger.iter().map(|p| p.subscription_id).collect();
+        let mut sums: HashMap<u64, Aggregates> = HashMap::new();
+        for (id, model, meter, quantity, latest) in summed {
+            let entry = sums.entry(id as u64).or_default().entry((model, meter)).or_insert((Decimal::ZERO, 0));
+            entry.0 = entry.0.saturating_add(quantity);
+            entry.1 = entry.1.max(latest);
+        }
+        for (id, start) in current.into_iter().filter(|(id, _)| !in_ledger.contains(id)) {
+            let usage = sums.remove(&id).unwrap_or_default();
+            // Sums replace sums only (a period the ledger holds is newer than any sum), and only when they differ.
+            let replace = self.open.get(&id).is_none_or(|o| o.version.is_none() && (o.period_start != start || o.usage != usage));
+            if replace {
+                self.open.insert(id, OpenUsage { period_start: start, usage, ..OpenUsage::default() });
                 self.estimate(id, catalog, decimals);
             }
         }
-        self.replace_open_usage(usage, catalog, decimals);
+        self.apply_ledger(ledger, catalog, decimals);
     }
 
     /// Takes read figures: the ledger's where newer than what is held, the sums where the period is held from sums.
