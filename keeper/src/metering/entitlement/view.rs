@@ -67,14 +67,32 @@ impl Entitlements {
         let Index { by_id, by_subscriber } = subscriptions.into();
         self.by_id = by_id;
         self.by_subscriber = by_subscriber;
+        let mut reset = std::collections::HashSet::new();
         for (id, start) in stale {
             // A period the ledger already brought here is newer than `stale` says; keep it.
             if self.open.get(id).is_none_or(|o| o.period_start < *start) {
                 self.open.insert(*id, OpenUsage { period_start: *start, ..OpenUsage::default() });
                 self.estimate(*id, catalog, decimals);
+                reset.insert(*id);
             }
         }
-        self.replace_open_usage(usage, catalog, decimals);
+        self.apply_ledger(usage.ledger, catalog, decimals);
+        // The sums fill the periods just started here that the ledger does not hold.
+        let mut touched = Vec::new();
+        for (id, model, meter, quantity, latest) in usage.summed {
+            let id = id as u64;
+            if let Some(open) = self.open.get_mut(&id).filter(|o| o.version.is_none() && reset.contains(&id)) {
+                let entry = open.usage.entry((model, meter)).or_insert((Decimal::ZERO, 0));
+                entry.0 = entry.0.saturating_add(quantity);
+                entry.1 = entry.1.max(latest);
+                touched.push(id);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            self.estimate(id, catalog, decimals);
+        }
     }
 
     /// The open periods to reload so that usage other processes stored (another `serve` replica, `usage import`)
@@ -113,29 +131,6 @@ impl Entitlements {
             }
         }
         self.apply_ledger(ledger, catalog, decimals);
-    }
-
-    /// Takes read figures: the ledger's where newer than what is held, the sums where the period is held from sums.
-    fn replace_open_usage(&mut self, usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) {
-        self.apply_ledger(usage.ledger, catalog, decimals);
-        let mut touched = Vec::new();
-        for (id, model, meter, quantity, latest) in usage.summed {
-            let id = id as u64;
-            if let Some(open) = self.open.get_mut(&id)
-                && open.version.is_none()
-                && latest >= open.period_start.saturating_mul(1000)
-            {
-                let entry = open.usage.entry((model, meter)).or_insert((Decimal::ZERO, 0));
-                entry.0 = entry.0.saturating_add(quantity);
-                entry.1 = entry.1.max(latest);
-                touched.push(id);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for id in touched {
-            self.estimate(id, catalog, decimals);
-        }
     }
 
     /// Takes the ledger's figures of open periods (after a decision, or read by a reload): each replaces what is
