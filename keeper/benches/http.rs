@@ -9,7 +9,8 @@
 //! 2. Entitlement on the one-`serve` database after its ingest: 16 clients each keep one
 //!    `GET /v1/entitlement/{wallet}` in flight, 200,000 requests in all; p50, p99 and max per request.
 //!
-//! `SUBSETTLE_BENCH_SERVE_ARGS` adds flags to every `serve` (e.g. `--refresh-interval-ms 60000`); an argument
+//! `SUBSETTLE_BENCH_SERVE_ARGS` adds flags to every `serve` (e.g. `--refresh-interval-ms 60000`),
+//! `SUBSETTLE_BENCH_BINARY` runs another build of the binary (an earlier commit's, to compare); an argument
 //! after `--` runs only the configurations whose name contains it (`one`, `three`).
 //!
 //! Each phase also reports the CPU time the `serve` processes, Postgres and this process (the clients) used,
@@ -216,7 +217,8 @@ impl Drop for Serve {
 
 async fn start_serve(chain: &Chain, database_url: &str) -> Result<Serve> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(env!("CARGO_BIN_EXE_subsettle-keeper"))
+    let binary = std::env::var("SUBSETTLE_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_subsettle-keeper").to_owned());
+    let child = Command::new(binary)
         .args(["serve", "--http-addr", &format!("127.0.0.1:{port}"), "--default-split", "0", "--rpc-url", &chain.chain.endpoint()])
         .args(["--funds-interval", "10m"])
         .args(std::env::var("SUBSETTLE_BENCH_SERVE_ARGS").unwrap_or_default().split_whitespace())

@@ -263,3 +263,20 @@ async fn a_second_keeper_judges_on_what_the_first_admitted_and_usage_stored_befo
     let (version, overage): (i64, String) = sqlx::query_as("SELECT version, overage::TEXT FROM keeper.admission_periods").fetch_one(&other.pool).await.unwrap();
     assert_eq!((version, overage.as_str()), (1, "1000000"), "the period's row, made with the stored usage and its estimate");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_period_row_cleared_under_a_keeper_is_made_again_with_the_stored_usage() {
+    let market = Market::start(1, CAP).await;
+    let (status, _) = market.usage(&json!([images(&market, "r-0", "500"), images(&market, "r-1", "20")])).await;
+    assert_eq!(status, 200);
+    // Another replica a period ahead would clear it; the keeper's view still holds it from the ledger. Its next batch
+    // finds the row missing, makes it again from the stored events (20.8 USDC) and judges on that: 5 of 10 images
+    // reach the 1 USDC cap.
+    sqlx::query("DELETE FROM keeper.admission_periods").execute(&market.pool).await.unwrap();
+    let batch: Vec<Value> = (2..12).map(|n| images(&market, &format!("r-{n}"), "1")).collect();
+    let (status, report) = market.usage(&Value::Array(batch)).await;
+    assert_eq!((status, report["accepted"].as_u64(), report["payment_required"].as_u64()), (402, Some(5), Some(5)), "{report}");
+    let (version, overage): (i64, String) =
+        sqlx::query_as("SELECT version, overage::TEXT FROM keeper.admission_periods").fetch_one(&market.pool).await.unwrap();
+    assert_eq!((version, overage.as_str()), (1, "1000000"));
+}

@@ -166,18 +166,18 @@ pub async fn store(pool: &PgPool, admission: &Admission<'_>, events: &[&UsageEve
     if events.is_empty() {
         return Ok(Stored::default());
     }
-    let (context, unknown) = {
+    let (context, keys, unknown) = {
         let view = admission.view.read().expect("entitlement lock");
         let context = view.context(events, admission.now, wall_ms());
         let mut keys: Vec<(u64, i64)> = context.subscriptions.values().map(|t| (t.id, t.period_start)).collect();
         keys.sort_unstable();
         let unknown: Vec<(u64, i64)> = keys.iter().filter(|(id, start)| !view.held_from_ledger(*id, *start)).copied().collect();
-        (context, (unknown, keys))
+        (context, keys, unknown)
     };
     // The rows of periods the view has from the ledger exist, unless another replica, a period ahead of this one's
     // view, has cleared the rows of periods before the previous one meanwhile: the next attempt makes them all.
     for attempt in 1..=3 {
-        let create = if attempt == 1 { &unknown.0 } else { &unknown.1 };
+        let create = if attempt == 1 { &unknown } else { &keys };
         if !create.is_empty() {
             create_periods(pool, create).await?;
         }
