@@ -120,9 +120,31 @@ async fn start_chain() -> Result<Chain> {
     Ok(Chain { chain, deployment_file, _dir: dir })
 }
 
-async fn seed(pool: &PgPool, t0: i64) -> Result<()> {
+async fn seed_indexer(pool: &PgPool) -> Result<()> {
     subsettle_indexer::store::Store::open(pool.clone()).await?;
-    subsettle_keeper::store::migrate(pool).await?;
+    Ok(())
+}
+
+/// Applies the keeper's migrations: the library's, or those of the binary under test when it is another build (its
+/// commands migrate when they connect).
+async fn migrate_keeper(pool: &PgPool, chain: &Chain, database_url: &str) -> Result<()> {
+    match std::env::var("SUBSETTLE_BENCH_BINARY") {
+        Ok(binary) => {
+            let out = Command::new(binary)
+                .arg("status")
+                .env("DATABASE_URL", database_url)
+                .env("SUBSETTLE_DEPLOYMENT", &chain.deployment_file)
+                .env("RUST_LOG", "warn")
+                .output()
+                .context("running the binary's status")?;
+            anyhow::ensure!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Err(_) => subsettle_keeper::store::migrate(pool).await?,
+    }
+    Ok(())
+}
+
+async fn seed_keeper(pool: &PgPool, t0: i64) -> Result<()> {
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO chain.plans ({META}, plan_id, price, period, grace_period) VALUES ($1, 1, 0, '\\x00', $2, 1, 79000000, $3, 259200)"
     )))
@@ -349,7 +371,9 @@ async fn ingest_config(chain: &Chain, replicas: usize, entitlement_after: bool) 
     let db = TestDatabase::create().await?;
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(db.url()).await?;
     let t0 = now_secs() - 2 * 86_400;
-    seed(&pool, t0).await?;
+    seed_indexer(&pool).await?;
+    migrate_keeper(&pool, chain, db.url()).await?;
+    seed_keeper(&pool, t0).await?;
     let mut serves = Vec::new();
     for _ in 0..replicas {
         serves.push(start_serve(chain, db.url()).await?);
