@@ -14,9 +14,9 @@ use sqlx::PgPool;
 use subsettle_abi::{Deployment, SplitEscrow, Subscriptions};
 use subsettle_indexer::sync::Indexer;
 use subsettle_keeper::{
+    clock::Clock,
     metering::api::{ApiSettings, Keeper, router},
     metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    clock::Clock,
     metering::close::CloseOptions,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
@@ -163,7 +163,8 @@ impl Market {
     /// Waits until one signed version of every transaction in state `sent` has a receipt, so that the next
     /// outbox reconcile finds it.
     pub async fn wait_until_sent_is_mined(&self) {
-        let sent: Vec<Vec<Vec<u8>>> = sqlx::query_scalar("SELECT tx_hashes FROM keeper.outbox WHERE state = 'sent'").fetch_all(&self.pool).await.unwrap();
+        let sent: Vec<Vec<Vec<u8>>> =
+            sqlx::query_scalar("SELECT tx_hashes FROM keeper.outbox WHERE state = 'sent'").fetch_all(&self.pool).await.unwrap();
         let (operator, deadline) = (self.operator(), std::time::Instant::now() + std::time::Duration::from_secs(10));
         for versions in sent {
             loop {
@@ -239,7 +240,7 @@ impl Market {
 
     /// A settlement engine for this market, signing with the deployer (who is the keeper), its key in `dir`.
     pub fn engine(&self, dir: &std::path::Path) -> subsettle_keeper::settlement::engine::Engine {
-        use subsettle_keeper::{settlement::renewals::RenewalPolicy, settlement::plan::SettlementPolicy};
+        use subsettle_keeper::{settlement::plan::SettlementPolicy, settlement::renewals::RenewalPolicy};
         let sender = self.sender(dir);
         subsettle_keeper::settlement::engine::Engine {
             pool: self.pool.clone(),
@@ -247,7 +248,13 @@ impl Market {
             deployment: self.deployment.clone(),
             close: self.close_options(),
             renewals: RenewalPolicy { batch: 100, retry_interval: 3_600 },
-            settlement: SettlementPolicy { batch: 100, retry_interval: 3_600, charge_window: 2 * 86_400, payout_threshold: 1_000_000, charge_threshold: None },
+            settlement: SettlementPolicy {
+                batch: 100,
+                retry_interval: 3_600,
+                charge_window: 2 * 86_400,
+                payout_threshold: 1_000_000,
+                charge_threshold: None,
+            },
             epoch_interval: 86_400,
         }
     }
