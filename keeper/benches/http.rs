@@ -7,7 +7,8 @@
 //!    subscriptions x 100 events, every event billable or included, judged against caps and funds) until
 //!    1,000,000 events are stored; events/s, and the per-batch latency p50, p99 and max.
 //! 2. Entitlement on the one-`serve` database after its ingest: 16 clients each keep one
-//!    `GET /v1/entitlement/{wallet}` in flight, 200,000 requests in all; p50, p99 and max per request.
+//!    `GET /v1/entitlement/{wallet}` in flight, 200,000 requests in all; p50, p99 and max per request. Then the
+//!    same load on `/healthz` (a constant answer): the floor of HTTP and the client on these cores.
 //!
 //! `SUBSETTLE_BENCH_SERVE_ARGS` adds flags to every `serve` (e.g. `--refresh-interval-ms 60000`),
 //! `SUBSETTLE_BENCH_BINARY` runs another build of the binary (an earlier commit's, to compare); an argument
@@ -403,7 +404,9 @@ async fn ingest_config(chain: &Chain, replicas: usize, entitlement_after: bool) 
     Ok(())
 }
 
-/// `ENTITLEMENT_REQUESTS` GETs from `ENTITLEMENT_CLIENTS` clients against one serve.
+/// `ENTITLEMENT_REQUESTS` GETs from `ENTITLEMENT_CLIENTS` clients against one serve; then the same load on
+/// `/healthz`, which answers a constant: the floor that HTTP, the client and the two shared cores set under any
+/// handler.
 async fn entitlement(client: &reqwest::Client, url: String, serves: &[&Serve], postgres: Option<u32>) -> Result<()> {
     // Warm the connections first.
     for i in 0..ENTITLEMENT_CLIENTS as u64 {
@@ -411,8 +414,29 @@ async fn entitlement(client: &reqwest::Client, url: String, serves: &[&Serve], p
     }
     // The URLs are built once and answers only searched for `"entitled":true`: the clients share the two cores
     // with the server, and parsing would measure them more than it.
-    let urls: Arc<Vec<reqwest::Url>> =
-        Arc::new((0..SUBSCRIPTIONS).map(|i| reqwest::Url::parse(&format!("{url}/v1/entitlement/{}", subscriber(i)))).collect::<Result<_, _>>()?);
+    let urls: Vec<reqwest::Url> =
+        (0..SUBSCRIPTIONS).map(|i| reqwest::Url::parse(&format!("{url}/v1/entitlement/{}", subscriber(i)))).collect::<Result<_, _>>()?;
+    let (entitled, rate) = get_load(client, urls, ENTITLED, serves, postgres, "entitlement").await?;
+    anyhow::ensure!(entitled == ENTITLEMENT_REQUESTS, "{entitled} of {ENTITLEMENT_REQUESTS} answers entitled");
+    let floor = vec![reqwest::Url::parse(&format!("{url}/healthz"))?];
+    let (ok, floor_rate) = get_load(client, floor, b"ok", serves, postgres, "floor (/healthz)").await?;
+    anyhow::ensure!(ok == ENTITLEMENT_REQUESTS, "{ok} of {ENTITLEMENT_REQUESTS} /healthz answers ok");
+    println!("  entitlement throughput {:.0} % of the floor's", 100.0 * rate / floor_rate);
+    Ok(())
+}
+
+/// `ENTITLEMENT_REQUESTS` GETs of `urls` (taken in a scattered order) from `ENTITLEMENT_CLIENTS` keep-alive
+/// clients; prints p50, p99 and max per request and the CPU shares. Returns how many answers contained `expect`
+/// and the requests per second.
+async fn get_load(
+    client: &reqwest::Client,
+    urls: Vec<reqwest::Url>,
+    expect: &'static [u8],
+    serves: &[&Serve],
+    postgres: Option<u32>,
+    label: &str,
+) -> Result<(u64, f64)> {
+    let urls = Arc::new(urls);
     let next = Arc::new(AtomicU64::new(0));
     let cpu = Cpu::start(&serves[..1], postgres);
     let started = Instant::now();
@@ -420,40 +444,40 @@ async fn entitlement(client: &reqwest::Client, url: String, serves: &[&Serve], p
     for _ in 0..ENTITLEMENT_CLIENTS {
         let (client, urls, next) = (client.clone(), urls.clone(), next.clone());
         workers.push(tokio::spawn(async move {
-            let (mut latencies, mut entitled) = (Vec::new(), 0u64);
+            let (mut latencies, mut matched) = (Vec::new(), 0u64);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= ENTITLEMENT_REQUESTS {
-                    return Ok::<_, anyhow::Error>((latencies, entitled));
+                    return Ok::<_, anyhow::Error>((latencies, matched));
                 }
                 let sent = Instant::now();
-                let response = client.get(urls[((i * 7_919) % SUBSCRIPTIONS) as usize].clone()).send().await?;
+                let response = client.get(urls[((i * 7_919) % urls.len() as u64) as usize].clone()).send().await?;
                 anyhow::ensure!(response.status().is_success(), "status {}", response.status());
                 let body = response.bytes().await?;
                 latencies.push(sent.elapsed());
-                entitled += u64::from(body.windows(ENTITLED.len()).any(|w| w == ENTITLED));
+                matched += u64::from(body.windows(expect.len()).any(|w| w == expect));
             }
         }));
     }
-    let (mut latencies, mut entitled) = (Vec::new(), 0u64);
+    let (mut latencies, mut matched) = (Vec::new(), 0u64);
     for worker in workers {
-        let (l, e) = worker.await??;
+        let (l, m) = worker.await??;
         latencies.extend(l);
-        entitled += e;
+        matched += m;
     }
     let elapsed = started.elapsed();
     let usage = cpu.report();
     latencies.sort_unstable();
+    let rate = ENTITLEMENT_REQUESTS as f64 / elapsed.as_secs_f64();
     println!(
-        "entitlement, 1 serve: {ENTITLEMENT_REQUESTS} GETs ({entitled} entitled) from {ENTITLEMENT_CLIENTS} clients in {:.2} s = {:.0}/s; p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms",
+        "{label}, 1 serve: {ENTITLEMENT_REQUESTS} GETs from {ENTITLEMENT_CLIENTS} clients in {:.2} s = {rate:.0}/s; p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms",
         elapsed.as_secs_f64(),
-        ENTITLEMENT_REQUESTS as f64 / elapsed.as_secs_f64(),
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().expect("requests"))
     );
     println!("  {usage}");
-    Ok(())
+    Ok((matched, rate))
 }
 
 #[tokio::main]

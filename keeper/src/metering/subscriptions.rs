@@ -144,6 +144,21 @@ impl From<Vec<Subscription>> for Index {
     }
 }
 
+/// Where the indexer stands on `chain_id`: each followed deployment's cursor (block number and hash). The indexer
+/// moves a cursor in the same transaction as the rows it covers (a reorg moves it to another hash), so while the
+/// mark is unchanged the subscriptions [`load_all`] reads are unchanged too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainMark(Vec<(Vec<u8>, Option<i64>, Option<Vec<u8>>)>);
+
+/// Reads the indexer's [`ChainMark`] on `chain_id`.
+pub async fn chain_mark(pool: &PgPool, chain_id: u64) -> Result<ChainMark, KeeperError> {
+    let cursors = sqlx::query_as("SELECT subscriptions, cursor_number, cursor_hash FROM chain.deployments WHERE chain_id = $1 ORDER BY subscriptions")
+        .bind(chain_id as i64)
+        .fetch_all(pool)
+        .await?;
+    Ok(ChainMark(cursors))
+}
+
 type Row = (String, Vec<u8>, String, String, String, String, String, String, String, i64);
 
 /// Every subscription of the deployment on `chain_id`, indexed.

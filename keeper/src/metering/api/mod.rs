@@ -9,7 +9,7 @@
 
 use std::{
     sync::{
-        Arc, OnceLock, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Instant,
@@ -90,6 +90,9 @@ pub struct Keeper {
     /// from it, to say whether a charge the chain collected less of is still collectable. Unset: such a shortfall is
     /// judged only once the subscription is two periods on.
     pub chain: OnceLock<(alloy::providers::DynProvider, subsettle_abi::Deployment)>,
+    /// Where the indexer stood when the held subscriptions were read: [`Self::refresh`] reads them again only
+    /// once it has moved.
+    chain_mark: Mutex<Option<subscriptions::ChainMark>>,
     /// Counters for `/metrics`.
     pub metrics: ServeMetrics,
 }
@@ -146,6 +149,7 @@ impl Keeper {
             clock,
             split_notice: OnceLock::new(),
             chain: OnceLock::new(),
+            chain_mark: Mutex::new(None),
             metrics: ServeMetrics::default(),
         });
         keeper.refresh().await?;
@@ -187,16 +191,27 @@ impl Keeper {
         Ok(count)
     }
 
-    /// Reloads the catalog and the subscriptions from Postgres.
+    /// Reloads the catalog, the subscriptions (only when the indexer has moved since they were read) and the
+    /// usage of the periods that have started since, from Postgres.
     pub async fn refresh(&self) -> Result<(), KeeperError> {
         let snapshot = Arc::new(catalog::load(&self.pool).await?);
         *self.catalog.write().expect("catalog lock") = snapshot.clone();
-        // Read without holding the lock; ingest goes on against the previous view meanwhile.
+        // Read without holding the lock; ingest goes on against the previous view meanwhile. The mark is read
+        // before the subscriptions, so a move of the indexer during the read is seen at the next refresh.
         let now = self.clock.now_secs();
-        let subscriptions = subscriptions::load_all(&self.pool, self.settings.chain_id).await?;
-        let stale = self.entitlements.read().expect("entitlement lock").stale(&subscriptions, now);
+        let mark = subscriptions::chain_mark(&self.pool, self.settings.chain_id).await?;
+        let moved = self.chain_mark.lock().expect("chain mark lock").as_ref() != Some(&mark);
+        let subscriptions = match moved {
+            true => Some(subscriptions::load_all(&self.pool, self.settings.chain_id).await?),
+            false => None,
+        };
+        let stale = self.entitlements.read().expect("entitlement lock").stale(subscriptions.as_ref(), now);
         let usage = entitlement::load_open_usage(&self.pool, &stale).await?;
-        self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, &snapshot, self.settings.decimals);
+        let replaced = self.entitlements.write().expect("entitlement lock").apply(subscriptions, &stale, usage, &snapshot, self.settings.decimals);
+        drop(replaced);
+        if moved {
+            *self.chain_mark.lock().expect("chain mark lock") = Some(mark);
+        }
         Ok(())
     }
 

@@ -51,22 +51,23 @@ pub struct Entitlements {
 }
 
 impl Entitlements {
-    /// Subscriptions whose open period at `now` is not the one whose usage is held: (id, period start).
-    pub fn stale(&self, subscriptions: &Index, now: i64) -> Vec<(u64, i64)> {
-        subscriptions
-            .iter()
-            .map(|sub| (sub.id, sub.open_period_start(now)))
-            .filter(|(id, start)| self.open.get(id).is_none_or(|o| o.period_start != *start))
-            .collect()
+    /// Subscriptions whose open period at `now` is not the one whose usage is held: (id, period start). Of
+    /// `subscriptions` when given (a fresh read), else of those held.
+    pub fn stale(&self, subscriptions: Option<&Index>, now: i64) -> Vec<(u64, i64)> {
+        let by_id = subscriptions.map_or(&self.by_id, |index| &index.by_id);
+        by_id.values().map(|sub| (sub.id, sub.open_period_start(now))).filter(|(id, start)| self.open.get(id).is_none_or(|o| o.period_start != *start)).collect()
     }
 
-    /// Replaces the subscriptions, and the open usage of the `stale` ones with `usage` (read with
-    /// [`super::load_open_usage`]).
-    pub fn apply(&mut self, subscriptions: impl Into<Index>, stale: &[(u64, i64)], usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) {
+    /// Replaces the subscriptions when given (else keeps those held), and the open usage of the `stale` ones with
+    /// `usage` (read with [`super::load_open_usage`]). Returns the subscriptions replaced, for the caller to drop
+    /// after it has let go of the lock (freeing thousands of entries is not work for readers to wait on).
+    #[must_use = "drop the replaced index outside the lock"]
+    pub fn apply(&mut self, subscriptions: Option<Index>, stale: &[(u64, i64)], usage: OpenUsageRead, catalog: &Snapshot, decimals: u32) -> Option<Index> {
         // Swapped in whole: readers wait for no more than that.
-        let Index { by_id, by_subscriber } = subscriptions.into();
-        self.by_id = by_id;
-        self.by_subscriber = by_subscriber;
+        let replaced = subscriptions.map(|Index { by_id, by_subscriber }| Index {
+            by_id: std::mem::replace(&mut self.by_id, by_id),
+            by_subscriber: std::mem::replace(&mut self.by_subscriber, by_subscriber),
+        });
         let mut reset = std::collections::HashSet::new();
         for (id, start) in stale {
             // A period the ledger already brought here is newer than `stale` says; keep it.
@@ -93,6 +94,7 @@ impl Entitlements {
         for id in touched {
             self.estimate(id, catalog, decimals);
         }
+        replaced
     }
 
     /// The open periods to reload so that usage other processes stored (another `serve` replica, `usage import`)
@@ -555,7 +557,7 @@ mod funds_tests {
             subscribed_at: 1_000,
             pauses: Default::default(),
         };
-        e.apply(vec![sub], &[(1, 1_000)], OpenUsageRead::default(), &catalog(), 6);
+        let _ = e.apply(Some(vec![sub].into()), &[(1, 1_000)], OpenUsageRead::default(), &catalog(), 6);
         e.enable_funds(FundsPolicy { interval_ms: 15_000 });
         let reading = WalletFunds { balance: U256::from(balance), allowance: U256::from(allowance), credit: U256::from(credit), block: 7, read_at_ms };
         e.set_funds([(WALLET, reading)].into(), &[(1, 0)], &HashMap::new());
