@@ -3,12 +3,15 @@
 //!
 //! - [`Subscriptions`]: plans, subscriptions, batched renewals and capped usage charges pulled into the escrow.
 //! - [`SplitEscrow`]: unallocated revenue, split versions, settlements, claims, holds and refunds.
-//! - [`TestUSDC`]: the USDC-like token (6 decimals, EIP-2612, blacklist, pause) used by tests and the demo.
+//! - [`usdc`]: Circle's USDC (`FiatTokenV2_2` behind `FiatTokenProxy`) from its compiled artifacts, and its local
+//!   deployment; the token of every test, bench and the demo.
+//! - [`TestUSDC`]: our own small token, kept for what USDC cannot be in a test.
 //! - [`deployment`]: the deployment descriptor (chain id, contract addresses, start block) both daemons read.
 #![allow(missing_docs)] // the `sol!` expansions carry no docs of their own; the contracts' NatSpec is the reference
 #![allow(clippy::too_many_arguments)] // generated calls take as many arguments as the contract functions
 
 pub mod deployment;
+pub mod usdc;
 
 pub use deployment::{Deployment, DeploymentError};
 

@@ -13,7 +13,7 @@ use alloy::{
     sol_types::{Eip712Domain, SolStruct},
 };
 use anyhow::{Context, bail, ensure};
-use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, Subscriptions, usdc::FiatTokenV2_2};
 
 use crate::cast::Profile;
 
@@ -77,7 +77,7 @@ impl Chain {
     /// Mints `usdc` base units to `who` (the token's owner only).
     pub async fn mint(&self, who: Address, usdc: u64) -> anyhow::Result<()> {
         let provider = self.as_signer(&self.minter);
-        let pending = TestUSDC::new(self.deployment.token, &provider).mint(who, U256::from(usdc)).send().await.context("mint")?;
+        let pending = FiatTokenV2_2::new(self.deployment.token, &provider).mint(who, U256::from(usdc)).send().await.context("mint")?;
         self.confirm("mint", *pending.tx_hash()).await.map(drop)
     }
 
@@ -94,7 +94,7 @@ impl Chain {
             let (v, r, s) = self.sign_permit(who, allowance, deadline).await?;
             subscriptions.subscribeWithPermit(plan, cap, allowance, deadline, v, r, s).send().await.context("subscribeWithPermit")?
         } else {
-            let token = TestUSDC::new(self.deployment.token, &provider);
+            let token = FiatTokenV2_2::new(self.deployment.token, &provider);
             let approval = token.approve(self.deployment.subscriptions, allowance).send().await.context("approve")?;
             self.confirm("approve", *approval.tx_hash()).await?;
             subscriptions.subscribe(plan, cap).send().await.context("subscribe")?
@@ -105,7 +105,7 @@ impl Chain {
     }
 
     async fn sign_permit(&self, who: &PrivateKeySigner, value: U256, deadline: U256) -> anyhow::Result<(u8, B256, B256)> {
-        let token = TestUSDC::new(self.deployment.token, &self.reader);
+        let token = FiatTokenV2_2::new(self.deployment.token, &self.reader);
         let name = token.name().call().await.context("token name")?;
         let nonce = token.nonces(who.address()).call().await.context("permit nonce")?;
         let domain = Eip712Domain::new(

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use subsettle_abi::{Deployment, ISubscriptions, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, ISubscriptions, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_indexer::{
     decode::{Source, decode},
     metrics::Metrics,
@@ -43,7 +43,7 @@ use subsettle_indexer::{
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase, toolchain::foundry_bin};
@@ -338,7 +338,7 @@ async fn generate(chain: &TestChain, cfg: &Config) -> Result<Generated> {
     let key = OperatorKey::load(Some(&key_path))?;
     let plan = DeployPlan {
         rpc_url: chain.endpoint(),
-        existing_token: None,
+        token: TokenSource::LocalUsdc,
         keeper: None, // the operator is the keeper, so it may post usage charges
         charge_window_secs: PERIOD,
         split_change_delay_secs: 86_400,
@@ -380,10 +380,10 @@ async fn generate(chain: &TestChain, cfg: &Config) -> Result<Generated> {
     // Mint and approve, then subscribe: many transactions per block with automine off.
     rpc(&provider, "evm_setAutomine", json!([false])).await?;
     let mut owner_nonce = provider.get_transaction_count(owner).await?;
-    let allowance = TestUSDC::approveCall { spender: d.subscriptions, value: U256::MAX }.abi_encode();
+    let allowance = FiatTokenV2_2::approveCall { spender: d.subscriptions, value: U256::MAX }.abi_encode();
     let mut txs = Vec::with_capacity(2 * n);
     for signer in &signers {
-        let mint = TestUSDC::mintCall { to: signer.address(), amount: U256::from(10_000 * USDC) }.abi_encode();
+        let mint = FiatTokenV2_2::mintCall { _to: signer.address(), _amount: U256::from(10_000 * USDC) }.abi_encode();
         txs.push(sender.tx(owner, d.token, mint, owner_nonce, 100_000));
         owner_nonce += 1;
         txs.push(sender.tx(signer.address(), d.token, allowance.clone(), 0, 100_000));

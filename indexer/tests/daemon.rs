@@ -16,7 +16,7 @@ use alloy::{
     primitives::{Address, U256},
     transports::http::reqwest,
 };
-use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_testkit::{TestChain, TestDatabase};
 use common::{DAY, Daemon, deploy_contracts, u};
 use outage::Outage;
@@ -141,8 +141,8 @@ async fn the_daemon_follows_new_blocks_serves_health_logs_json_and_stops_on_sigt
     let operator = chain.provider(0);
     let subs = Subscriptions::new(d.subscriptions, &operator);
     confirm!(subs.createPlan(u(79_000_000), u(30 * DAY), u(3 * DAY)));
-    confirm!(TestUSDC::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
-    confirm!(TestUSDC::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
+    confirm!(FiatTokenV2_2::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
+    confirm!(FiatTokenV2_2::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
     confirm!(Subscriptions::new(d.subscriptions, chain.provider(1)).subscribe(u(1), u(0)));
 
     let pool = db.pool().await.unwrap();
@@ -241,8 +241,8 @@ async fn a_node_down_at_start_or_dropping_out_is_waited_for_with_one_line_per_at
 
     // The node drops out mid-run (its connections cut, its port closed) while the chain moves on.
     node.down().await;
-    confirm!(TestUSDC::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
-    confirm!(TestUSDC::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
+    confirm!(FiatTokenV2_2::new(d.token, &operator).mint(chain.address(1), u(1_000_000_000)));
+    confirm!(FiatTokenV2_2::new(d.token, chain.provider(1)).approve(d.subscriptions, U256::MAX));
     confirm!(Subscriptions::new(d.subscriptions, chain.provider(1)).subscribe(u(1), u(0)));
     wait_up_to(Duration::from_secs(30), "two failed steps", async || {
         assert_alive(&mut daemon, &log);

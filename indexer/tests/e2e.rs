@@ -7,7 +7,7 @@ use alloy::{
     rpc::types::Filter,
 };
 use sqlx::{PgPool, Row};
-use subsettle_abi::{SplitEscrow, Subscriptions, TestUSDC};
+use subsettle_abi::{SplitEscrow, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_testkit::{TestChain, TestDatabase};
 
 const USDC: u64 = 1_000_000;
@@ -33,7 +33,7 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     let operator = chain.provider(0);
     let subs = Subscriptions::new(d.subscriptions, &operator);
     let escrow = SplitEscrow::new(d.escrow, &operator);
-    let token = TestUSDC::new(d.token, &operator);
+    let token = FiatTokenV2_2::new(d.token, &operator);
     let (alice, bob, carol) = (chain.address(1), chain.address(2), chain.address(3));
     let (creator, platform, host) = (chain.address(4), chain.address(5), chain.address(6));
 
@@ -44,7 +44,7 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     confirm!(subs.setPlanActive(u(2), true));
     for (i, who) in [(1, alice), (2, bob), (3, carol)] {
         confirm!(token.mint(who, u(1_000 * USDC)));
-        confirm!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
+        confirm!(FiatTokenV2_2::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
     }
     let as_alice = Subscriptions::new(d.subscriptions, chain.provider(1));
     let as_bob = Subscriptions::new(d.subscriptions, chain.provider(2));
@@ -69,7 +69,7 @@ async fn every_event_kind_is_mirrored_and_matches_the_contract_views() {
     confirm!(subs.chargeUsage(vec![charge(1, 0, 12 * USDC), charge(1, 5, 1)]));
 
     // A month later: alice renews from credit and wallet, bob moves to pay-as-you-go, carol has no funds.
-    let as_carol_token = TestUSDC::new(d.token, chain.provider(3));
+    let as_carol_token = FiatTokenV2_2::new(d.token, chain.provider(3));
     confirm!(as_carol_token.transfer(chain.address(7), u(1_000 * USDC - 79 * USDC)));
     advance(&operator, 30 * DAY).await;
     confirm!(subs.renew(vec![u(1), u(2), u(3)]));

@@ -22,7 +22,7 @@ use alloy::{
 };
 use anvil_rpc::{ReorgTx, reorg, revert, snapshot};
 use sqlx::PgPool;
-use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_indexer::{IndexerError, sync::Indexer};
 use subsettle_testkit::{TestChain, TestDatabase};
 use common::{DAY, deploy_contracts, indexer, u};
@@ -33,10 +33,10 @@ const USDC: u64 = 1_000_000;
 async fn setup(chain: &TestChain, d: &Deployment) {
     let operator = chain.provider(0);
     confirm!(Subscriptions::new(d.subscriptions, &operator).createPlan(u(79 * USDC), u(30 * DAY), u(3 * DAY)));
-    let token = TestUSDC::new(d.token, &operator);
+    let token = FiatTokenV2_2::new(d.token, &operator);
     for i in 1..=7 {
         confirm!(token.mint(chain.address(i), u(10_000 * USDC)));
-        confirm!(TestUSDC::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
+        confirm!(FiatTokenV2_2::new(d.token, chain.provider(i)).approve(d.subscriptions, U256::MAX));
     }
 }
 

@@ -20,7 +20,7 @@ use alloy::{
 use anyhow::{Context, Result};
 use rust_decimal::Decimal;
 use serde_json::json;
-use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_indexer::{
     metrics::Metrics,
     source::{ChainSource, Retry},
@@ -32,7 +32,7 @@ use subsettle_keeper::{
     metering::catalog::{self, NewMeter, NewModel, NewPrice},
     clock::Clock,
     metering::close::CloseOptions,
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     settlement::engine::Engine,
     settlement::outbox::{FeePolicy, Sender},
     settlement::renewals::RenewalPolicy,
@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
     let key = OperatorKey::load(Some(&key_path))?;
     let plan = DeployPlan {
         rpc_url: chain.endpoint(),
-        existing_token: None,
+        token: TokenSource::LocalUsdc,
         keeper: None,
         charge_window_secs: 2 * 86_400,
         split_change_delay_secs: 7 * 86_400,
@@ -110,13 +110,13 @@ async fn main() -> Result<()> {
     }
     eprintln!("setup: plan and {SPLITS} splits in {:.1} s", setup.elapsed().as_secs_f64());
 
-    let token = TestUSDC::new(deployment.token, &operator);
+    let token = FiatTokenV2_2::new(deployment.token, &operator);
     let mut ids = Vec::new();
     for account in 1..=ACCOUNTS {
         let who = chain.address(account);
         wait(&operator, token.mint(who, U256::from((PRICE * 3 + CAP) * PER_ACCOUNT as u64)).send().await?).await?;
         let provider = chain.provider(account);
-        wait(&provider, TestUSDC::new(deployment.token, &provider).approve(deployment.subscriptions, U256::MAX).send().await?).await?;
+        wait(&provider, FiatTokenV2_2::new(deployment.token, &provider).approve(deployment.subscriptions, U256::MAX).send().await?).await?;
         let subs = Subscriptions::new(deployment.subscriptions, &provider);
         let mut last = None;
         for _ in 0..PER_ACCOUNT {

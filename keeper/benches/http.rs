@@ -42,7 +42,7 @@ use rust_decimal::Decimal;
 use sqlx::{AssertSqlSafe, PgPool};
 use subsettle_keeper::{
     metering::catalog::{self, NewAllowance, NewMeter, NewModel, NewPrice},
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
@@ -72,6 +72,10 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
 }
 
+/// Storage slots of `FiatTokenV2_2`'s balances and allowances.
+const BALANCE_SLOT: u64 = 9;
+const ALLOWANCE_SLOT: u64 = 10;
+
 /// The chain side: anvil with the contracts deployed, every bench wallet funded and approved in the token's storage.
 struct Chain {
     chain: TestChain,
@@ -86,7 +90,7 @@ async fn start_chain() -> Result<Chain> {
     std::fs::write(&key_file, alloy::hex::encode_prefixed(chain.signer(0).to_bytes()))?;
     let plan = DeployPlan {
         rpc_url: chain.endpoint(),
-        existing_token: None,
+        token: TokenSource::LocalUsdc,
         keeper: None,
         charge_window_secs: 2 * 86_400,
         split_change_delay_secs: 7 * 86_400,
@@ -95,14 +99,15 @@ async fn start_chain() -> Result<Chain> {
     let deployment = deploy(&plan, &OperatorKey::load(Some(&key_file))?).await?;
     let deployment_file = dir.path().join("deployment.json");
     deployment.save(&deployment_file)?;
-    // OpenZeppelin's ERC20 keeps balances in slot 0 and allowances in slot 1.
+    // FiatTokenV2_2 (behind its proxy, whose own slots are unstructured) keeps `balanceAndBlacklistStates` in
+    // slot 9 (the balance in the low 255 bits, the blacklist flag in the top bit) and `allowed` in slot 10.
     let provider = chain.provider(0);
     let amount = B256::from(U256::from(1_000_000_000_000u64)); // 1,000,000 USDC
     let writes: Vec<(B256, Address)> = (0..SUBSCRIPTIONS)
         .flat_map(|i| {
             let wallet = subscriber(i);
-            let balance = keccak256((wallet, U256::ZERO).abi_encode());
-            let allowance = keccak256((deployment.subscriptions, keccak256((wallet, U256::from(1)).abi_encode())).abi_encode());
+            let balance = keccak256((wallet, U256::from(BALANCE_SLOT)).abi_encode());
+            let allowance = keccak256((deployment.subscriptions, keccak256((wallet, U256::from(ALLOWANCE_SLOT)).abi_encode())).abi_encode());
             [(balance, wallet), (allowance, wallet)]
         })
         .collect();
@@ -114,10 +119,10 @@ async fn start_chain() -> Result<Chain> {
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
-    let token = subsettle_abi::TestUSDC::new(deployment.token, &provider);
+    let token = subsettle_abi::usdc::FiatTokenV2_2::new(deployment.token, &provider);
     let last = subscriber(SUBSCRIPTIONS - 1);
-    anyhow::ensure!(token.balanceOf(last).call().await? == U256::from(1_000_000_000_000u64), "the balance slot is not slot 0");
-    anyhow::ensure!(token.allowance(last, deployment.subscriptions).call().await? == U256::from(1_000_000_000_000u64), "the allowance slot is not slot 1");
+    anyhow::ensure!(token.balanceOf(last).call().await? == U256::from(1_000_000_000_000u64), "the balance slot is not slot {BALANCE_SLOT}");
+    anyhow::ensure!(token.allowance(last, deployment.subscriptions).call().await? == U256::from(1_000_000_000_000u64), "the allowance slot is not slot {ALLOWANCE_SLOT}");
     Ok(Chain { chain, deployment_file, _dir: dir })
 }
 

@@ -262,9 +262,14 @@ pub struct DeployArgs {
     /// File holding the operator's private key (hex). Without it, SUBSETTLE_PRIVATE_KEY is read.
     #[arg(long, env = "SUBSETTLE_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
-    /// Address of an existing settlement token (the chain's USDC). Without it a TestUSDC is deployed.
-    #[arg(long)]
+    /// Address of the chain's settlement token (its USDC). Either this or --local-usdc.
+    #[arg(long, required_unless_present = "local_usdc", conflicts_with = "local_usdc")]
     pub token: Option<Address>,
+    /// On a local chain (anvil, chain id 31337 or 1337): deploy Circle's USDC (FiatTokenV2_2 behind
+    /// FiatTokenProxy, from the pinned npm package) as Circle does on a new chain; the deployer holds every role
+    /// but the proxy admin's and may mint.
+    #[arg(long)]
+    pub local_usdc: bool,
     /// The keeper address allowed to post usage charges and settle. Defaults to the deployer.
     #[arg(long)]
     pub keeper: Option<Address>,

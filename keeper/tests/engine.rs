@@ -96,7 +96,7 @@ async fn only_one_keeper_holds_the_sender_lease() {
 #[tokio::test]
 async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_equal_to_the_statements() {
     use alloy::primitives::U256;
-    use subsettle_abi::{Subscriptions, TestUSDC};
+    use subsettle_abi::{Subscriptions, usdc::FiatTokenV2_2};
     use subsettle_keeper::metering::statement::{Scope, creator_statement, subscriber_statement, verify};
 
     let market = Market::start(4, 5_000_000).await;
@@ -118,7 +118,7 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
     let sink = market.chain.address(9);
     for i in [2usize, 3] {
         let provider = market.chain.provider(i + 1);
-        let token = TestUSDC::new(market.deployment.token, &provider);
+        let token = FiatTokenV2_2::new(market.deployment.token, &provider);
         let balance = token.balanceOf(market.subscribers[i].0).call().await.unwrap();
         confirm!(token.transfer(sink, balance));
     }
@@ -145,7 +145,7 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
 
     // Subscriber 2 tops up inside its grace; the next retry slot renews it. Subscriber 3 never does.
     let operator = market.operator();
-    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(market.subscribers[2].0, U256::from(200_000_000u64)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &operator).mint(market.subscribers[2].0, U256::from(200_000_000u64)));
     for _ in 0..3 {
         engine.step(false).await.unwrap(); // settles the epoch once the charges are indexed, then pays out
         market.advance(3_700).await;
@@ -212,7 +212,7 @@ async fn a_month_with_a_past_due_recovery_a_lapse_and_caps_ends_with_the_chain_e
 #[tokio::test]
 async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epoch_once_collected() {
     use alloy::primitives::U256;
-    use subsettle_abi::TestUSDC;
+    use subsettle_abi::usdc::FiatTokenV2_2;
 
     let market = Market::start(2, 50_000_000).await;
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +223,7 @@ async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epo
     assert_eq!(market.usage(&events).await.0, 200);
     // Subscriber 1 empties its wallet: its renewal and its overage charge will fail.
     let provider = market.chain.provider(2);
-    let token = TestUSDC::new(market.deployment.token, &provider);
+    let token = FiatTokenV2_2::new(market.deployment.token, &provider);
     let balance = token.balanceOf(market.subscribers[1].0).call().await.unwrap();
     confirm!(token.transfer(market.chain.address(9), balance));
 
@@ -260,7 +260,7 @@ async fn a_charge_that_fails_holds_back_only_its_own_close_and_joins_a_later_epo
 
     // Subscriber 1 tops up; the next retry slot collects the charge (and renews), and the next epoch settles it.
     let operator = market.operator();
-    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(market.subscribers[1].0, U256::from(200_000_000u64)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &operator).mint(market.subscribers[1].0, U256::from(200_000_000u64)));
     market.advance(3_700).await;
     engine.step(false).await.unwrap();
     market.sync().await;

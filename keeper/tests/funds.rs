@@ -22,7 +22,7 @@ use common::{GRACE, PERIOD, USDC, u};
 use market::{Market, TOKEN};
 use serde_json::{Value, json};
 use serve::{Serve, keeper_command};
-use subsettle_abi::{Subscriptions, TestUSDC};
+use subsettle_abi::{Subscriptions, usdc::FiatTokenV2_2};
 
 /// The funds figure `key` of an entitlement answer.
 fn funds<'a>(answer: &'a Value, key: &str) -> &'a str {
@@ -61,13 +61,13 @@ async fn pay_as_you_go(market: &Market, account: usize, cap: u64) -> (Address, u
 /// Dev account `account` approves Subscriptions for `amount` base units.
 async fn approve(market: &Market, account: usize, amount: u64) {
     let provider = market.chain.provider(account);
-    confirm!(TestUSDC::new(market.deployment.token, &provider).approve(market.deployment.subscriptions, u(amount)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &provider).approve(market.deployment.subscriptions, u(amount)));
 }
 
 /// Mints `amount` base units to `wallet`.
 async fn mint(market: &Market, wallet: Address, amount: u64) {
     let operator = market.operator();
-    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(wallet, u(amount)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &operator).mint(wallet, u(amount)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

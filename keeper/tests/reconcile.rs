@@ -219,7 +219,7 @@ async fn the_binary_exits_0_when_all_agree_and_1_naming_the_recipient_after_a_ta
 
 #[tokio::test]
 async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_reason_not_pending_or_a_difference() {
-    use subsettle_abi::TestUSDC;
+    use subsettle_abi::usdc::FiatTokenV2_2;
     use subsettle_keeper::{metering::catalog, metering::close::close_due_periods};
     let market = Market::start(2, 50_000_000).await;
     let dir = tempfile::tempdir().unwrap();
@@ -229,7 +229,7 @@ async fn a_charge_whose_window_has_closed_is_uncollectable_with_the_contracts_re
     let events = json!([market.event("u-0", 0, "image-gen", "images", "600", now), market.event("u-1", 1, "image-gen", "images", "600", now)]);
     assert_eq!(market.usage(&events).await.0, 200);
     let provider = market.chain.provider(2);
-    let token = TestUSDC::new(market.deployment.token, &provider);
+    let token = FiatTokenV2_2::new(market.deployment.token, &provider);
     let balance = token.balanceOf(market.subscribers[1].0).call().await.unwrap();
     confirm!(token.transfer(market.chain.address(9), balance));
 

@@ -21,7 +21,7 @@ use market::Market;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use serve::Serve;
-use subsettle_abi::{Subscriptions, TestUSDC};
+use subsettle_abi::{Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_keeper::metering::{
     catalog::{self, Snapshot},
     pricing::{Allowance, MeteredEvent, PeriodTerms, price_period},
@@ -53,9 +53,9 @@ async fn subscribers(market: &Market) -> Vec<Subscriber> {
     let plan = receipt.decoded_log::<Subscriptions::PlanCreated>().expect("PlanCreated").planId;
     let account = 4;
     let wallet = market.chain.address(account);
-    confirm!(TestUSDC::new(market.deployment.token, &operator).mint(wallet, u(PAYABLE)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &operator).mint(wallet, u(PAYABLE)));
     let provider = market.chain.provider(account);
-    confirm!(TestUSDC::new(market.deployment.token, &provider).approve(market.deployment.subscriptions, u(PAYABLE)));
+    confirm!(FiatTokenV2_2::new(market.deployment.token, &provider).approve(market.deployment.subscriptions, u(PAYABLE)));
     let receipt = confirm!(Subscriptions::new(market.deployment.subscriptions, &provider).subscribe(plan, u(100 * USDC)));
     let id = receipt.decoded_log::<Subscriptions::Subscribed>().expect("Subscribed").id.to::<u64>();
     market.sync().await;

@@ -2,9 +2,9 @@
 //! paid through the generated bindings lands in the escrow as unallocated revenue.
 
 use alloy::{hex, primitives::U256};
-use subsettle_abi::{SplitEscrow, Subscriptions, TestUSDC};
+use subsettle_abi::{SplitEscrow, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_keeper::{
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::TestChain;
@@ -24,7 +24,7 @@ async fn deploys_wires_and_collects_a_first_period() {
     let chain = TestChain::spawn().unwrap();
     let plan = DeployPlan {
         rpc_url: chain.endpoint(),
-        existing_token: None,
+        token: TokenSource::LocalUsdc,
         keeper: Some(chain.address(9)),
         charge_window_secs: 2 * 86_400,
         split_change_delay_secs: 7 * 86_400,
@@ -52,11 +52,11 @@ async fn deploys_wires_and_collects_a_first_period() {
         .get_receipt()
         .await
         .unwrap();
-    let token = TestUSDC::new(deployment.token, &operator);
+    let token = FiatTokenV2_2::new(deployment.token, &operator);
     let subscriber = chain.address(1);
     token.mint(subscriber, U256::from(1_000 * USDC)).send().await.unwrap().get_receipt().await.unwrap();
     let as_subscriber = chain.provider(1);
-    TestUSDC::new(deployment.token, &as_subscriber)
+    FiatTokenV2_2::new(deployment.token, &as_subscriber)
         .approve(deployment.subscriptions, U256::MAX)
         .send()
         .await

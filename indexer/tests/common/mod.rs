@@ -16,7 +16,7 @@ use alloy::{
     sol_types::SolEvent,
 };
 use sqlx::{AssertSqlSafe, PgPool};
-use subsettle_abi::{Deployment, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, Subscriptions, usdc::FiatTokenV2_2};
 use subsettle_indexer::{
     decode::TYPED_TABLES,
     metrics::Metrics,
@@ -25,7 +25,7 @@ use subsettle_indexer::{
     sync::{Indexer, SyncOptions},
 };
 use subsettle_keeper::{
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     signer::OperatorKey,
 };
 use subsettle_testkit::{TestChain, TestDatabase};
@@ -94,7 +94,7 @@ pub async fn receipt<P: Provider>(provider: &P, hash: B256) -> alloy::rpc::types
     }
 }
 
-/// Deploys TestUSDC, SplitEscrow and Subscriptions with `subsettle-keeper deploy`; dev account 0 owns them and
+/// Deploys Circle's USDC, SplitEscrow and Subscriptions with `subsettle-keeper deploy`; dev account 0 owns them and
 /// is the keeper. The operator key comes from a file, as an operator provides it.
 pub async fn deploy_contracts(chain: &TestChain) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +102,7 @@ pub async fn deploy_contracts(chain: &TestChain) -> Deployment {
     std::fs::write(&path, hex::encode_prefixed(chain.signer(0).to_bytes())).unwrap();
     let plan = DeployPlan {
         rpc_url: chain.endpoint(),
-        existing_token: None,
+        token: TokenSource::LocalUsdc,
         keeper: None,
         charge_window_secs: 2 * DAY,
         split_change_delay_secs: 7 * DAY,
@@ -137,13 +137,13 @@ pub async fn fund_and_subscribe(
     periods: u64,
 ) -> Vec<U256> {
     let operator = chain.provider(0);
-    let token = TestUSDC::new(deployment.token, &operator);
+    let token = FiatTokenV2_2::new(deployment.token, &operator);
     let mut ids = Vec::new();
     for i in accounts {
         let who = chain.address(i);
         confirm!(token.mint(who, u(PRICE * (periods + 2) * per_account as u64)));
         let provider = chain.provider(i);
-        confirm!(TestUSDC::new(deployment.token, &provider).approve(deployment.subscriptions, U256::MAX));
+        confirm!(FiatTokenV2_2::new(deployment.token, &provider).approve(deployment.subscriptions, U256::MAX));
         let subs = Subscriptions::new(deployment.subscriptions, &provider);
         for _ in 0..per_account {
             let receipt = confirm!(subs.subscribe(plan, u(0)));

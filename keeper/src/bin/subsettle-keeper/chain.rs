@@ -6,7 +6,10 @@ pub(crate) async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let key = OperatorKey::load(args.private_key_file.as_deref())?;
     let plan = DeployPlan {
         rpc_url: args.rpc_url,
-        existing_token: args.token,
+        token: match args.token {
+            Some(token) => TokenSource::Existing(token),
+            None => TokenSource::LocalUsdc,
+        },
         keeper: args.keeper,
         charge_window_secs: args.charge_window,
         split_change_delay_secs: args.split_change_delay,

@@ -15,7 +15,7 @@ use subsettle_keeper::{
     clock::Clock,
     metering::close::{self, CloseOptions},
     config::{Overrides, Settings},
-    operator::deploy::{DeployPlan, deploy},
+    operator::deploy::{DeployPlan, TokenSource, deploy},
     operator::import::{self, Format},
     signer::OperatorKey,
     metering::statement::{self, Scope, Statement},

@@ -8,7 +8,7 @@ use alloy::{
     providers::DynProvider,
 };
 use futures::{StreamExt, TryStreamExt};
-use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, TestUSDC};
+use subsettle_abi::{Deployment, SplitEscrow, Subscriptions, usdc::FiatTokenV2_2};
 
 use super::EscrowFigures;
 use crate::{KeeperError, metering::statement::ChargeClock};
@@ -80,7 +80,7 @@ where
 pub(super) struct OnChain {
     subscriptions: Subscriptions::SubscriptionsInstance<DynProvider>,
     escrow: SplitEscrow::SplitEscrowInstance<DynProvider>,
-    token: TestUSDC::TestUSDCInstance<DynProvider>,
+    token: FiatTokenV2_2::FiatTokenV2_2Instance<DynProvider>,
     block: BlockId,
     /// The same block's number.
     number: u64,
@@ -91,7 +91,7 @@ impl OnChain {
         Self {
             subscriptions: Subscriptions::new(deployment.subscriptions, provider.clone()),
             escrow: SplitEscrow::new(deployment.escrow, provider.clone()),
-            token: TestUSDC::new(deployment.token, provider),
+            token: FiatTokenV2_2::new(deployment.token, provider),
             block: BlockId::number(block),
             number: block,
         }
