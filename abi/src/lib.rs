@@ -35,3 +35,20 @@ alloy::sol!(
     TestUSDC,
     "TestUSDC.json"
 );
+
+/// The names of `ISubscriptions.FailureReason` by enum value, as the indexer stores them and the keeper reports
+/// them (`RenewalFailed`, `UsageChargeFailed`).
+pub const FAILURE_REASONS: [&str; 7] = [
+    "none",
+    "insufficient_balance",
+    "insufficient_allowance",
+    "token_rejected",
+    "unknown_subscription",
+    "period_not_started",
+    "charge_window_closed",
+];
+
+/// The name of `FailureReason` value `code` (`unknown` for a value this build does not know).
+pub fn failure_reason(code: u8) -> &'static str {
+    FAILURE_REASONS.get(usize::from(code)).copied().unwrap_or("unknown")
+}

@@ -107,18 +107,9 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
-/// The failure reason names of `ISubscriptions.FailureReason`, by their enum value.
+/// The failure reason of `ISubscriptions.FailureReason` value `code`, by name.
 fn failure_reason(code: u8) -> Value {
-    const NAMES: [&str; 7] = [
-        "none",
-        "insufficient_balance",
-        "insufficient_allowance",
-        "token_rejected",
-        "unknown_subscription",
-        "period_not_started",
-        "charge_window_closed",
-    ];
-    text(NAMES.get(usize::from(code)).copied().unwrap_or("unknown"))
+    text(subsettle_abi::failure_reason(code))
 }
 
 /// Decodes one log of `source` into its typed row.

@@ -15,6 +15,7 @@ use crate::{
     settlement::renewals::{RenewalPolicy, plan_renewals},
     settlement::plan::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
     settlement::threshold::{ThresholdPolicy, plan_threshold_charges},
+    settlement::token::{self, ItemFailure},
 };
 
 /// Everything a step needs.
@@ -56,7 +57,7 @@ pub fn batch_for(block_gas_limit: u64, gas_per_item: u64, configured: usize) -> 
 }
 
 /// What a step did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StepReport {
     /// Chain time of the step.
     pub now: i64,
@@ -68,6 +69,10 @@ pub struct StepReport {
     pub outbox: OutboxReport,
     /// Actions planned (or, in a dry run, that would be planned), by key.
     pub actions: Vec<String>,
+    /// The token was paused: no pull or payout was planned.
+    pub token_paused: bool,
+    /// Items the batches confirmed in this step could not do, with the token's explanation of a refusal.
+    pub item_failures: Vec<ItemFailure>,
 }
 
 /// The lock id of the sender lease (any constant shared by every keeper of a database).
@@ -136,8 +141,13 @@ impl Engine {
         Ok(self.sender.latest_header().await?.timestamp as i64)
     }
 
-    async fn plan_all(&self, now: i64, gas_limit: u64, dry_run: bool) -> Result<Vec<Action>, KeeperError> {
+    /// What to send at `now`. While the token is paused only settlements (book entries in the escrow) are planned:
+    /// a pull or a payout would fail on chain, mark subscribers past due and spend a nonce for nothing.
+    async fn plan_all(&self, now: i64, gas_limit: u64, token_paused: bool, dry_run: bool) -> Result<Vec<Action>, KeeperError> {
         let d = &self.deployment;
+        if token_paused {
+            return plan_settlements(&self.pool, d.chain_id, d.escrow, self.settlement, now).await;
+        }
         // Batches are cut to fit half a block at a conservative gas per item, whatever `--batch` says.
         let renewals = RenewalPolicy { batch: batch_for(gas_limit, RENEW_GAS_PER_ITEM, self.renewals.batch), ..self.renewals };
         let charges = SettlementPolicy { batch: batch_for(gas_limit, CHARGE_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
@@ -151,6 +161,23 @@ impl Engine {
         actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow, self.settlement, now).await?);
         actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
         Ok(actions)
+    }
+
+    /// The failed items of the confirmed `receipts`, each explained by the token and logged.
+    async fn item_failures(&self, receipts: &[alloy::rpc::types::TransactionReceipt]) -> Result<Vec<ItemFailure>, KeeperError> {
+        let mut failures = Vec::new();
+        for receipt in receipts {
+            for mut failure in token::item_failures(receipt, &self.deployment) {
+                failure.explain(&self.sender.provider, &self.deployment).await?;
+                tracing::warn!(
+                    tx = %receipt.transaction_hash, kind = failure.kind, item = %failure.item, reason = %failure.reason,
+                    account = ?failure.account, explanation = failure.explanation.as_deref().unwrap_or("-"),
+                    "an item of a confirmed batch failed; it is retried by its policy"
+                );
+                failures.push(failure);
+            }
+        }
+        Ok(failures)
     }
 
     async fn epoch_due(&self, now: i64) -> Result<bool, KeeperError> {
@@ -168,12 +195,14 @@ impl Engine {
         let head = self.sender.latest_header().await?;
         let (now, gas_limit) = (head.timestamp as i64, head.gas_limit);
         let mut report = StepReport { now, ..StepReport::default() };
+        report.token_paused = token::paused(&self.sender.provider, self.deployment.token).await?;
         if dry_run {
-            report.actions = self.plan_all(now, gas_limit, true).await?.into_iter().map(|a| a.key).collect();
+            report.actions = self.plan_all(now, gas_limit, report.token_paused, true).await?.into_iter().map(|a| a.key).collect();
             return Ok(report);
         }
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
         self.sender.reconcile(&self.pool, &mut report.outbox).await?;
+        report.item_failures = self.item_failures(&report.outbox.receipts).await?;
         let snapshot = catalog::load(&self.pool).await?;
         report.periods_closed = close::close_due_periods(&self.pool, &snapshot, &self.close, now).await?.periods;
         if self.epoch_due(now).await? {
@@ -185,10 +214,17 @@ impl Engine {
                 report.epoch = Some(epoch.epoch_id);
             }
         }
-        let actions = self.plan_all(now, gas_limit, false).await?;
+        if report.token_paused {
+            tracing::warn!(token = %self.deployment.token, "the token is paused: no renewal, usage charge or payout is planned until it is unpaused");
+        }
+        let actions = self.plan_all(now, gas_limit, report.token_paused, false).await?;
         report.outbox.planned = outbox::plan(&self.pool, &actions, now).await?;
         report.actions = actions.into_iter().map(|a| a.key).collect();
-        self.sender.send_planned(&self.pool, &mut report.outbox).await?;
+        match report.token_paused {
+            // Pulls and payouts planned before the pause wait in the outbox, unsigned, with their nonces unspent.
+            true => self.sender.send_planned_of(&self.pool, &mut report.outbox, &report.actions).await?,
+            false => self.sender.send_planned(&self.pool, &mut report.outbox).await?,
+        }
         Ok(report)
     }
 }

@@ -7,6 +7,7 @@
 //! - [`threshold`]: mid-period charges when the overage crosses a configured threshold.
 //! - [`epoch`]: settlement epochs gathered from the closes, one amount per split.
 //! - [`outbox`]: on-chain actions written before they are signed, nonces from Postgres, receipts matched.
+//! - [`token`]: the token's pause and blacklist: no pulls or payouts while paused, refusals explained.
 //! - [`metrics`]: Prometheus metrics and `/healthz` of the engine.
 
 pub mod engine;
@@ -16,3 +17,4 @@ pub mod outbox;
 pub mod plan;
 pub mod renewals;
 pub mod threshold;
+pub mod token;

@@ -144,7 +144,7 @@ pub struct Sender {
 }
 
 /// What one pass over the outbox did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct OutboxReport {
     /// Rows newly planned.
     pub planned: u64,
@@ -162,6 +162,9 @@ pub struct OutboxReport {
     pub bumped: u64,
     /// Rows whose nonce a transaction this keeper did not sign used up: planned again, for a new nonce.
     pub resigned: u64,
+    /// The receipts of the rows confirmed in this pass, for what their events say (items a batch could not do).
+    #[serde(skip)]
+    pub receipts: Vec<alloy::rpc::types::TransactionReceipt>,
 }
 
 fn rpc(action: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> KeeperError {
@@ -411,6 +414,7 @@ impl Sender {
                 }
                 let (state, failure) = if receipt.status() {
                     report.confirmed += 1;
+                    report.receipts.push(receipt.clone());
                     ("confirmed", None)
                 } else {
                     report.failed += 1;

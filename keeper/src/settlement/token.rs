@@ -1,0 +1,114 @@
+//! What the settlement token says about itself. Circle's USDC can be paused by its pauser and can refuse any
+//! blacklisted account (as sender, recipient or caller): the engine plans no pull or payout while the token is
+//! paused (each would fail on chain, mark subscribers past due and spend a nonce for nothing), and explains each
+//! item a confirmed batch could not do by the token's own state.
+
+use alloy::{
+    primitives::{Address, U256},
+    providers::DynProvider,
+    rpc::types::TransactionReceipt,
+    sol_types::SolEvent,
+};
+use subsettle_abi::{
+    SplitEscrow, Subscriptions,
+    deployment::Deployment,
+    usdc::FiatTokenV2_2,
+};
+
+use crate::KeeperError;
+
+/// Whether the token is paused. A token without `paused()` (not USDC) is never paused; a node that cannot be read
+/// is an error, not a guess.
+pub async fn paused(provider: &DynProvider, token: Address) -> Result<bool, KeeperError> {
+    match FiatTokenV2_2::new(token, provider).paused().call().await {
+        Ok(paused) => Ok(paused),
+        Err(e) if not_provided(&e) => Ok(false),
+        Err(e) => Err(KeeperError::Chain { action: "token paused()", message: e.to_string() }),
+    }
+}
+
+/// Whether the token blacklists `account`; `false` for a token without a blacklist.
+pub async fn blacklisted(provider: &DynProvider, token: Address, account: Address) -> Result<bool, KeeperError> {
+    match FiatTokenV2_2::new(token, provider).isBlacklisted(account).call().await {
+        Ok(listed) => Ok(listed),
+        Err(e) if not_provided(&e) => Ok(false),
+        Err(e) => Err(KeeperError::Chain { action: "token isBlacklisted()", message: e.to_string() }),
+    }
+}
+
+/// The call reverted or returned nothing: the token has no such function.
+fn not_provided(error: &alloy::contract::Error) -> bool {
+    matches!(error, alloy::contract::Error::ZeroData(..) | alloy::contract::Error::AbiError(_)) || error.as_revert_data().is_some()
+}
+
+/// One item a confirmed batch could not do, as its event says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ItemFailure {
+    /// `renew`, `chargeUsage` or `claim`.
+    pub kind: &'static str,
+    /// The subscription id (renew, chargeUsage) or the recipient (claim).
+    pub item: String,
+    /// The contract's reason (`FailureReason`), or `transfer_refused` for a claim.
+    pub reason: String,
+    /// Who holds the money that did not move: the subscriber, or the claim's payout address.
+    pub account: Option<Address>,
+    /// The token's explanation of a refusal, when it gives one: `blacklisted: <who>` or `token paused`.
+    pub explanation: Option<String>,
+}
+
+/// The failed items of a confirmed transaction: `RenewalFailed`, `UsageChargeFailed` and `ClaimFailed` of our
+/// contracts, in log order.
+pub fn item_failures(receipt: &TransactionReceipt, deployment: &Deployment) -> Vec<ItemFailure> {
+    let reason = |code: u8| subsettle_abi::failure_reason(code).to_owned();
+    let mut failures = Vec::new();
+    for log in receipt.inner.logs() {
+        if log.address() == deployment.subscriptions {
+            if let Ok(e) = Subscriptions::RenewalFailed::decode_log(&log.inner) {
+                failures.push(ItemFailure::new("renew", e.id.to_string(), reason(e.reason as u8), None));
+            } else if let Ok(e) = Subscriptions::UsageChargeFailed::decode_log(&log.inner) {
+                failures.push(ItemFailure::new("chargeUsage", e.id.to_string(), reason(e.reason as u8), None));
+            }
+        } else if log.address() == deployment.escrow
+            && let Ok(e) = SplitEscrow::ClaimFailed::decode_log(&log.inner)
+        {
+            failures.push(ItemFailure::new("claim", e.recipient.to_string(), "transfer_refused".into(), Some(e.payout)));
+        }
+    }
+    failures
+}
+
+impl ItemFailure {
+    fn new(kind: &'static str, item: String, reason: String, account: Option<Address>) -> Self {
+        Self { kind, item, reason, account, explanation: None }
+    }
+
+    /// Asks the token why it refused: paused, or which of the parties of the transfer it blacklists (the
+    /// subscriber or payout address, and our own contracts, which USDC checks as caller and as recipient).
+    pub async fn explain(&mut self, provider: &DynProvider, deployment: &Deployment) -> Result<(), KeeperError> {
+        if !matches!(self.reason.as_str(), "token_rejected" | "transfer_refused") {
+            return Ok(());
+        }
+        if self.account.is_none() && self.kind != "claim" {
+            let id: U256 = self.item.parse().unwrap_or_default();
+            let subscription = Subscriptions::new(deployment.subscriptions, provider).subscription(id).call().await;
+            self.account = subscription.ok().map(|s| s.subscriber);
+        }
+        if paused(provider, deployment.token).await? {
+            self.explanation = Some("token paused".into());
+            return Ok(());
+        }
+        let parties = [("the account", self.account), ("Subscriptions", Some(deployment.subscriptions)), ("SplitEscrow", Some(deployment.escrow))];
+        let mut listed = Vec::new();
+        for (name, party) in parties {
+            if let Some(party) = party
+                && blacklisted(provider, deployment.token, party).await?
+            {
+                listed.push(format!("{name} {party}"));
+            }
+        }
+        if !listed.is_empty() {
+            self.explanation = Some(format!("blacklisted by the token: {}", listed.join(", ")));
+        }
+        Ok(())
+    }
+}

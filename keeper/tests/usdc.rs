@@ -1,0 +1,145 @@
+//! The engine on Circle's real USDC (FiatTokenV2_2 behind its proxy, deployed as Circle does): a subscriber the
+//! token blacklists fails alone inside the `renew` and `chargeUsage` batches and the keeper names the reason and
+//! the token's explanation, then recovers by its retry policy once unblacklisted; a token paused by Circle's
+//! pauser in the middle of a run makes the keeper hold every pull and payout without signing anything, and after
+//! `unpause` the month completes exactly once and `reconcile` agrees.
+
+#[path = "../../indexer/tests/common/mod.rs"]
+mod common;
+#[path = "common/market.rs"]
+mod market;
+
+use alloy::providers::Provider;
+use market::{CUTOFF, Market};
+use serde_json::json;
+use subsettle_abi::usdc::FiatTokenV2_2;
+use subsettle_keeper::settlement::token::ItemFailure;
+
+async fn count(market: &Market, sql: &str, id: u64) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).bind(id.to_string()).fetch_one(&market.pool).await.unwrap()
+}
+
+async fn status(market: &Market, id: u64) -> (String, i64) {
+    sqlx::query_as("SELECT status, period_index::BIGINT FROM chain.subscriptions WHERE subscription_id = $1::NUMERIC")
+        .bind(id.to_string())
+        .fetch_one(&market.pool)
+        .await
+        .unwrap()
+}
+
+fn failure_of<'a>(failures: &'a [ItemFailure], kind: &str, id: u64) -> Option<&'a ItemFailure> {
+    failures.iter().find(|f| f.kind == kind && f.item == id.to_string())
+}
+
+#[tokio::test]
+async fn a_blacklisted_subscriber_fails_alone_in_renew_and_charge_batches_is_explained_and_recovers_by_policy() {
+    let market = Market::start(3, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    // 600 images at 0.04 = 24 USDC each: 4 USDC over the allowance for every subscriber, so one charge batch of 3.
+    let events: Vec<_> = (0..3).map(|i| market.event(&format!("b-{i}"), i, "image-gen", "images", "600", now)).collect();
+    assert_eq!(market.usage(&json!(events)).await.0, 200);
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
+    let (listed, listed_id) = market.subscribers[1];
+    confirm!(usdc.blacklist(listed));
+
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let mut failures = Vec::new();
+    for _ in 0..6 {
+        failures.extend(engine.step(false).await.unwrap().item_failures);
+        market.sync().await;
+        if failure_of(&failures, "renew", listed_id).is_some() && failure_of(&failures, "chargeUsage", listed_id).is_some() {
+            break;
+        }
+    }
+    for kind in ["renew", "chargeUsage"] {
+        let failure = failure_of(&failures, kind, listed_id).unwrap_or_else(|| panic!("no {kind} failure reported: {failures:?}"));
+        assert_eq!(failure.reason, "token_rejected", "{failure:?}");
+        assert_eq!(failure.account, Some(listed));
+        let explanation = failure.explanation.as_deref().unwrap_or_default();
+        assert!(explanation.contains("blacklisted") && explanation.contains(&listed.to_string()), "{failure:?}");
+    }
+    assert_eq!(failures.len(), 2, "only the blacklisted subscriber's items fail: {failures:?}");
+    for i in [0usize, 2] {
+        let id = market.subscribers[i].1;
+        assert_eq!(status(&market, id).await, ("active".to_owned(), 1), "subscriber {i} renewed");
+        assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC", id).await, 1);
+    }
+    assert_eq!(status(&market, listed_id).await, ("past_due".to_owned(), 0), "the period does not advance");
+    assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC", listed_id).await, 0);
+
+    // Unblacklisted inside the grace period: the next retry slots renew and charge it, once each.
+    // A fresh provider: the engine has sent from the same account since (nonces from its outbox).
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
+    confirm!(usdc.unBlacklist(listed));
+    for _ in 0..4 {
+        market.advance(3_700).await;
+        engine.step(false).await.unwrap();
+        market.sync().await;
+    }
+    assert_eq!(status(&market, listed_id).await, ("active".to_owned(), 1));
+    assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.renewals WHERE subscription_id = $1::NUMERIC", listed_id).await, 1);
+    assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC", listed_id).await, 1);
+}
+
+#[tokio::test]
+async fn usdc_paused_mid_run_holds_every_pull_and_payout_unsigned_and_the_month_completes_once_after_unpause() {
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    assert_eq!(market.usage(&json!([market.event("p-1", 0, "image-gen", "images", "600", now)])).await.0, 200);
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
+    let keeper = market.chain.address(0);
+
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    confirm!(usdc.pause());
+    let nonce = market.operator().get_transaction_count(keeper).await.unwrap();
+    for _ in 0..3 {
+        let step = engine.step(false).await.unwrap();
+        assert!(step.token_paused, "{step:?}");
+        assert!(step.actions.iter().all(|key| key.starts_with("settle:")), "only settlements while paused: {step:?}");
+        market.sync().await;
+        market.advance(3_700).await;
+    }
+    assert_eq!(market.operator().get_transaction_count(keeper).await.unwrap(), nonce, "no nonce spent while paused");
+    let signed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'planned'").fetch_one(&market.pool).await.unwrap();
+    assert_eq!(signed, 0, "nothing signed, nothing marked done");
+    for (_, id) in &market.subscribers {
+        assert_eq!(status(&market, *id).await, ("active".to_owned(), 0), "not marked past due by a paused token");
+        assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.renewal_failures WHERE subscription_id = $1::NUMERIC", *id).await, 0);
+    }
+
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
+    confirm!(usdc.unpause());
+    let mut failures = Vec::new();
+    for _ in 0..8 {
+        let step = engine.step(false).await.unwrap();
+        assert!(!step.token_paused);
+        failures.extend(step.item_failures);
+        market.sync().await;
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
+        if step.actions.is_empty() && open == 0 {
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    for (_, id) in &market.subscribers {
+        assert_eq!(status(&market, *id).await, ("active".to_owned(), 1));
+        assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.renewals WHERE subscription_id = $1::NUMERIC", *id).await, 1);
+    }
+    let id = market.subscribers[0].1;
+    assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.usage_charges WHERE subscription_id = $1::NUMERIC", id).await, 1);
+    let claims: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain.claims WHERE succeeded").fetch_one(&market.pool).await.unwrap();
+    assert!(claims > 0, "the month was paid out");
+    let paid_twice: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT recipient FROM chain.claims WHERE succeeded GROUP BY recipient HAVING COUNT(*) > 1) t")
+        .fetch_one(&market.pool)
+        .await
+        .unwrap();
+    assert_eq!(paid_twice, 0, "every recipient paid once");
+    let pool = subsettle_keeper::store::connect_read_only(market.db.url(), 2).await.unwrap();
+    let report = subsettle_keeper::operator::reconcile::reconcile(&pool, &market.operator(), &market.deployment, 6).await.unwrap();
+    assert!(report.ok(), "{}", subsettle_keeper::operator::reconcile::to_table(&report));
+}
