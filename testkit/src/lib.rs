@@ -2,6 +2,7 @@
 //!
 //! - [`chain`]: a real anvil node on a free port, one per test, with its funded development keys.
 //! - [`postgres`]: a throwaway Postgres cluster (or the server in `DATABASE_URL`) and one fresh database per test.
+//! - [`usdc`]: Circle's USDC deployed on a test chain as Circle deploys it, each role on its own account.
 //! - [`toolchain`]: where the repository's pinned tools (anvil, the Postgres binaries) live.
 //!
 //! Everything is stopped and removed on drop, which also runs when a test panics. Nothing binds a fixed port, so
@@ -10,6 +11,7 @@
 pub mod chain;
 pub mod postgres;
 pub mod toolchain;
+pub mod usdc;
 
 pub use chain::TestChain;
 pub use postgres::TestDatabase;
