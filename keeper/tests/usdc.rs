@@ -2,17 +2,18 @@
 //! token blacklists fails alone inside the `renew` and `chargeUsage` batches and the keeper names the reason and
 //! the token's explanation, then recovers by its retry policy once unblacklisted; a token paused by Circle's
 //! pauser in the middle of a run makes the keeper hold every pull and payout without signing anything, and after
-//! `unpause` the month completes exactly once and `reconcile` agrees.
+//! `unpause` the month completes exactly once and `reconcile` agrees; a blacklisted recipient and a blacklisted
+//! payout address fail alone inside `claimMany`, stay claimable, and are paid once their payout address rotates.
 
 #[path = "../../indexer/tests/common/mod.rs"]
 mod common;
 #[path = "common/market.rs"]
 mod market;
 
-use alloy::providers::Provider;
+use alloy::{primitives::U256, providers::Provider};
 use market::{CUTOFF, Market};
 use serde_json::json;
-use subsettle_abi::usdc::FiatTokenV2_2;
+use subsettle_abi::{SplitEscrow, usdc::FiatTokenV2_2};
 use subsettle_keeper::settlement::token::ItemFailure;
 
 async fn count(market: &Market, sql: &str, id: u64) -> i64 {
@@ -142,4 +143,65 @@ async fn usdc_paused_mid_run_holds_every_pull_and_payout_unsigned_and_the_month_
     let pool = subsettle_keeper::store::connect_read_only(market.db.url(), 2).await.unwrap();
     let report = subsettle_keeper::operator::reconcile::reconcile(&pool, &market.operator(), &market.deployment, 6).await.unwrap();
     assert!(report.ok(), "{}", subsettle_keeper::operator::reconcile::to_table(&report));
+}
+
+#[tokio::test]
+async fn a_blacklisted_recipient_and_payout_address_fail_alone_in_claim_many_stay_claimable_and_are_paid_after_rotation() {
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    assert_eq!(market.usage(&json!([market.event("c-1", 0, "image-gen", "images", "600", now)])).await.0, 200);
+    let model = market::MODELS.iter().position(|(m, _)| *m == "image-gen").unwrap();
+    let creator = market.chain.address(market::CREATORS[model]);
+    let (host, platform) = (market.chain.address(market::HOST), market.chain.address(market::PLATFORM));
+    let (listed_payout, clean_payout) = (market.chain.address(3), market.chain.address(4));
+    let as_host = SplitEscrow::new(market.deployment.escrow, market.chain.provider(market::HOST));
+    confirm!(as_host.setPayoutAddress(listed_payout));
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
+    confirm!(usdc.blacklist(creator));
+    confirm!(usdc.blacklist(listed_payout));
+    let usdc = FiatTokenV2_2::new(market.deployment.token, market.chain.provider(1));
+
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+    let mut failures = Vec::new();
+    for _ in 0..8 {
+        failures.extend(engine.step(false).await.unwrap().item_failures);
+        market.sync().await;
+        if failures.iter().filter(|f| f.kind == "claim").count() >= 2 {
+            break;
+        }
+    }
+    let claim_of = |who: alloy::primitives::Address| failures.iter().find(|f| f.kind == "claim" && f.item == who.to_string());
+    let creator_failure = claim_of(creator).unwrap_or_else(|| panic!("no claim failure for the creator: {failures:?}"));
+    assert_eq!((creator_failure.reason.as_str(), creator_failure.account), ("transfer_refused", Some(creator)));
+    assert!(creator_failure.explanation.as_deref().unwrap_or_default().contains(&creator.to_string()), "{creator_failure:?}");
+    let host_failure = claim_of(host).unwrap_or_else(|| panic!("no claim failure for the host: {failures:?}"));
+    assert_eq!(host_failure.account, Some(listed_payout));
+    assert!(host_failure.explanation.as_deref().unwrap_or_default().contains(&listed_payout.to_string()), "{host_failure:?}");
+
+    let escrow = SplitEscrow::new(market.deployment.escrow, market.chain.provider(1));
+    let owed_creator = escrow.claimableOf(creator).call().await.unwrap();
+    let owed_host = escrow.claimableOf(host).call().await.unwrap();
+    assert!(owed_creator > U256::ZERO && owed_host > U256::ZERO, "the refused balances stay claimable");
+    assert!(usdc.balanceOf(platform).call().await.unwrap() > U256::ZERO, "the others are paid");
+    assert_eq!(escrow.claimableOf(platform).call().await.unwrap(), U256::ZERO);
+
+    // Both rotate their payout address; the next payout slots pay them, once.
+    let as_creator = SplitEscrow::new(market.deployment.escrow, market.chain.provider(market::CREATORS[model]));
+    let creator_payout = alloy::primitives::Address::repeat_byte(0x42);
+    confirm!(as_creator.setPayoutAddress(creator_payout));
+    let as_host = SplitEscrow::new(market.deployment.escrow, market.chain.provider(market::HOST));
+    confirm!(as_host.setPayoutAddress(clean_payout));
+    let before = (usdc.balanceOf(creator_payout).call().await.unwrap(), usdc.balanceOf(clean_payout).call().await.unwrap());
+    for _ in 0..4 {
+        market.advance(3_700).await;
+        engine.step(false).await.unwrap();
+        market.sync().await;
+    }
+    assert_eq!(escrow.claimableOf(creator).call().await.unwrap(), U256::ZERO);
+    assert_eq!(escrow.claimableOf(host).call().await.unwrap(), U256::ZERO);
+    assert_eq!(usdc.balanceOf(creator_payout).call().await.unwrap(), before.0 + owed_creator, "the creator's balance, exactly");
+    assert_eq!(usdc.balanceOf(clean_payout).call().await.unwrap(), before.1 + owed_host, "the host's balance, exactly");
+    assert_eq!(usdc.balanceOf(listed_payout).call().await.unwrap(), U256::ZERO);
 }
