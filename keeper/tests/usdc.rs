@@ -3,7 +3,8 @@
 //! the token's explanation, then recovers by its retry policy once unblacklisted; a token paused by Circle's
 //! pauser in the middle of a run makes the keeper hold every pull and payout without signing anything, and after
 //! `unpause` the month completes exactly once and `reconcile` agrees; a blacklisted recipient and a blacklisted
-//! payout address fail alone inside `claimMany`, stay claimable, and are paid once their payout address rotates.
+//! payout address fail alone inside `claimMany`, stay claimable, and are paid once their payout address rotates;
+//! one of our contracts blacklisted by Circle holds pulls (and payouts, for the escrow) without marking anyone past due.
 
 #[path = "../../indexer/tests/common/mod.rs"]
 mod common;
@@ -99,7 +100,7 @@ async fn usdc_paused_mid_run_holds_every_pull_and_payout_unsigned_and_the_month_
     let nonce = market.operator().get_transaction_count(keeper).await.unwrap();
     for _ in 0..3 {
         let step = engine.step(false).await.unwrap();
-        assert!(step.token_paused, "{step:?}");
+        assert!(step.token.paused && !step.token.pulls_open() && !step.token.payouts_open(), "{step:?}");
         assert!(step.actions.iter().all(|key| key.starts_with("settle:")), "only settlements while paused: {step:?}");
         market.sync().await;
         market.advance(3_700).await;
@@ -117,7 +118,7 @@ async fn usdc_paused_mid_run_holds_every_pull_and_payout_unsigned_and_the_month_
     let mut failures = Vec::new();
     for _ in 0..8 {
         let step = engine.step(false).await.unwrap();
-        assert!(!step.token_paused);
+        assert!(step.token.pulls_open() && step.token.payouts_open(), "{step:?}");
         failures.extend(step.item_failures);
         market.sync().await;
         let open: i64 =
@@ -204,4 +205,56 @@ async fn a_blacklisted_recipient_and_payout_address_fail_alone_in_claim_many_sta
     assert_eq!(usdc.balanceOf(creator_payout).call().await.unwrap(), before.0 + owed_creator, "the creator's balance, exactly");
     assert_eq!(usdc.balanceOf(clean_payout).call().await.unwrap(), before.1 + owed_host, "the host's balance, exactly");
     assert_eq!(usdc.balanceOf(listed_payout).call().await.unwrap(), U256::ZERO);
+}
+
+#[tokio::test]
+async fn our_contracts_blacklisted_by_circle_hold_pulls_and_payouts_unsigned_and_nobody_is_marked_past_due() {
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let now = market.now();
+    assert_eq!(market.usage(&json!([market.event("o-1", 0, "image-gen", "images", "600", now)])).await.0, 200);
+    let keeper = market.chain.address(0);
+    let d = market.deployment.clone();
+    market.advance(30 * 86_400 + CUTOFF as u64 + 60).await;
+
+    // Subscriptions blacklisted: no pull can succeed (USDC refuses the caller), so none is signed.
+    confirm!(FiatTokenV2_2::new(d.token, market.operator()).blacklist(d.subscriptions));
+    let nonce = market.operator().get_transaction_count(keeper).await.unwrap();
+    let step = engine.step(false).await.unwrap();
+    assert!(step.token.subscriptions_blacklisted && !step.token.pulls_open() && step.token.payouts_open(), "{step:?}");
+    assert!(step.actions.iter().all(|key| !key.starts_with("renew:") && !key.starts_with("charge:")), "{step:?}");
+    // The escrow blacklisted too: no payout either.
+    confirm!(FiatTokenV2_2::new(d.token, market.operator()).blacklist(d.escrow));
+    let nonce_after_listing = nonce + 1;
+    market.advance(3_700).await;
+    let step = engine.step(false).await.unwrap();
+    assert!(step.token.escrow_blacklisted && !step.token.payouts_open(), "{step:?}");
+    assert!(step.actions.iter().all(|key| key.starts_with("settle:")), "{step:?}");
+    assert_eq!(market.operator().get_transaction_count(keeper).await.unwrap(), nonce_after_listing, "no nonce spent");
+    market.sync().await;
+    for (_, id) in &market.subscribers {
+        assert_eq!(status(&market, *id).await, ("active".to_owned(), 0), "nobody marked past due for Circle's action");
+    }
+
+    // Lifted: the month completes once, and the books agree.
+    let usdc = FiatTokenV2_2::new(d.token, market.operator());
+    confirm!(usdc.unBlacklist(d.subscriptions));
+    confirm!(usdc.unBlacklist(d.escrow));
+    for _ in 0..8 {
+        let step = engine.step(false).await.unwrap();
+        market.sync().await;
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
+        if step.actions.is_empty() && open == 0 {
+            break;
+        }
+    }
+    for (_, id) in &market.subscribers {
+        assert_eq!(status(&market, *id).await, ("active".to_owned(), 1));
+        assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.renewals WHERE subscription_id = $1::NUMERIC", *id).await, 1);
+    }
+    let pool = subsettle_keeper::store::connect_read_only(market.db.url(), 2).await.unwrap();
+    let report = subsettle_keeper::operator::reconcile::reconcile(&pool, &market.operator(), &market.deployment, 6).await.unwrap();
+    assert!(report.ok(), "{}", subsettle_keeper::operator::reconcile::to_table(&report));
 }

@@ -15,7 +15,7 @@ use crate::{
     settlement::renewals::{RenewalPolicy, plan_renewals},
     settlement::plan::{SettlementPolicy, plan_charges, plan_payouts, plan_settlements},
     settlement::threshold::{ThresholdPolicy, plan_threshold_charges},
-    settlement::token::{self, ItemFailure},
+    settlement::token::{self, ItemFailure, TokenGate},
 };
 
 /// Everything a step needs.
@@ -69,8 +69,9 @@ pub struct StepReport {
     pub outbox: OutboxReport,
     /// Actions planned (or, in a dry run, that would be planned), by key.
     pub actions: Vec<String>,
-    /// The token was paused: no pull or payout was planned.
-    pub token_paused: bool,
+    /// What the token let through at this step: while it is paused, or blacklists one of our contracts, no pull
+    /// (and, when the escrow is refused, no payout) is planned or signed.
+    pub token: TokenGate,
     /// Items the batches confirmed in this step could not do, with the token's explanation of a refusal.
     pub item_failures: Vec<ItemFailure>,
 }
@@ -141,25 +142,28 @@ impl Engine {
         Ok(self.sender.latest_header().await?.timestamp as i64)
     }
 
-    /// What to send at `now`. While the token is paused only settlements (book entries in the escrow) are planned:
-    /// a pull or a payout would fail on chain, mark subscribers past due and spend a nonce for nothing.
-    async fn plan_all(&self, now: i64, gas_limit: u64, token_paused: bool, dry_run: bool) -> Result<Vec<Action>, KeeperError> {
+    /// What to send at `now`. Settlements are book entries in the escrow and always go; a pull or a payout the
+    /// token would refuse (`gate`) is not planned: it would fail on chain, mark subscribers past due and spend a
+    /// nonce for nothing.
+    async fn plan_all(&self, now: i64, gas_limit: u64, gate: TokenGate, dry_run: bool) -> Result<Vec<Action>, KeeperError> {
         let d = &self.deployment;
-        if token_paused {
-            return plan_settlements(&self.pool, d.chain_id, d.escrow, self.settlement, now).await;
-        }
         // Batches are cut to fit half a block at a conservative gas per item, whatever `--batch` says.
         let renewals = RenewalPolicy { batch: batch_for(gas_limit, RENEW_GAS_PER_ITEM, self.renewals.batch), ..self.renewals };
         let charges = SettlementPolicy { batch: batch_for(gas_limit, CHARGE_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
         let payouts = SettlementPolicy { batch: batch_for(gas_limit, CLAIM_GAS_PER_ITEM, self.settlement.batch), ..self.settlement };
-        let mut actions = plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, renewals, now).await?;
-        actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, charges, now).await?);
-        if let Some(threshold) = self.settlement.charge_threshold {
-            let policy = ThresholdPolicy { threshold, retry_interval: self.settlement.retry_interval, batch: charges.batch };
-            actions.extend(plan_threshold_charges(&self.pool, &self.close, d.subscriptions, policy, now, dry_run).await?);
+        let mut actions = Vec::new();
+        if gate.pulls_open() {
+            actions.extend(plan_renewals(&self.pool, &self.sender.provider, d.chain_id, d.subscriptions, renewals, now).await?);
+            actions.extend(plan_charges(&self.pool, d.chain_id, d.subscriptions, charges, now).await?);
+            if let Some(threshold) = self.settlement.charge_threshold {
+                let policy = ThresholdPolicy { threshold, retry_interval: self.settlement.retry_interval, batch: charges.batch };
+                actions.extend(plan_threshold_charges(&self.pool, &self.close, d.subscriptions, policy, now, dry_run).await?);
+            }
         }
         actions.extend(plan_settlements(&self.pool, d.chain_id, d.escrow, self.settlement, now).await?);
-        actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
+        if gate.payouts_open() {
+            actions.extend(plan_payouts(&self.pool, d.chain_id, d.escrow, payouts, now).await?);
+        }
         Ok(actions)
     }
 
@@ -195,9 +199,9 @@ impl Engine {
         let head = self.sender.latest_header().await?;
         let (now, gas_limit) = (head.timestamp as i64, head.gas_limit);
         let mut report = StepReport { now, ..StepReport::default() };
-        report.token_paused = token::paused(&self.sender.provider, self.deployment.token).await?;
+        report.token = TokenGate::read(&self.sender.provider, &self.deployment).await?;
         if dry_run {
-            report.actions = self.plan_all(now, gas_limit, report.token_paused, true).await?.into_iter().map(|a| a.key).collect();
+            report.actions = self.plan_all(now, gas_limit, report.token, true).await?.into_iter().map(|a| a.key).collect();
             return Ok(report);
         }
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
@@ -214,16 +218,17 @@ impl Engine {
                 report.epoch = Some(epoch.epoch_id);
             }
         }
-        if report.token_paused {
-            tracing::warn!(token = %self.deployment.token, "the token is paused: no renewal, usage charge or payout is planned until it is unpaused");
+        if !report.token.pulls_open() {
+            tracing::warn!(token = %self.deployment.token, gate = %report.token, payouts_open = report.token.payouts_open(),
+                "the token refuses our transfers: no renewal or usage charge (nor payout, if the escrow is refused) is planned until it lets them through");
         }
-        let actions = self.plan_all(now, gas_limit, report.token_paused, false).await?;
+        let actions = self.plan_all(now, gas_limit, report.token, false).await?;
         report.outbox.planned = outbox::plan(&self.pool, &actions, now).await?;
         report.actions = actions.into_iter().map(|a| a.key).collect();
-        match report.token_paused {
-            // Pulls and payouts planned before the pause wait in the outbox, unsigned, with their nonces unspent.
-            true => self.sender.send_planned_of(&self.pool, &mut report.outbox, &report.actions).await?,
-            false => self.sender.send_planned(&self.pool, &mut report.outbox).await?,
+        match report.token.pulls_open() && report.token.payouts_open() {
+            true => self.sender.send_planned(&self.pool, &mut report.outbox).await?,
+            // Pulls and payouts planned before the token closed wait in the outbox, unsigned, their nonces unspent.
+            false => self.sender.send_planned_of(&self.pool, &mut report.outbox, &report.actions).await?,
         }
         Ok(report)
     }

@@ -17,6 +17,57 @@ use subsettle_abi::{
 
 use crate::KeeperError;
 
+/// What the token lets our contracts do now. A pull moves the subscriber's tokens to the escrow with
+/// Subscriptions as the caller, a payout moves the escrow's with the escrow as the caller: USDC refuses both while
+/// paused, and refuses a transfer whose caller, sender or recipient it blacklists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TokenGate {
+    /// The token is paused.
+    pub paused: bool,
+    /// The token blacklists the Subscriptions contract: no pull can succeed.
+    pub subscriptions_blacklisted: bool,
+    /// The token blacklists the escrow: no pull into it and no payout out of it can succeed.
+    pub escrow_blacklisted: bool,
+}
+
+impl TokenGate {
+    /// Reads the gate of `deployment`'s token.
+    pub async fn read(provider: &DynProvider, deployment: &Deployment) -> Result<Self, KeeperError> {
+        Ok(Self {
+            paused: paused(provider, deployment.token).await?,
+            subscriptions_blacklisted: blacklisted(provider, deployment.token, deployment.subscriptions).await?,
+            escrow_blacklisted: blacklisted(provider, deployment.token, deployment.escrow).await?,
+        })
+    }
+
+    /// Whether renewals and usage charges can collect.
+    pub fn pulls_open(&self) -> bool {
+        !self.paused && !self.subscriptions_blacklisted && !self.escrow_blacklisted
+    }
+
+    /// Whether payouts can be paid.
+    pub fn payouts_open(&self) -> bool {
+        !self.paused && !self.escrow_blacklisted
+    }
+}
+
+impl std::fmt::Display for TokenGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let closed: Vec<&str> = [
+            (self.paused, "the token is paused"),
+            (self.subscriptions_blacklisted, "the token blacklists the Subscriptions contract"),
+            (self.escrow_blacklisted, "the token blacklists the escrow"),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
+        match closed.is_empty() {
+            true => f.write_str("open"),
+            false => f.write_str(&closed.join("; ")),
+        }
+    }
+}
+
 /// Whether the token is paused. A token without `paused()` (not USDC) is never paused; a node that cannot be read
 /// is an error, not a guess.
 pub async fn paused(provider: &DynProvider, token: Address) -> Result<bool, KeeperError> {
