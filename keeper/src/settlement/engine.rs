@@ -206,7 +206,8 @@ impl Engine {
         }
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
         self.sender.reconcile(&self.pool, &mut report.outbox).await?;
-        report.item_failures = self.item_failures(&report.outbox.receipts).await?;
+        let receipts = std::mem::take(&mut report.outbox.receipts);
+        report.item_failures = self.item_failures(&receipts).await?;
         let snapshot = catalog::load(&self.pool).await?;
         report.periods_closed = close::close_due_periods(&self.pool, &snapshot, &self.close, now).await?.periods;
         if self.epoch_due(now).await? {

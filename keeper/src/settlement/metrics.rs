@@ -29,6 +29,8 @@ pub struct EngineMetrics {
     pub chain_now: Arc<AtomicI64>,
     /// Durations of the steps of this process.
     pub step_seconds: Arc<Histogram>,
+    /// What the token let through at the last step.
+    pub token_gate: Arc<std::sync::Mutex<crate::settlement::token::TokenGate>>,
 }
 
 /// Upper bounds (seconds) of the step-duration buckets.
@@ -39,11 +41,12 @@ const CONFIRM_BUCKETS: [i64; 7] = [1, 5, 15, 60, 300, 900, 3600];
 impl EngineMetrics {
     /// Metrics of an engine on `chain_id` whose health goes stale after `stale_after_secs` without a step.
     pub fn new(pool: PgPool, chain_id: u64, stale_after_secs: i64) -> Self {
-        Self { pool, chain_id, last_step: Arc::default(), stale_after_secs, chain_now: Arc::default(), step_seconds: Arc::new(Histogram::new(STEP_BUCKETS)) }
+        Self { pool, chain_id, last_step: Arc::default(), stale_after_secs, chain_now: Arc::default(), step_seconds: Arc::new(Histogram::new(STEP_BUCKETS)), token_gate: Arc::default() }
     }
 
-    /// Records a successful step now, which took `took` and ran at chain time `chain_now`.
-    pub fn stepped(&self, took: std::time::Duration, chain_now: i64) {
+    /// Records a successful step now, which took `took`, ran at chain time `chain_now` and found the token `gate`.
+    pub fn stepped(&self, took: std::time::Duration, chain_now: i64, gate: crate::settlement::token::TokenGate) {
+        *self.token_gate.lock().expect("token gate lock") = gate;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         self.last_step.store(now, Ordering::SeqCst);
         self.chain_now.store(chain_now, Ordering::SeqCst);
@@ -111,6 +114,11 @@ impl EngineMetrics {
         out.push_str(&format!("# HELP subsettle_keeper_oldest_unclosed_usage_seconds Age of the oldest usage event not yet closed.\n# TYPE subsettle_keeper_oldest_unclosed_usage_seconds gauge\nsubsettle_keeper_oldest_unclosed_usage_seconds {unclosed}\n"));
         let age = self.step_age();
         let age = if age == i64::MAX { -1 } else { age };
+        let gate = *self.token_gate.lock().expect("token gate lock");
+        out.push_str("# HELP subsettle_keeper_token_refuses Whether the token refused our transfers at the last step (pulls or payouts held).\n# TYPE subsettle_keeper_token_refuses gauge\n");
+        for (what, on) in [("paused", gate.paused), ("subscriptions_blacklisted", gate.subscriptions_blacklisted), ("escrow_blacklisted", gate.escrow_blacklisted)] {
+            out.push_str(&format!("subsettle_keeper_token_refuses{{what=\"{what}\"}} {}\n", u8::from(on)));
+        }
         out.push_str(&format!("# HELP subsettle_keeper_last_step_age_seconds Seconds since the last successful step (-1: none yet).\n# TYPE subsettle_keeper_last_step_age_seconds gauge\nsubsettle_keeper_last_step_age_seconds {age}\n"));
         Ok(out)
     }

@@ -71,7 +71,7 @@ pub(crate) async fn run_engine(args: RunArgs) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         match engine.step(false).await {
             Ok(report) => {
-                metrics.stepped(started.elapsed(), report.now);
+                metrics.stepped(started.elapsed(), report.now, report.token);
                 tracing::info!(?report, "step");
                 // Wake early when a renewal or a period close falls due before the next interval.
                 match engine.next_due().await {
