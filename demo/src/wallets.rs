@@ -106,11 +106,13 @@ impl Chain {
 
     async fn sign_permit(&self, who: &PrivateKeySigner, value: U256, deadline: U256) -> anyhow::Result<(u8, B256, B256)> {
         let token = FiatTokenV2_2::new(self.deployment.token, &self.reader);
+        // USDC's EIP-712 domain: its name ("USD Coin") and version ("2"), read from the token.
         let name = token.name().call().await.context("token name")?;
+        let version = token.version().call().await.context("token version")?;
         let nonce = token.nonces(who.address()).call().await.context("permit nonce")?;
         let domain = Eip712Domain::new(
             Some(name.into()),
-            Some("1".into()),
+            Some(version.into()),
             Some(U256::from(self.deployment.chain_id)),
             Some(self.deployment.token),
             None,
