@@ -4,7 +4,8 @@
 //! pauser in the middle of a run makes the keeper hold every pull and payout without signing anything, and after
 //! `unpause` the month completes exactly once and `reconcile` agrees; a blacklisted recipient and a blacklisted
 //! payout address fail alone inside `claimMany`, stay claimable, and are paid once their payout address rotates;
-//! one of our contracts blacklisted by Circle holds pulls (and payouts, for the escrow) without marking anyone past due.
+//! one of our contracts blacklisted by Circle holds pulls (and payouts, for the escrow) without marking anyone past due;
+//! pausing Subscriptions for the span of a long USDC pause keeps subscribers from lapsing (without it they lapse).
 
 #[path = "../../indexer/tests/common/mod.rs"]
 mod common;
@@ -257,4 +258,47 @@ async fn our_contracts_blacklisted_by_circle_hold_pulls_and_payouts_unsigned_and
     let pool = subsettle_keeper::store::connect_read_only(market.db.url(), 2).await.unwrap();
     let report = subsettle_keeper::operator::reconcile::reconcile(&pool, &market.operator(), &market.deployment, 6).await.unwrap();
     assert!(report.ok(), "{}", subsettle_keeper::operator::reconcile::to_table(&report));
+}
+
+/// Runs a month in which Circle pauses USDC from before the renewals until the grace period has run out, with or
+/// without the operator pausing Subscriptions for the same span; returns every subscription's status and period
+/// index once the engine has nothing left to do.
+async fn through_a_long_usdc_pause(also_pause_subscriptions: bool) -> Vec<(String, i64)> {
+    let market = Market::start(2, 50_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = market.engine(dir.path());
+    let d = market.deployment.clone();
+    market.advance(30 * 86_400 - 3_600).await;
+    confirm!(FiatTokenV2_2::new(d.token, market.operator()).pause());
+    if also_pause_subscriptions {
+        confirm!(subsettle_abi::Subscriptions::new(d.subscriptions, market.operator()).pause());
+    }
+    market.advance(common::GRACE + 2 * 86_400).await;
+    engine.step(false).await.unwrap();
+    market.sync().await;
+    confirm!(FiatTokenV2_2::new(d.token, market.operator()).unpause());
+    if also_pause_subscriptions {
+        confirm!(subsettle_abi::Subscriptions::new(d.subscriptions, market.operator()).unpause());
+    }
+    for _ in 0..6 {
+        let step = engine.step(false).await.unwrap();
+        market.sync().await;
+        if step.actions.is_empty() {
+            break;
+        }
+    }
+    let mut statuses = Vec::new();
+    for (_, id) in &market.subscribers {
+        statuses.push(status(&market, *id).await);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn pausing_subscriptions_for_the_span_of_a_long_usdc_pause_keeps_every_subscriber_from_lapsing() {
+    // The README's advice: Circle's pause does not stop our grace periods, our own pause does.
+    let with_ours = through_a_long_usdc_pause(true).await;
+    assert!(with_ours.iter().all(|s| *s == ("active".to_owned(), 1)), "renewed after both pauses: {with_ours:?}");
+    let without = through_a_long_usdc_pause(false).await;
+    assert!(without.iter().all(|(status, _)| status == "lapsed"), "without it the grace runs out: {without:?}");
 }
