@@ -340,7 +340,7 @@ async fn generate(chain: &TestChain, cfg: &Config) -> Result<Generated> {
         rpc_url: chain.endpoint(),
         token: TokenSource::LocalUsdc,
         keeper: None, // the operator is the keeper, so it may post usage charges
-        charge_window_secs: PERIOD,
+        charge_window_secs: PERIOD - 1, // the contract wants it shorter than a period
         split_change_delay_secs: 86_400,
         max_hold_secs: 30 * 86_400,
     };

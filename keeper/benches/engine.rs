@@ -53,14 +53,17 @@ async fn wait(
     pending: alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
 ) -> Result<alloy::rpc::types::TransactionReceipt> {
     let hash = *pending.tx_hash();
-    for _ in 0..500 {
+    // Up to a minute: the last of an account's 1,112 subscriptions is mined after all the others, one block each.
+    for _ in 0..12_000 {
         if let Some(receipt) = provider.get_transaction_receipt(hash).await? {
             anyhow::ensure!(receipt.status(), "setup transaction {hash} reverted");
             return Ok(receipt);
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    anyhow::bail!("setup transaction {hash} not mined")
+    let tx = provider.get_transaction_by_hash(hash).await?;
+    let head = provider.get_block_by_number(alloy::eips::BlockNumberOrTag::Latest).await?;
+    anyhow::bail!("setup transaction {hash} not mined: {tx:?}; head {:?}", head.map(|b| b.header))
 }
 
 #[tokio::main]
