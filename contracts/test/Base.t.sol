@@ -3,15 +3,17 @@ pragma solidity 0.8.30;
 
 import {Test} from "forge-std/Test.sol";
 
-import {TestUSDC} from "../src/TestUSDC.sol";
 import {Subscriptions} from "../src/Subscriptions.sol";
 import {SplitEscrow} from "../src/SplitEscrow.sol";
 import {ISubscriptions} from "../src/interfaces/ISubscriptions.sol";
 import {ISplitEscrow} from "../src/interfaces/ISplitEscrow.sol";
+import {DeployUSDC, USDCDeployment} from "./usdc/DeployUSDC.sol";
+import {IFiatToken} from "./usdc/IFiatToken.sol";
 
-/// @notice Shared fixture: the USDC-like token, both contracts wired together, an operator, a keeper, a few
-/// subscribers with funds and approvals, and three recipients.
-abstract contract BaseTest is Test {
+/// @notice Shared fixture: Circle's USDC (FiatTokenV2_2 behind its proxy, deployed as Circle does, each role on its
+/// own account), both contracts wired together, an operator, a keeper, a few subscribers with funds and approvals,
+/// and three recipients.
+abstract contract BaseTest is Test, DeployUSDC {
     uint256 internal constant USDC = 1e6;
     uint256 internal constant MONTH = 30 days;
     uint256 internal constant GRACE = 3 days;
@@ -30,7 +32,9 @@ abstract contract BaseTest is Test {
     address internal host = makeAddr("host");
     address internal stranger = makeAddr("stranger");
 
-    TestUSDC internal usdc;
+    /// @dev The USDC proxy; `usdcRoles` holds its implementation and the accounts of its roles.
+    IFiatToken internal usdc;
+    USDCDeployment internal usdcRoles;
     Subscriptions internal subs;
     SplitEscrow internal escrow;
 
@@ -41,7 +45,8 @@ abstract contract BaseTest is Test {
     function setUp() public virtual {
         vm.warp(1_700_000_000);
         (alice, aliceKey) = makeAddrAndKey("alice");
-        usdc = new TestUSDC(owner);
+        usdcRoles = deployUSDC();
+        usdc = usdcRoles.token;
         escrow = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
         subs = new Subscriptions(address(usdc), address(escrow), owner, keeper, CHARGE_WINDOW);
         vm.startPrank(owner);
@@ -54,12 +59,42 @@ abstract contract BaseTest is Test {
         _fund(carol, 10_000 * USDC);
     }
 
-    /// @dev Mints `amount` to `who` and approves Subscriptions for everything.
+    /// @dev Mints `amount` to `who` (nothing for 0, which USDC refuses to mint) and approves Subscriptions for
+    /// everything.
     function _fund(address who, uint256 amount) internal {
-        vm.prank(owner);
-        usdc.mint(who, amount);
+        if (amount != 0) _mint(who, amount);
         vm.prank(who);
         usdc.approve(address(subs), type(uint256).max);
+    }
+
+    /* USDC ROLES */
+
+    /// @dev USDC's minter mints `amount` (non-zero: USDC refuses to mint 0) to `to`.
+    function _mint(address to, uint256 amount) internal {
+        vm.prank(usdcRoles.minter);
+        usdc.mint(to, amount);
+    }
+
+    /// @dev USDC's blacklister blacklists `account`: it can no longer send, receive, approve or spend.
+    function _blacklist(address account) internal {
+        vm.prank(usdcRoles.blacklister);
+        usdc.blacklist(account);
+    }
+
+    function _unBlacklist(address account) internal {
+        vm.prank(usdcRoles.blacklister);
+        usdc.unBlacklist(account);
+    }
+
+    /// @dev USDC's pauser pauses the token: every transfer, approval, permit and mint is refused.
+    function _pauseUSDC() internal {
+        vm.prank(usdcRoles.pauser);
+        usdc.pause();
+    }
+
+    function _unpauseUSDC() internal {
+        vm.prank(usdcRoles.pauser);
+        usdc.unpause();
     }
 
     function _subscribe(address who, uint256 planId, uint256 cap) internal returns (uint256 id) {

@@ -7,10 +7,9 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {BaseTest} from "./Base.t.sol";
 import {SplitEscrow} from "../src/SplitEscrow.sol";
 import {Subscriptions} from "../src/Subscriptions.sol";
-import {TestUSDC} from "../src/TestUSDC.sol";
 import {ISplitEscrow} from "../src/interfaces/ISplitEscrow.sol";
 import {ISubscriptions} from "../src/interfaces/ISubscriptions.sol";
-import {ITestUSDC} from "../src/interfaces/ITestUSDC.sol";
+import {IFiatToken} from "./usdc/IFiatToken.sol";
 import {GasGuzzlerToken} from "./mocks/GasGuzzlerToken.sol";
 
 contract SplitEscrowTest is BaseTest {
@@ -232,7 +231,7 @@ contract SplitEscrowTest is BaseTest {
 
     function test_setSubscriptions_revertsWhenItUsesAnotherToken() public {
         SplitEscrow fresh = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
-        TestUSDC otherToken = new TestUSDC(owner);
+        IFiatToken otherToken = deployUSDC().token; // another USDC deployment
         Subscriptions otherSubs = new Subscriptions(address(otherToken), address(fresh), owner, keeper, CHARGE_WINDOW);
         vm.prank(owner);
         vm.expectRevert(
@@ -1105,9 +1104,8 @@ contract SplitEscrowTest is BaseTest {
 
     function test_claim_revertsWhenPayoutBlacklisted() public {
         _fundedSplit();
-        vm.prank(owner);
-        usdc.blacklist(creator);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, creator));
+        _blacklist(creator);
+        vm.expectRevert("Blacklistable: account is blacklisted");
         escrow.claim(creator);
         assertEq(escrow.claimableOf(creator), 553 * USDC);
         assertEq(escrow.totalClaimable(), 790 * USDC);
@@ -1140,8 +1138,7 @@ contract SplitEscrowTest is BaseTest {
         address wallet = makeAddr("wallet");
         vm.prank(platform);
         escrow.setPayoutAddress(wallet);
-        vm.prank(owner);
-        usdc.blacklist(wallet);
+        _blacklist(wallet);
 
         vm.expectEmit(address(escrow));
         emit ISplitEscrow.Claimed(creator, creator, 553 * USDC);
@@ -1159,8 +1156,7 @@ contract SplitEscrowTest is BaseTest {
         assertEq(escrow.surplus(), 0);
         _assertSolvent();
 
-        vm.prank(owner);
-        usdc.unBlacklist(wallet);
+        _unBlacklist(wallet);
         assertEq(escrow.claimMany(_a1(platform)), 1);
         assertEq(usdc.balanceOf(wallet), 158 * USDC);
         assertEq(escrow.totalClaimable(), 0);
@@ -2328,7 +2324,7 @@ contract SplitEscrowTest is BaseTest {
     }
 
     function test_claimMany_starvedCallRevertsInsteadOfFailingPayableRecipient() public {
-        // The fixture's TestUSDC: any transfer fails when given too little gas.
+        // The fixture's USDC: any transfer fails when given too little gas.
         _fundedSplit();
         uint256 owed = escrow.claimableOf(creator);
         bytes memory claimCall = abi.encodeCall(escrow.claimMany, (_a1(creator)));

@@ -467,8 +467,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     }
 
     function test_subscribe_blacklisted_reverts() public {
-        vm.prank(owner);
-        usdc.blacklist(alice);
+        _blacklist(alice);
         vm.expectRevert(
             abi.encodeWithSelector(
                 ISubscriptions.PaymentFailed.selector, alice, PRICE, ISubscriptions.FailureReason.TokenRejected
@@ -479,8 +478,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
     }
 
     function test_subscribe_tokenPaused_reverts() public {
-        vm.prank(owner);
-        usdc.pause();
+        _pauseUSDC();
         vm.expectRevert(
             abi.encodeWithSelector(
                 ISubscriptions.PaymentFailed.selector, alice, PRICE, ISubscriptions.FailureReason.TokenRejected
@@ -952,8 +950,7 @@ contract SubscriptionsTest is SubscriptionsHelpers {
 
         // Credit makes up the shortfall.
         _deposit(carol, PRICE - 1); // carol's wallet is now empty, credit PRICE - 1
-        vm.prank(owner);
-        usdc.mint(carol, 1);
+        _mint(carol, 1);
         assertTrue(subs.dueForRenewal(ids)[2]);
         vm.prank(bob);
         usdc.approve(address(subs), PRICE);

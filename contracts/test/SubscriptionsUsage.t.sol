@@ -374,8 +374,7 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
     function test_chargeUsage_blacklistedAndPaused_tokenRejected() public {
         uint256 a = _subscribe(alice, payg, CAP);
         uint256 b = _subscribe(bob, payg, CAP);
-        vm.prank(owner);
-        usdc.blacklist(bob);
+        _blacklist(bob);
         ISubscriptions.Charge[] memory charges = new ISubscriptions.Charge[](2);
         charges[0] = ISubscriptions.Charge(b, 0, 1 * USDC, ROOT);
         charges[1] = ISubscriptions.Charge(a, 0, 1 * USDC, ROOT);
@@ -384,8 +383,7 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
         vm.prank(keeper);
         assertEq(subs.chargeUsage(charges), 1);
 
-        vm.prank(owner);
-        usdc.pause();
+        _pauseUSDC();
         charges[1].cumulativeOverage = 2 * USDC;
         vm.expectEmit(address(subs));
         emit ISubscriptions.UsageChargeFailed(a, 0, 2 * USDC, ISubscriptions.FailureReason.TokenRejected, ROOT);
@@ -604,8 +602,7 @@ contract SubscriptionsUsageTest is SubscriptionsHelpers {
         price = bound(price, 1, 1e15);
         credit = bound(credit, 0, 2e15);
         path = uint8(bound(path, 0, 2));
-        vm.prank(owner);
-        usdc.mint(alice, credit + 2 * price); // path 1 pays period 0 from the wallet first
+        _mint(alice, credit + 2 * price); // path 1 pays period 0 from the wallet first
         uint256 planId = _createPlan(price, MONTH, GRACE);
 
         uint256 id;
@@ -746,8 +743,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         emit ISubscriptions.RenewalFailed(id, 1, ISubscriptions.FailureReason.InsufficientBalance);
         assertEq(_renew(id), 0); // still failing: still past due
 
-        vm.prank(owner);
-        usdc.mint(alice, 100 * USDC);
+        _mint(alice, 100 * USDC);
         vm.warp(t0 + MONTH + GRACE - 1);
         vm.expectEmit(address(subs));
         emit ISubscriptions.Renewed(id, monthly, 1, t0 + 2 * MONTH, PRICE, 0);
@@ -887,8 +883,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     function test_renew_blacklistedSubscriberIsolated() public {
         uint256 a = _subscribe(alice, monthly, 0);
         uint256 b = _subscribe(bob, monthly, 0);
-        vm.prank(owner);
-        usdc.blacklist(bob);
+        _blacklist(bob);
         vm.warp(_sub(a).paidThrough);
         vm.expectEmit(address(subs));
         emit ISubscriptions.RenewalFailed(b, 1, ISubscriptions.FailureReason.TokenRejected);
@@ -901,8 +896,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     function test_renew_tokenPausedIsolatesEveryItem() public {
         uint256 a = _subscribe(alice, monthly, 0);
         uint256 b = _subscribe(bob, monthly, 0);
-        vm.prank(owner);
-        usdc.pause();
+        _pauseUSDC();
         vm.warp(_sub(a).paidThrough);
         vm.expectEmit(address(subs));
         emit ISubscriptions.RenewalFailed(a, 1, ISubscriptions.FailureReason.TokenRejected);
@@ -912,8 +906,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         assertEq(uint8(_sub(a).status), uint8(ISubscriptions.Status.PastDue));
         assertEq(uint8(_sub(b).status), uint8(ISubscriptions.Status.PastDue));
 
-        vm.prank(owner);
-        usdc.unpause();
+        _unpauseUSDC();
         assertEq(subs.renew(_ids(a, b)), 2);
         assertEq(subs.totalRevenue(), 4 * PRICE);
     }
@@ -1025,8 +1018,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         uint256 a = _subscribe(alice, monthly, 0);
         uint256 b = _subscribe(bob, monthly, 0);
         _deposit(alice, 100 * USDC);
-        vm.prank(owner);
-        usdc.pause();
+        _pauseUSDC();
         vm.warp(_sub(a).paidThrough);
         vm.expectEmit(address(subs));
         emit ISubscriptions.CreditTransferDeferred(PRICE);
@@ -1038,8 +1030,7 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
         assertEq(subs.totalRevenue(), 2 * PRICE, "deferred credit is not revenue yet");
         assertEq(escrow.unallocated(), usdc.balanceOf(address(escrow)));
 
-        vm.prank(owner);
-        usdc.unpause();
+        _unpauseUSDC();
         vm.expectEmit(address(subs));
         emit ISubscriptions.CreditFlushed(PRICE);
         assertEq(subs.flushCreditToEscrow(), PRICE);
@@ -1053,13 +1044,11 @@ contract SubscriptionsRenewTest is SubscriptionsHelpers {
     function test_renew_deferredCreditMovesWithNextCreditBatch() public {
         uint256 a = _subscribe(alice, monthly, 0);
         _deposit(alice, 200 * USDC);
-        vm.prank(owner);
-        usdc.pause();
+        _pauseUSDC();
         vm.warp(_sub(a).paidThrough);
         assertEq(_renew(a), 1);
         assertEq(subs.creditOwedToEscrow(), PRICE);
-        vm.prank(owner);
-        usdc.unpause();
+        _unpauseUSDC();
         vm.warp(_sub(a).paidThrough);
         assertEq(_renew(a), 1);
         assertEq(subs.creditOwedToEscrow(), 0);

@@ -6,12 +6,12 @@ import {StdCheats} from "forge-std/StdCheats.sol";
 import {StdUtils} from "forge-std/StdUtils.sol";
 import {Vm} from "forge-std/Vm.sol";
 
-import {TestUSDC} from "../../src/TestUSDC.sol";
 import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
 import {ISplitEscrow} from "../../src/interfaces/ISplitEscrow.sol";
-import {ITestUSDC} from "../../src/interfaces/ITestUSDC.sol";
+import {USDCDeployment} from "../usdc/DeployUSDC.sol";
+import {IFiatToken} from "../usdc/IFiatToken.sol";
 
 /// @notice A plan as the handler models it (never read back from the contract).
 struct PlanSpec {
@@ -23,7 +23,7 @@ struct PlanSpec {
 
 /// @notice The deployed contracts and their parameters, as the handler needs them.
 struct Deployment {
-    TestUSDC usdc;
+    USDCDeployment usdc;
     Subscriptions subs;
     SplitEscrow escrow;
     address owner;
@@ -56,11 +56,11 @@ enum Mismatch {
 /// @dev Number of `Mismatch` categories.
 uint256 constant MISMATCH_KINDS = 15;
 
-// Test code: timestamps are the model's input and every narrowing cast is of a bounded value.
-// forge-lint: disable-start(block-timestamp, unsafe-typecast)
+// Test code: every narrowing cast is of a bounded value.
+// forge-lint: disable-start(unsafe-typecast)
 
 /// @title Handler
-/// @notice Drives TestUSDC, Subscriptions and SplitEscrow with bounded random actions by a fixed cast of actors and
+/// @notice Drives Circle's USDC, Subscriptions and SplitEscrow with bounded random actions by a fixed cast of actors and
 /// keeps an independent model (ghost state) of what the contracts should hold. Every action records the token's
 /// Transfer logs, so every token that leaves the escrow or Subscriptions is accounted for by destination.
 contract Handler is CommonBase, StdCheats, StdUtils {
@@ -85,7 +85,10 @@ contract Handler is CommonBase, StdCheats, StdUtils {
 
     /* DEPLOYMENT AND ACTORS */
 
-    TestUSDC public immutable usdc;
+    /// @notice Circle's USDC (the proxy), and the accounts of the two roles the handler acts as.
+    IFiatToken public immutable usdc;
+    address public immutable usdcMinter;
+    address public immutable usdcBlacklister;
     Subscriptions public immutable subs;
     SplitEscrow public immutable escrow;
     address public immutable owner;
@@ -293,7 +296,9 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     /* CONSTRUCTOR */
 
     constructor(Deployment memory d, PlanSpec[] memory plans_) {
-        usdc = d.usdc;
+        usdc = d.usdc.token;
+        usdcMinter = d.usdc.minter;
+        usdcBlacklister = d.usdc.blacklister;
         subs = d.subs;
         escrow = d.escrow;
         owner = d.owner;
@@ -313,10 +318,10 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             _subscribers.push(s);
             _subscriberKeys.push(key);
             _subscriberSlot[s] = i + 1;
-            vm.prank(d.owner);
-            d.usdc.mint(s, 5_000 * USDC);
+            vm.prank(usdcMinter);
+            usdc.mint(s, 5_000 * USDC);
             vm.prank(s);
-            d.usdc.approve(address(d.subs), type(uint256).max);
+            usdc.approve(address(d.subs), type(uint256).max);
         }
         for (uint256 i; i < N_RECIPIENTS; ++i) {
             address r = makeAddr(string.concat("recipient", vm.toString(i)));
@@ -545,11 +550,11 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         if (usdc.balanceOf(s) != walletBefore + amount) _flag(Mismatch.SubscriptionModel, "withdraw: wallet");
     }
 
-    /// @notice Mints more funds to a subscriber (the token owner's faucet).
+    /// @notice Mints more funds to a subscriber (USDC's minter; refused while the subscriber is blacklisted).
     function mintTo(uint256 subscriberSeed, uint256 amountSeed) external {
         address s = _subscribers[subscriberSeed % N_SUBSCRIBERS];
         uint256 amount = _bound(amountSeed, 1, 2_000 * USDC);
-        vm.prank(owner);
+        vm.prank(usdcMinter);
         try usdc.mint(s, amount) {} catch {}
     }
 
@@ -724,19 +729,19 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     }
 
     /* ===================================================================================================== */
-    /* OWNER / TOKEN OWNER                                                                                   */
+    /* OWNER / USDC ROLES                                                                                    */
     /* ===================================================================================================== */
 
     function blacklist(uint256 accountSeed) external {
         address a = _blacklistable(accountSeed);
-        vm.prank(owner);
+        vm.prank(usdcBlacklister);
         usdc.blacklist(a);
         blacklisted[a] = true;
     }
 
     function unBlacklist(uint256 accountSeed) external {
         address a = _blacklistable(accountSeed);
-        vm.prank(owner);
+        vm.prank(usdcBlacklister);
         usdc.unBlacklist(a);
         blacklisted[a] = false;
     }
@@ -1450,7 +1455,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
             return abi.encodeWithSelector(ISplitEscrow.InsufficientUnallocated.selector, c.available, c.amount);
         }
         if (!c.toCredit && blacklisted[c.subscriber]) {
-            return abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, c.subscriber);
+            return abi.encodeWithSignature("Error(string)", "Blacklistable: account is blacklisted");
         }
         return "";
     }
@@ -1512,7 +1517,7 @@ contract Handler is CommonBase, StdCheats, StdUtils {
     /// @notice Someone sends tokens straight to the escrow, outside the revenue path.
     function mistakenTransfer(uint256 amountSeed) external {
         uint256 amount = _bound(amountSeed, 1, 1_000 * USDC);
-        vm.prank(owner);
+        vm.prank(usdcMinter);
         usdc.mint(stranger, amount);
         _begin();
         vm.prank(stranger);
@@ -1978,4 +1983,4 @@ contract Handler is CommonBase, StdCheats, StdUtils {
         return _pauses[i];
     }
 }
-// forge-lint: disable-end(block-timestamp, unsafe-typecast)
+// forge-lint: disable-end(unsafe-typecast)

@@ -4,16 +4,18 @@ pragma solidity 0.8.30;
 import {Test} from "forge-std/Test.sol";
 import {StdInvariant} from "forge-std/StdInvariant.sol";
 
-import {TestUSDC} from "../../src/TestUSDC.sol";
 import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
 
 import {Handler, Deployment, PlanSpec, Mismatch} from "./Handler.sol";
+import {DeployUSDC, USDCDeployment} from "../usdc/DeployUSDC.sol";
+import {IFiatToken} from "../usdc/IFiatToken.sol";
 
 /// @notice Invariants of Subscriptions + SplitEscrow under random sequences of subscriber, keeper, owner,
-/// recipient and token-owner actions (see {Handler}). Mirrors the fixture of Base.t.sol.
-contract InvariantsTest is Test {
+/// recipient and USDC-role (minter, blacklister) actions (see {Handler}), on Circle's USDC. Mirrors the fixture of
+/// Base.t.sol.
+contract InvariantsTest is Test, DeployUSDC {
     uint256 internal constant USDC = 1e6;
     uint256 internal constant MONTH = 30 days;
     uint256 internal constant WEEK = 7 days;
@@ -25,14 +27,15 @@ contract InvariantsTest is Test {
     address internal owner = makeAddr("owner");
     address internal keeper = makeAddr("keeper");
 
-    TestUSDC internal usdc;
+    IFiatToken internal usdc;
     Subscriptions internal subs;
     SplitEscrow internal escrow;
     Handler internal handler;
 
     function setUp() public {
         vm.warp(1_700_000_000);
-        usdc = new TestUSDC(owner);
+        USDCDeployment memory usdcDeployment = deployUSDC();
+        usdc = usdcDeployment.token;
         escrow = new SplitEscrow(address(usdc), owner, keeper, SPLIT_DELAY, MAX_HOLD);
         subs = new Subscriptions(address(usdc), address(escrow), owner, keeper, CHARGE_WINDOW);
 
@@ -45,7 +48,7 @@ contract InvariantsTest is Test {
         vm.stopPrank();
 
         handler = new Handler(
-            Deployment(usdc, subs, escrow, owner, keeper, CHARGE_WINDOW, SPLIT_DELAY, MAX_HOLD), plans
+            Deployment(usdcDeployment, subs, escrow, owner, keeper, CHARGE_WINDOW, SPLIT_DELAY, MAX_HOLD), plans
         );
 
         // A starting state through the handler, so its model sees it: two splits (in force once the change delay
