@@ -3,12 +3,11 @@ pragma solidity 0.8.30;
 
 import {Test} from "forge-std/Test.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Permit.sol";
 
 import {TestUSDC} from "../src/TestUSDC.sol";
-import {ITestUSDC} from "../src/interfaces/ITestUSDC.sol";
 
+/// @notice The small stand-in token (no blacklist, no pause: the suites run on Circle's USDC for those).
 contract TestUSDCTest is Test {
     bytes32 private constant PERMIT_TYPEHASH =
         keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)");
@@ -59,116 +58,6 @@ contract TestUSDCTest is Test {
         token.mint(bob, 1);
     }
 
-    function test_mint_toBlacklisted_reverts() public {
-        vm.startPrank(owner);
-        token.blacklist(bob);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, bob));
-        token.mint(bob, 1);
-        vm.stopPrank();
-    }
-
-    /* BLACKLIST */
-
-    function test_blacklist_emitsAndIsVisible() public {
-        vm.expectEmit(address(token));
-        emit ITestUSDC.Blacklisted(bob);
-        vm.prank(owner);
-        token.blacklist(bob);
-        assertTrue(token.isBlacklisted(bob));
-
-        vm.expectEmit(address(token));
-        emit ITestUSDC.UnBlacklisted(bob);
-        vm.prank(owner);
-        token.unBlacklist(bob);
-        assertFalse(token.isBlacklisted(bob));
-    }
-
-    function test_blacklist_byStranger_reverts() public {
-        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob));
-        vm.prank(bob);
-        token.blacklist(alice);
-    }
-
-    function test_transfer_fromBlacklisted_reverts() public {
-        vm.prank(owner);
-        token.blacklist(alice);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, alice));
-        vm.prank(alice);
-        token.transfer(bob, 1);
-    }
-
-    function test_transfer_toBlacklisted_reverts() public {
-        vm.prank(owner);
-        token.blacklist(bob);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, bob));
-        vm.prank(alice);
-        token.transfer(bob, 1);
-    }
-
-    function test_transferFrom_byBlacklistedSpender_reverts() public {
-        vm.prank(alice);
-        token.approve(spender, 10e6);
-        vm.prank(owner);
-        token.blacklist(spender);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, spender));
-        vm.prank(spender);
-        token.transferFrom(alice, bob, 1e6);
-    }
-
-    function test_approve_byBlacklisted_reverts() public {
-        vm.prank(owner);
-        token.blacklist(alice);
-        vm.expectRevert(abi.encodeWithSelector(ITestUSDC.AccountBlacklisted.selector, alice));
-        vm.prank(alice);
-        token.approve(spender, 1);
-    }
-
-    function test_transfer_afterUnBlacklist_succeeds() public {
-        vm.startPrank(owner);
-        token.blacklist(alice);
-        token.unBlacklist(alice);
-        vm.stopPrank();
-        vm.prank(alice);
-        token.transfer(bob, 1e6);
-        assertEq(token.balanceOf(bob), 1e6);
-    }
-
-    /* PAUSE */
-
-    function test_pause_stopsTransfersMintsAndApprovals() public {
-        vm.prank(owner);
-        token.pause();
-        assertTrue(token.paused());
-
-        vm.expectRevert(Pausable.EnforcedPause.selector);
-        vm.prank(alice);
-        token.transfer(bob, 1);
-
-        vm.expectRevert(Pausable.EnforcedPause.selector);
-        vm.prank(alice);
-        token.approve(spender, 1);
-
-        vm.expectRevert(Pausable.EnforcedPause.selector);
-        vm.prank(owner);
-        token.mint(bob, 1);
-    }
-
-    function test_unpause_restoresTransfers() public {
-        vm.startPrank(owner);
-        token.pause();
-        token.unpause();
-        vm.stopPrank();
-        vm.prank(alice);
-        token.transfer(bob, 2e6);
-        assertEq(token.balanceOf(bob), 2e6);
-    }
-
-    function test_pause_byStranger_reverts() public {
-        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob));
-        vm.prank(bob);
-        token.pause();
-    }
-
     /* PERMIT */
 
     function test_permit_setsAllowanceAndBumpsNonce() public {
@@ -196,15 +85,6 @@ contract TestUSDCTest is Test {
         (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
         vm.warp(deadline + 1);
         vm.expectRevert(abi.encodeWithSelector(ERC20Permit.ERC2612ExpiredSignature.selector, deadline));
-        token.permit(alice, spender, 50e6, deadline, v, r, s);
-    }
-
-    function test_permit_whilePaused_reverts() public {
-        uint256 deadline = vm.getBlockTimestamp() + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s) = _signPermit(aliceKey, alice, spender, 50e6, deadline);
-        vm.prank(owner);
-        token.pause();
-        vm.expectRevert(Pausable.EnforcedPause.selector);
         token.permit(alice, spender, 50e6, deadline, v, r, s);
     }
 
