@@ -7,22 +7,28 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {Subscriptions} from "../../src/Subscriptions.sol";
 import {SplitEscrow} from "../../src/SplitEscrow.sol";
 import {ISubscriptions} from "../../src/interfaces/ISubscriptions.sol";
-import {MockERC20Permit} from "../mocks/MockERC20Permit.sol";
 import {MinimalPull} from "../mocks/MinimalPull.sol";
+import {MockERC20Permit} from "../mocks/MockERC20Permit.sol";
 import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {FloorRenewal, PAUSE_AND_REVENUE, PLAN, CREDIT, BALANCE_CHECK, ALL_FEATURES} from "../mocks/FloorRenewal.sol";
+import {DeployUSDC, USDCDeployment} from "../usdc/DeployUSDC.sol";
+import {IFiatToken} from "../usdc/IFiatToken.sol";
 
 /// @notice Gas benchmarks of the batch operations, whole transactions (run under the `gas` profile, which isolates
 /// every top-level call as its own transaction, so figures include the 21,000 intrinsic gas, calldata and refunds).
 /// Steady state: every account already holds a non-zero balance, approvals are finite (each pull writes the
-/// allowance), plan and split storage exists. `scripts/gas` runs them and writes contracts/snapshots/gas.json.
-contract GasBenchmarks is Test {
+/// allowance), plan and split storage exists. The token is Circle's USDC (FiatTokenV2_2 behind its proxy,
+/// contracts/test/usdc/DeployUSDC.sol), and the references (a bare `transferFrom`, `transferWithAuthorization`,
+/// `MinimalPull`, `FloorRenewal`) are measured on the same token. `scripts/gas` runs them and writes
+/// contracts/snapshots/gas.json.
+contract GasBenchmarks is Test, DeployUSDC {
     uint256 internal constant USDC = 1e6;
     uint256 internal constant N = 100;
     uint256 internal constant MONTH = 30 days;
     uint256 internal constant SPLIT_DELAY = 7 days;
 
-    MockERC20Permit internal token;
+    IFiatToken internal token;
+    address internal minter;
     Subscriptions internal subs;
     SplitEscrow internal escrow;
     address internal owner = makeAddr("owner");
@@ -35,22 +41,28 @@ contract GasBenchmarks is Test {
 
     function setUp() public {
         vm.warp(1_700_000_000);
-        token = new MockERC20Permit();
+        USDCDeployment memory usdc = deployUSDC();
+        (token, minter) = (usdc.token, usdc.minter);
         escrow = new SplitEscrow(address(token), owner, keeper, SPLIT_DELAY, 30 days);
         subs = new Subscriptions(address(token), address(escrow), owner, keeper, 2 days);
         vm.startPrank(owner);
         escrow.setSubscriptions(address(subs));
         planId = subs.createPlan(79 * USDC, MONTH, 3 days);
         vm.stopPrank();
-        token.mint(address(escrow), 1); // the escrow's balance slot is non-zero, as in steady state
+        _mint(address(escrow), 1); // the escrow's balance slot is non-zero, as in steady state
         for (uint256 i; i < N; ++i) {
             address subscriber = address(uint160(0x10000 + i));
-            token.mint(subscriber, 10_000 * USDC);
+            _mint(subscriber, 10_000 * USDC);
             vm.startPrank(subscriber);
             token.approve(address(subs), 5_000 * USDC);
             ids.push(subs.subscribe(planId, 1_000 * USDC));
             vm.stopPrank();
         }
+    }
+
+    function _mint(address to, uint256 amount) internal {
+        vm.prank(minter);
+        token.mint(to, amount);
     }
 
     function _batch(uint256 n) internal view returns (uint256[] memory batch) {
@@ -92,6 +104,74 @@ contract GasBenchmarks is Test {
         vm.snapshotGasLastCall("gas", "minimal_pull_tx");
         (, uint64 paidThrough,) = minimal.pulls(id);
         assertEq(paidThrough, vm.getBlockTimestamp() + MONTH);
+    }
+
+    /// @dev Not a target: the yardstick of the targets. A bare `transferFrom` of the plan price sent as its own
+    /// transaction by an EOA holding an allowance, with the same token, payer and payee state as `test_gas_renew_1`
+    /// (the payer's allowance was used once before, as the first period's pull uses it).
+    function test_gas_transferFrom_reference() public {
+        address payer = address(uint160(0x10000));
+        address spender = makeAddr("spender");
+        vm.prank(payer);
+        token.approve(spender, 5_000 * USDC);
+        vm.prank(spender);
+        assertTrue(token.transferFrom(payer, address(escrow), 79 * USDC));
+        vm.prank(spender);
+        assertTrue(token.transferFrom(payer, address(escrow), 79 * USDC));
+        vm.snapshotGasLastCall("gas", "transfer_from_tx");
+        assertEq(token.allowance(payer, spender), 5_000 * USDC - 2 * 79 * USDC);
+    }
+
+    /// @dev Not a target: the same bare `transferFrom` transaction on a plain OpenZeppelin ERC-20 (the token these
+    /// benchmarks used before they moved to USDC), same payer and payee state: the difference is what USDC's proxy,
+    /// pause flag and blacklist checks add to one pull.
+    function test_gas_transferFrom_plainERC20_reference() public {
+        MockERC20Permit plain = new MockERC20Permit();
+        address payer = address(uint160(0x10000));
+        address spender = makeAddr("spender");
+        plain.mint(payer, 10_000 * USDC);
+        plain.mint(address(escrow), 1);
+        vm.prank(payer);
+        plain.approve(spender, 5_000 * USDC);
+        vm.prank(spender);
+        assertTrue(plain.transferFrom(payer, address(escrow), 79 * USDC));
+        vm.prank(spender);
+        assertTrue(plain.transferFrom(payer, address(escrow), 79 * USDC));
+        vm.snapshotGasLastCall("gas", "transfer_from_plain_erc20_tx");
+        assertEq(plain.allowance(payer, spender), 5_000 * USDC - 2 * 79 * USDC);
+    }
+
+    /// @dev Not a target: one EIP-3009 `transferWithAuthorization` of the plan price to the escrow, submitted by a
+    /// relayer, signed by a payer that already holds a balance (a fresh nonce: USDC records it in a new slot).
+    function test_gas_transferWithAuthorization_reference() public {
+        (address payer, uint256 key) = makeAddrAndKey("authorizer");
+        _mint(payer, 10_000 * USDC);
+        address relayer = makeAddr("relayer");
+        uint256 validBefore = vm.getBlockTimestamp() + 1 hours;
+        bytes32 nonce = keccak256("authorization 1");
+        bytes32 digest = keccak256(
+            abi.encodePacked(
+                "\x19\x01",
+                token.DOMAIN_SEPARATOR(),
+                keccak256(
+                    abi.encode(
+                        token.TRANSFER_WITH_AUTHORIZATION_TYPEHASH(),
+                        payer,
+                        address(escrow),
+                        79 * USDC,
+                        0,
+                        validBefore,
+                        nonce
+                    )
+                )
+            )
+        );
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        vm.prank(relayer);
+        token.transferWithAuthorization(payer, address(escrow), 79 * USDC, 0, validBefore, nonce, v, r, s);
+        vm.snapshotGasLastCall("gas", "transfer_with_authorization_tx");
+        assertTrue(token.authorizationState(payer, nonce));
+        assertEq(token.balanceOf(payer), 10_000 * USDC - 79 * USDC);
     }
 
     /// @dev A `FloorRenewal` of `token_` paying the escrow, with the 79 USDC monthly plan, which `payer` approved.
@@ -239,7 +319,7 @@ contract GasBenchmarks is Test {
         address[] memory creators = new address[](N);
         for (uint256 i; i < N; ++i) {
             creators[i] = address(uint160(0x20000 + i));
-            token.mint(creators[i], 1);
+            _mint(creators[i], 1);
         }
         escrow.claimMany(creators);
         vm.snapshotGasLastCall("gas", "claimMany_100_total");
@@ -251,7 +331,7 @@ contract GasBenchmarks is Test {
         _createSplits();
         _settleAll(1, 10 * USDC);
         address creator = address(uint160(0x20000));
-        token.mint(creator, 1);
+        _mint(creator, 1);
         escrow.claim(creator);
         vm.snapshotGasLastCall("gas", "claim_tx");
         assertEq(token.balanceOf(creator), 7 * USDC + 1);
