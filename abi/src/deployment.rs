@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct Deployment {
     /// EIP-155 chain id of the chain the contracts live on.
     pub chain_id: u64,
-    /// The settlement token (USDC on a real chain, [`crate::TestUSDC`] locally).
+    /// The settlement token: the chain's USDC, or Circle's USDC deployed locally (`deploy --local-usdc`).
     pub token: Address,
     /// The [`crate::Subscriptions`] contract.
     pub subscriptions: Address,
