@@ -16,7 +16,7 @@ use alloy::{primitives::U256, providers::Provider};
 use market::{CUTOFF, Market};
 use serde_json::json;
 use subsettle_abi::{SplitEscrow, usdc::FiatTokenV2_2};
-use subsettle_keeper::settlement::token::ItemFailure;
+use subsettle_keeper::settlement::{engine::StepReport, token::ItemFailure};
 
 async fn count(market: &Market, sql: &str, id: u64) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).bind(id.to_string()).fetch_one(&market.pool).await.unwrap()
@@ -28,6 +28,24 @@ async fn status(market: &Market, id: u64) -> (String, i64) {
         .fetch_one(&market.pool)
         .await
         .unwrap()
+}
+
+/// Steps `engine` (indexing after each) until it plans nothing and every action is confirmed, at most 8 times; the
+/// reports of the steps taken.
+async fn run_until_idle(market: &Market, engine: &subsettle_keeper::settlement::engine::Engine) -> Vec<StepReport> {
+    let mut steps = Vec::new();
+    for _ in 0..8 {
+        let step = engine.step(false).await.unwrap();
+        market.sync().await;
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
+        let idle = step.actions.is_empty() && open == 0;
+        steps.push(step);
+        if idle {
+            break;
+        }
+    }
+    steps
 }
 
 fn failure_of<'a>(failures: &'a [ItemFailure], kind: &str, id: u64) -> Option<&'a ItemFailure> {
@@ -117,16 +135,9 @@ async fn usdc_paused_mid_run_holds_every_pull_and_payout_unsigned_and_the_month_
     let usdc = FiatTokenV2_2::new(market.deployment.token, market.operator());
     confirm!(usdc.unpause());
     let mut failures = Vec::new();
-    for _ in 0..8 {
-        let step = engine.step(false).await.unwrap();
+    for step in run_until_idle(&market, &engine).await {
         assert!(step.token.pulls_open() && step.token.payouts_open(), "{step:?}");
         failures.extend(step.item_failures);
-        market.sync().await;
-        let open: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
-        if step.actions.is_empty() && open == 0 {
-            break;
-        }
     }
     assert!(failures.is_empty(), "{failures:?}");
     for (_, id) in &market.subscribers {
@@ -242,15 +253,7 @@ async fn our_contracts_blacklisted_by_circle_hold_pulls_and_payouts_unsigned_and
     let usdc = FiatTokenV2_2::new(d.token, market.operator());
     confirm!(usdc.unBlacklist(d.subscriptions));
     confirm!(usdc.unBlacklist(d.escrow));
-    for _ in 0..8 {
-        let step = engine.step(false).await.unwrap();
-        market.sync().await;
-        let open: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM keeper.outbox WHERE state <> 'confirmed'").fetch_one(&market.pool).await.unwrap();
-        if step.actions.is_empty() && open == 0 {
-            break;
-        }
-    }
+    run_until_idle(&market, &engine).await;
     for (_, id) in &market.subscribers {
         assert_eq!(status(&market, *id).await, ("active".to_owned(), 1));
         assert_eq!(count(&market, "SELECT COUNT(*) FROM chain.renewals WHERE subscription_id = $1::NUMERIC", *id).await, 1);

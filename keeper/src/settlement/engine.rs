@@ -167,12 +167,13 @@ impl Engine {
         Ok(actions)
     }
 
-    /// The failed items of the confirmed `receipts`, each explained by the token and logged.
-    async fn item_failures(&self, receipts: &[alloy::rpc::types::TransactionReceipt]) -> Result<Vec<ItemFailure>, KeeperError> {
+    /// The failed items of the confirmed `receipts`, each explained by the token (`gate`, as read at this step) and
+    /// logged.
+    async fn item_failures(&self, receipts: &[alloy::rpc::types::TransactionReceipt], gate: TokenGate) -> Result<Vec<ItemFailure>, KeeperError> {
         let mut failures = Vec::new();
         for receipt in receipts {
             for mut failure in token::item_failures(receipt, &self.deployment) {
-                failure.explain(&self.sender.provider, &self.deployment).await?;
+                failure.explain(&self.sender.provider, &self.deployment, gate).await?;
                 tracing::warn!(
                     tx = %receipt.transaction_hash, kind = failure.kind, item = %failure.item, reason = %failure.reason,
                     account = ?failure.account, explanation = failure.explanation.as_deref().unwrap_or("-"),
@@ -207,7 +208,7 @@ impl Engine {
         // Whatever was signed before a restart is settled first: nothing new is sent until then.
         self.sender.reconcile(&self.pool, &mut report.outbox).await?;
         let receipts = std::mem::take(&mut report.outbox.receipts);
-        report.item_failures = self.item_failures(&receipts).await?;
+        report.item_failures = self.item_failures(&receipts, report.token).await?;
         let snapshot = catalog::load(&self.pool).await?;
         report.periods_closed = close::close_due_periods(&self.pool, &snapshot, &self.close, now).await?.periods;
         if self.epoch_due(now).await? {

@@ -133,33 +133,42 @@ impl ItemFailure {
         Self { kind, item, reason, account, explanation: None }
     }
 
-    /// Asks the token why it refused: paused, or which of the parties of the transfer it blacklists (the
-    /// subscriber or payout address, and our own contracts, which USDC checks as caller and as recipient).
-    pub async fn explain(&mut self, provider: &DynProvider, deployment: &Deployment) -> Result<(), KeeperError> {
+    /// Explains a refusal by the token's state: `gate` (read at this step: paused, our contracts listed), and
+    /// whether it blacklists the subscriber or payout address, the one party the gate does not cover.
+    pub async fn explain(&mut self, provider: &DynProvider, deployment: &Deployment, gate: TokenGate) -> Result<(), KeeperError> {
         if !matches!(self.reason.as_str(), "token_rejected" | "transfer_refused") {
             return Ok(());
         }
         if self.account.is_none() && self.kind != "claim" {
-            let id: U256 = self.item.parse().unwrap_or_default();
-            let subscription = Subscriptions::new(deployment.subscriptions, provider).subscription(id).call().await;
-            self.account = subscription.ok().map(|s| s.subscriber);
+            self.account = subscriber(provider, deployment, &self.item).await?;
         }
-        if paused(provider, deployment.token).await? {
+        if gate.paused {
             self.explanation = Some("token paused".into());
             return Ok(());
         }
-        let parties = [("the account", self.account), ("Subscriptions", Some(deployment.subscriptions)), ("SplitEscrow", Some(deployment.escrow))];
-        let mut listed = Vec::new();
-        for (name, party) in parties {
-            if let Some(party) = party
-                && blacklisted(provider, deployment.token, party).await?
-            {
-                listed.push(format!("{name} {party}"));
-            }
-        }
+        let account_listed = match self.account {
+            Some(account) => blacklisted(provider, deployment.token, account).await?,
+            None => false,
+        };
+        let parties = [
+            ("the account", self.account.filter(|_| account_listed)),
+            ("Subscriptions", Some(deployment.subscriptions).filter(|_| gate.subscriptions_blacklisted)),
+            ("SplitEscrow", Some(deployment.escrow).filter(|_| gate.escrow_blacklisted)),
+        ];
+        let listed: Vec<String> = parties.iter().filter_map(|(name, party)| party.map(|p| format!("{name} {p}"))).collect();
         if !listed.is_empty() {
             self.explanation = Some(format!("blacklisted by the token: {}", listed.join(", ")));
         }
         Ok(())
+    }
+}
+
+/// The subscriber of subscription `id` (as an item string), or `None` when the contract does not know it.
+async fn subscriber(provider: &DynProvider, deployment: &Deployment, id: &str) -> Result<Option<Address>, KeeperError> {
+    let Ok(id) = id.parse::<U256>() else { return Ok(None) };
+    match Subscriptions::new(deployment.subscriptions, provider).subscription(id).call().await {
+        Ok(subscription) => Ok(Some(subscription.subscriber)),
+        Err(e) if e.as_revert_data().is_some() => Ok(None),
+        Err(e) => Err(KeeperError::Chain { action: "Subscriptions.subscription()", message: e.to_string() }),
     }
 }
